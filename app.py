@@ -1,0 +1,116 @@
+"""Postback: the application factory, the gunicorn entry point and the command line."""
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+import logs
+from config import Config, ConfigError, load_config
+from models import open_database
+
+log = logging.getLogger(__name__)
+
+
+def create_app(config: Config) -> Flask:
+    """Assemble the app around a loaded, validated config: bind the database, register routes. Starts nothing."""
+    from routes import channelstack, health
+
+    app = Flask(__name__)
+    app.config["POSTBACK"] = config
+    open_database(config.database)
+    app.register_blueprint(channelstack.bp)
+    app.register_blueprint(health.bp)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        # JSON instead of Werkzeug's HTML page; start from its response to keep headers such as Allow.
+        response = exc.get_response()
+        response.data = jsonify({"error": exc.description, "code": exc.code}).get_data()
+        response.content_type = "application/json"
+        return response
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        log.exception("unhandled error")
+        return jsonify({"error": "Internal error", "code": 500}), 500
+
+    return app
+
+
+def serve() -> Flask:
+    """gunicorn's entry (`app:serve()`): load the config named by POSTBACK_CONFIG and build the app."""
+    logs.configure()
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        for problem in exc.problems:
+            log.error("config: %s", problem)
+        sys.exit(3)  # gunicorn stops instead of restarting a worker that can never boot
+    return create_app(config)
+
+
+@click.group()
+def cli():
+    """Postback's command line."""
+    logs.configure()
+
+
+@cli.command("check-config")
+@click.argument("path", required=False)
+def check_config(path: str | None):
+    """Validate a config file without starting anything."""
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(problem, err=True)
+        sys.exit(1)
+    destinations = config.destinations()
+    click.echo(f"{config.path}: OK — {len(config.sites)} site(s), {len(destinations)} enabled destination(s)")
+
+
+@cli.command()
+@click.argument("destination")
+def resume(destination: str):
+    """Resume a paused destination, e.g. `resume shop/meta`."""
+    from delivery import resume_destination
+
+    _open(load_config())
+    click.echo(f"{destination}: " + ("resumed" if resume_destination(destination) else "was not paused"))
+
+
+@cli.command()
+@click.option("--send", "send_id", type=int, help="Replay one failed send by its id.")
+@click.option("--destination", help="Replay every failed send of a destination, e.g. shop/meta.")
+def replay(send_id: int | None, destination: str | None):
+    """Queue failed sends again; the payload is rebuilt from the stored event with the current config."""
+    from delivery import replay_failed
+
+    if (send_id is None) == (destination is None):
+        raise click.UsageError("give exactly one of --send or --destination")
+    _open(load_config())
+    count = replay_failed(send_id=send_id, destination=destination)
+    click.echo(f"{count} send(s) queued again")
+
+
+@cli.command("drain")
+def drain():
+    """Run one dispatch pass now and print what each destination did."""
+    from dispatch import Dispatcher
+
+    config = load_config()
+    _open(config)
+    for key, count in sorted(Dispatcher(lambda: config).drain_once().items()):
+        click.echo(f"{key}: {count} send(s) processed")
+
+
+def _open(config: Config) -> None:
+    open_database(config.database)
+
+
+if __name__ == "__main__":
+    cli()

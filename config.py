@@ -1,0 +1,374 @@
+"""Load and validate Postback's YAML config (SPEC §3): parse, substitute ${ENV}, check, freeze."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping
+
+import yaml
+
+from iso import country_code, currency_code
+
+DEFAULT_PATH = "config.yaml"
+MODES = ("live", "test", "dry")
+IP_POLICIES = ("truncate", "drop")
+CONSENT_DEFAULTS = ("granted", "denied")
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(Exception):
+    """An invalid config: one message per problem, each naming its YAML path."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Destination:
+    site_id: str
+    name: str
+    platform: str
+    mode: str
+    enabled: bool
+    events: tuple[str, ...] | None
+    consent_category: str | None
+    settings: Mapping[str, Any]  # the whole YAML section, for the platform module
+
+    @property
+    def key(self) -> str:
+        """Globally unique name: destination names are unique per site only."""
+        return f"{self.site_id}/{self.name}"
+
+    def fingerprint(self) -> str:
+        """Changes whenever the destination's section changes; a paused destination resumes on it."""
+        text = json.dumps(dict(self.settings), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Site:
+    id: str
+    name: str
+    keys: tuple[str, ...]
+    pixel_token: str | None
+    default_country: str | None
+    default_currency: str | None
+    allowed_origins: tuple[str, ...]
+    event_map: Mapping[str, str]
+    destinations: tuple[Destination, ...]
+    settings: Mapping[str, Any]
+
+    def allows_origin(self, origin: str | None) -> bool:
+        return bool(origin) and ("*" in self.allowed_origins or origin in self.allowed_origins)
+
+    @property
+    def active_destinations(self) -> tuple[Destination, ...]:
+        return tuple(d for d in self.destinations if d.enabled)
+
+
+@dataclass(frozen=True)
+class Config:
+    server: Mapping[str, Any]
+    admin_password: str
+    database: str
+    retention_days: int
+    ip_policy: str
+    consent_default: str
+    interval_seconds: float
+    max_attempts: int
+    timeout_seconds: float
+    sites: tuple[Site, ...]
+    path: str | None = None
+    _by_key: dict[str, Site] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def max_body_bytes(self) -> int:
+        return self.server["max_body_bytes"]
+
+    @property
+    def trusted_proxies(self) -> int:
+        return self.server["trusted_proxies"]
+
+    def site_for_key(self, key: object) -> Site | None:
+        return self._by_key.get(key) if isinstance(key, str) else None
+
+    def site(self, site_id: str) -> Site | None:
+        return next((s for s in self.sites if s.id == site_id), None)
+
+    def destinations(self) -> list[Destination]:
+        return [d for s in self.sites for d in s.active_destinations]
+
+    def destination(self, key: str) -> Destination | None:
+        return next((d for d in self.destinations() if d.key == key), None)
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2-ish scalars: only true/false are booleans and 0123 stays text.
+
+    YAML 1.1 reads country code NO as false and id 0123 as octal; an admin never means that.
+    """
+
+
+_Loader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in resolvers if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int")]
+    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_Loader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?(?:0|[1-9][0-9_]*))$"), list("-+0123456789"))
+
+
+def config_path(env: Mapping[str, str] | None = None) -> str:
+    env = os.environ if env is None else env
+    return env.get("POSTBACK_CONFIG") or DEFAULT_PATH
+
+
+def load_config(path: str | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """The one way to read the config: parse the file, substitute ${ENV}, validate."""
+    env = dict(os.environ if env is None else env)
+    path = path or config_path(env)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from None
+    return replace(parse_config(text, env), path=path)
+
+
+def parse_config(text: str, env: Mapping[str, str]) -> Config:
+    try:
+        raw = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"YAML syntax: {exc}"]) from None
+    problems: list[str] = []
+    raw = _substitute(raw if raw is not None else {}, env, "", problems)
+    if not isinstance(raw, dict):
+        raise ConfigError(["(top level): must be a mapping"])
+    config = _Validator(problems).config(raw)
+    if problems:
+        raise ConfigError(problems)
+    if env.get("DATABASE_URL"):
+        config = replace(config, database=env["DATABASE_URL"])
+    return config
+
+
+def _substitute(value: Any, env: Mapping[str, str], path: str, problems: list[str]) -> Any:
+    if isinstance(value, dict):
+        return {k: _substitute(v, env, _join(path, k), problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, env, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def replace(match: re.Match) -> str:
+        name, fallback = match.group(1), match.group(2)
+        if env.get(name):  # an empty variable counts as absent
+            return env[name]
+        if fallback is not None:
+            return fallback
+        problems.append(f"{path}: environment variable {name} is not set")
+        return ""
+
+    return _ENV_RE.sub(replace, value)
+
+
+def _join(path: str, key: object) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+class _Validator:
+    """Reads the raw mapping into a Config, appending one message per problem."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+
+    def fail(self, path: str, message: str) -> None:
+        self.problems.append(f"{path}: {message}")
+
+    def section(self, raw: dict, key: str) -> dict:
+        value = raw.get(key) or {}
+        if not isinstance(value, dict):
+            self.fail(key, "must be a mapping")
+            return {}
+        return value
+
+    def text(self, raw: dict, key: str, path: str, required: bool = False, default: str | None = None) -> str | None:
+        value = raw.get(key)
+        if value is None or value == "":
+            if required:
+                self.fail(_join(path, key), "required")
+            return default
+        if isinstance(value, bool):
+            self.fail(_join(path, key), f"must be text, got {str(value).lower()}; quote it")
+            return default
+        if isinstance(value, (int, float)):
+            return str(value)  # ids may be written as numbers; they compare as strings
+        if not isinstance(value, str):
+            self.fail(_join(path, key), "must be text")
+            return default
+        return value
+
+    def number(self, raw: dict, key: str, path: str, default: float, kind: type = int, minimum: float = 0) -> Any:
+        value = raw.get(key, default)
+        if isinstance(value, str) and value.strip():
+            try:
+                value = kind(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self.fail(_join(path, key), f"must be a number, got {value!r}")
+            return default
+        if value < minimum:
+            self.fail(_join(path, key), f"must be at least {minimum}")
+            return default
+        return kind(value)
+
+    def choice(self, raw: dict, key: str, path: str, choices: tuple[str, ...], default: str) -> str:
+        value = raw.get(key, default)
+        if value not in choices:
+            self.fail(_join(path, key), f"must be one of {', '.join(choices)}, got {value!r}")
+            return default
+        return value
+
+    def flag(self, raw: dict, key: str, path: str, default: bool) -> bool:
+        value = raw.get(key, default)
+        if not isinstance(value, bool):
+            self.fail(_join(path, key), f"must be true or false, got {value!r}")
+            return default
+        return value
+
+    def text_list(self, raw: dict, key: str, path: str) -> tuple[str, ...]:
+        value = raw.get(key) or []
+        if isinstance(value, (str, int)):
+            value = [value]
+        if not isinstance(value, list):
+            self.fail(_join(path, key), "must be a list")
+            return ()
+        out = []
+        for i, item in enumerate(value):
+            if isinstance(item, bool) or not isinstance(item, (str, int, float)) or item == "":
+                self.fail(f"{path}.{key}[{i}]", "must be non-empty text")
+            else:
+                out.append(str(item))
+        return tuple(out)
+
+    def config(self, raw: dict) -> Config:
+        server = self.section(raw, "server")
+        storage = self.section(raw, "storage")
+        privacy = self.section(raw, "privacy")
+        dispatch = self.section(raw, "dispatch")
+        admin = self.section(raw, "admin")
+        server_out = {
+            **server,
+            "public_url": self.text(server, "public_url", "server", default="http://127.0.0.1:8000"),
+            "max_body_bytes": self.number(server, "max_body_bytes", "server", 32768, minimum=1),
+            "trusted_proxies": self.number(server, "trusted_proxies", "server", 0),
+        }
+        sites = self.sites(raw.get("sites"))
+        config = Config(
+            server=server_out,
+            admin_password=self.text(admin, "password", "admin", default="") or "",
+            database=self.text(storage, "database", "storage", default="sqlite:///data/postback.db"),
+            retention_days=self.number(storage, "retention_days", "storage", 90, minimum=1),
+            ip_policy=self.choice(privacy, "ip", "privacy", IP_POLICIES, "truncate"),
+            consent_default=self.choice(privacy, "consent_default", "privacy", CONSENT_DEFAULTS, "granted"),
+            interval_seconds=self.number(dispatch, "interval_seconds", "dispatch", 2, float, minimum=0.1),
+            max_attempts=self.number(dispatch, "max_attempts", "dispatch", 25, minimum=1),
+            timeout_seconds=self.number(dispatch, "timeout_seconds", "dispatch", 10, float, minimum=0.1),
+            sites=sites,
+        )
+        config._by_key.update({key: site for site in sites for key in site.keys})
+        return config
+
+    def sites(self, raw: Any) -> tuple[Site, ...]:
+        if not isinstance(raw, list) or not raw:
+            self.fail("sites", "required: a list with at least one site")
+            return ()
+        sites, seen_ids, seen_keys = [], set(), {}
+        for i, item in enumerate(raw):
+            path = f"sites[{i}]"
+            if not isinstance(item, dict):
+                self.fail(path, "must be a mapping")
+                continue
+            site = self.site(item, path)
+            if site.id in seen_ids:
+                self.fail(f"{path}.id", f"duplicate site id {site.id!r}")
+            seen_ids.add(site.id)
+            for key in site.keys:
+                if key in seen_keys:
+                    self.fail(f"{path}.keys", f"key {key[:4]}… is also used by site {seen_keys[key]!r}; keys must be unique across sites")
+                seen_keys[key] = site.id
+            sites.append(site)
+        return tuple(sites)
+
+    def site(self, raw: dict, path: str) -> Site:
+        site_id = self.text(raw, "id", path, required=True) or ""
+        keys = self.text_list(raw, "keys", path)
+        if not keys:
+            self.fail(f"{path}.keys", "required: at least one API key")
+        country = self.text(raw, "default_country", path)
+        if country and not country_code(country):
+            self.fail(f"{path}.default_country", f"unknown country {country!r}; use an ISO code such as \"US\"")
+            country = None
+        currency = self.text(raw, "default_currency", path)
+        if currency and not currency_code(currency):
+            self.fail(f"{path}.default_currency", f"unknown currency {currency!r}; use ISO 4217 such as \"USD\"")
+            currency = None
+        event_map = raw.get("event_map") or {}
+        if not isinstance(event_map, dict) or not all(isinstance(v, str) for v in event_map.values()):
+            self.fail(f"{path}.event_map", "must map event names to standard event names")
+            event_map = {}
+        destinations = self.destinations(raw.get("destinations") or [], f"{path}.destinations", site_id)
+        return Site(
+            id=site_id,
+            name=self.text(raw, "name", path, default=site_id) or site_id,
+            keys=keys,
+            pixel_token=self.text(raw, "pixel_token", path),
+            default_country=country_code(country) if country else None,
+            default_currency=currency_code(currency) if currency else None,
+            allowed_origins=self.text_list(raw, "allowed_origins", path),
+            event_map={str(k): v for k, v in event_map.items()},
+            destinations=destinations,
+            settings=raw,
+        )
+
+    def destinations(self, raw: Any, path: str, site_id: str) -> tuple[Destination, ...]:
+        from platforms import REGISTRY
+
+        if not isinstance(raw, list):
+            self.fail(path, "must be a list")
+            return ()
+        out, names = [], set()
+        for i, item in enumerate(raw):
+            dpath = f"{path}[{i}]"
+            if not isinstance(item, dict):
+                self.fail(dpath, "must be a mapping")
+                continue
+            name = self.text(item, "name", dpath, required=True) or ""
+            if name in names:
+                self.fail(f"{dpath}.name", f"duplicate destination name {name!r}")
+            names.add(name)
+            platform = self.text(item, "platform", dpath, required=True) or ""
+            module = REGISTRY.get(platform)
+            if platform and module is None:
+                self.fail(f"{dpath}.platform", f"unknown platform {platform!r}; built: {', '.join(sorted(REGISTRY))}")
+            mode = self.choice(item, "mode", dpath, MODES, "live")
+            events = self.text_list(item, "events", dpath) if "events" in item else None
+            dest = Destination(
+                site_id=site_id,
+                name=name,
+                platform=platform,
+                mode=mode,
+                enabled=self.flag(item, "enabled", dpath, True),
+                events=events,
+                consent_category=self.text(item, "consent_category", dpath),
+                settings={k: (str(v) if isinstance(v, int) and not isinstance(v, bool) else v) for k, v in item.items()},
+            )
+            if module is not None and dest.enabled:
+                for key, message in module.check_settings(dest):
+                    self.fail(f"{dpath}.{key}", message)
+            out.append(dest)
+        return tuple(out)

@@ -1,0 +1,1 @@
+"""Pure parsers, one per vendor dialect: request data in, CanonicalEvent out. No Flask here."""

@@ -1,0 +1,92 @@
+"""ChannelStack `POST /v1/track`: one flat JSON event with `api_key` in the body (seed 000, SPEC §6)."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Mapping
+
+from canonical import CanonicalEvent, standard_name
+from config import Site
+from dialects.common import (
+    ClientContext, FieldError, clean_click_ids, clean_url, custom_properties, is_bot, new_event_id,
+    read_bool, read_currency, read_id, read_text, read_timestamp, read_value,
+)
+from identity import normalize_identity
+
+DIALECT = "channelstack"
+IDENTITY_FIELDS = ("email", "phone", "first_name", "last_name", "city", "state", "zip", "country", "gender", "date_of_birth")
+CLICK_ID_ALIASES = {"ScCid": "sccid", "sc_click_id": "sccid", "_scid": "scid", "client_id": "ga_client_id"}
+OWN_FIELDS = frozenset((
+    "api_key", "event", "distinct_id", "anonymous_id", "value", "currency", "order_id", "event_id",
+    "occurred_at", "source_url", "consent", "items", *IDENTITY_FIELDS,
+    "fbc", "fbp", "gclid", "gbraid", "wbraid", "ttclid", "ttp", "sccid", "scid", "ga_client_id", *CLICK_ID_ALIASES,
+))
+
+
+def parse(body: Mapping[str, Any], client: ClientContext, site: Site, consent_default: str, now: datetime) -> CanonicalEvent:
+    """Read a /v1/track body into the canonical event; raises FieldError for a bad typed field."""
+    name = body.get("event")
+    if name is None or name == "":
+        raise FieldError("event")
+    if not isinstance(name, str) or not name.strip():
+        raise FieldError("event", "must be a non-empty string")
+    value = read_value(body, "value")
+    currency = read_currency(body, "currency")
+    occurred_at = read_timestamp(body, "occurred_at") or now
+    consent = read_bool(body, "consent")
+    event_id = read_id(body, "event_id") or new_event_id()
+    order_id = read_id(body, "order_id")
+
+    identity = normalize_identity({k: body.get(k) for k in IDENTITY_FIELDS}, site.default_country)
+    notes = list(identity.dropped)
+    click_ids, click_notes = clean_click_ids({**{CLICK_ID_ALIASES.get(k, k): v for k, v in body.items()}})
+    notes += click_notes
+    page_url = clean_url(body.get("source_url"), "source_url", notes)
+    properties = custom_properties({k: v for k, v in body.items() if k not in OWN_FIELDS}, notes)
+    return CanonicalEvent(
+        site_id=site.id,
+        dialect=DIALECT,
+        event_name=name.strip(),
+        standard_name=standard_name(name.strip(), site.event_map),
+        event_id=event_id,
+        occurred_at=occurred_at,
+        received_at=now,
+        external_id=read_text(body, "distinct_id"),
+        anonymous_id=read_text(body, "anonymous_id"),
+        identity=identity.hashes,
+        location=identity.location,
+        click_ids=click_ids,
+        ip=client.ip,
+        user_agent=client.user_agent,
+        page_url=page_url,
+        referrer=client.referrer,
+        language=client.language,
+        value=value,
+        currency=currency or (site.default_currency if value is not None else None),
+        order_id=order_id,
+        items=_items(body.get("items"), notes),
+        consent=consent if consent is not None else consent_default == "granted",
+        properties=properties,
+        notes=notes,
+        is_bot=is_bot(client.user_agent),
+    )
+
+
+def _items(raw: Any, notes: list[str]) -> list[dict]:
+    """Optional `items: [{id, quantity, price}]`; malformed entries are dropped with a reason."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        notes.append("items: dropped, must be a list of objects")
+        return []
+    items = []
+    for i, item in enumerate(raw):
+        try:
+            quantity = read_value(item, "quantity")
+            items.append({k: v for k, v in (
+                ("id", read_id(item, "id")),
+                ("quantity", int(quantity) if quantity is not None and quantity.is_integer() else quantity),
+                ("price", read_value(item, "price")),
+            ) if v is not None})
+        except (FieldError, AttributeError):
+            notes.append(f"items[{i}]: dropped, expected {{id, quantity, price}}")
+    return items

@@ -1,0 +1,189 @@
+"""The dispatcher: claim due sends, batch them per destination, send, record the five outcomes (SPEC §5)."""
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import random
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime, timedelta
+from typing import Callable
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+import delivery
+from canonical import utcnow
+from config import Config, Destination
+from models import FAILED, SENT, SKIPPED, Send, database
+from platforms import REGISTRY
+from platforms.base import REJECTED, RETRY, SENT as OK, SETUP, THROTTLE, Http, Outcome, Skip, match_quality
+
+log = logging.getLogger(__name__)
+
+BACKOFF_FIRST = 10.0
+BACKOFF_CAP = 3600.0
+JITTER = 0.2
+MAX_DRAIN_THREADS = 32
+
+
+def backoff(retries: int, rng: Callable[[], float] = random.random) -> float:
+    """Seconds before retry number `retries`: 10 s doubling to 1 h, ±20 % so retries do not stampede."""
+    base = min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** max(0, retries - 1))
+    return base * (1 - JITTER + 2 * JITTER * rng())
+
+
+class Dispatcher:
+    """Drains every destination with its own worker, so a slow platform holds no other."""
+
+    def __init__(self, config_source: Callable[[], Config], clock: Callable[[], datetime] = utcnow,
+                 rng: Callable[[], float] = random.random):
+        self.config_source = config_source
+        self.clock = clock
+        self.rng = rng
+        self.http = Http(config_source().timeout_seconds)
+        self._pool = ThreadPoolExecutor(MAX_DRAIN_THREADS, thread_name_prefix="drain")
+        self._running: dict[str, Future] = {}
+
+    @property
+    def config(self) -> Config:
+        return self.config_source()
+
+    @property
+    def lease(self) -> timedelta:
+        return timedelta(seconds=3 * self.config.timeout_seconds)
+
+    def drain_once(self, now: datetime | None = None) -> dict[str, int]:
+        """One full pass at time `now`, every destination in parallel; returns sends processed per destination."""
+        now = now or self.clock()
+        delivery.release_expired(now)
+        futures = {d.key: self._pool.submit(self.drain_destination, d, now) for d in self.config.destinations()}
+        return {key: future.result() for key, future in futures.items()}
+
+    def tick(self) -> None:
+        """The scheduler's job: start a drain for each destination that is not still busy with the last one."""
+        delivery.release_expired(self.clock())
+        for dest in self.config.destinations():
+            running = self._running.get(dest.key)
+            if running is None or running.done():
+                self._running[dest.key] = self._pool.submit(self._drain_logged, dest)
+
+    def _drain_logged(self, dest: Destination) -> None:
+        try:
+            self.drain_destination(dest)
+        except Exception:  # noqa: BLE001 - the claimed rows come back when their lease expires
+            log.exception("drain failed", extra={"destination": dest.key})
+
+    def drain_destination(self, dest: Destination, now: datetime | None = None) -> int:
+        """Send everything due for one destination until none is left, it is throttled or it is paused."""
+        module = REGISTRY[dest.platform]
+        processed = 0
+        while delivery.paused_reason(dest) is None:
+            moment = now or self.clock()
+            rows = delivery.claim(dest.key, module.BATCH_LIMIT, moment, self.lease)
+            if not rows:
+                break
+            processed += len(rows)
+            if self._process(dest, module, rows, moment):
+                break
+        return processed
+
+    def _process(self, dest: Destination, module, rows: list[Send], now: datetime) -> bool:
+        """Build each claimed send's payload, finish the ones that cannot go, send the rest; True = stop."""
+        batch = []
+        policy = self.config.ip_policy
+        for row in rows:
+            event = row.event.to_canonical()
+            if now - event.occurred_at > module.MAX_AGE:
+                delivery.finish(row, FAILED, now, policy,
+                                reason=f"older than {module.LABEL}'s {module.MAX_AGE.days}-day window: not sent")
+                continue
+            try:
+                item = module.build(event, dest)
+            except Skip as skip:
+                delivery.finish(row, SKIPPED, now, policy, reason=skip.reason)
+                continue
+            quality = match_quality(module.identifiers(item), module.WEIGHTS)
+            if dest.mode == "dry":
+                delivery.finish(row, SKIPPED, now, policy, reason="dry mode", payload=item, match_quality=quality)
+                continue
+            batch.append((row, item, quality))
+        return bool(batch) and self._send(dest, module, batch, now)
+
+    def _send(self, dest: Destination, module, batch: list[tuple], now: datetime) -> bool:
+        """POST one batch; a batch rejected as a whole for one event is split until that event is found."""
+        delivery.renew([row for row, _, _ in batch], now + self.lease)
+        outcomes = module.send([item for _, item, _ in batch], dest, self.http)
+        if len(batch) > 1 and any(o.kind == REJECTED and o.whole_batch for o in outcomes):
+            middle = len(batch) // 2
+            if self._send(dest, module, batch[:middle], now):
+                delivery.put_back([row for row, _, _ in batch[middle:]], now)
+                return True
+            return self._send(dest, module, batch[middle:], now)
+        with database.atomic():
+            for (row, item, quality), outcome in zip(batch, outcomes):
+                self._record(dest, row, item, quality, outcome, now)
+        return any(o.kind in (THROTTLE, SETUP) for o in outcomes)
+
+    def _record(self, dest: Destination, row: Send, item: dict, quality: dict, outcome: Outcome, now: datetime) -> None:
+        seen = {"last_status": outcome.status, "last_error": outcome.error,
+                "response_excerpt": outcome.response, "trace_id": outcome.trace_id}
+        tried = {**seen, "attempts": row.attempts + 1, "payload": item, "match_quality": quality}
+        policy = self.config.ip_policy
+        if outcome.kind == OK:
+            delivery.finish(row, SENT, now, policy, reason=None, **{**tried, "last_error": None})
+        elif outcome.kind == REJECTED:
+            delivery.finish(row, FAILED, now, policy, reason=outcome.error, **tried)
+        elif outcome.kind == RETRY:
+            retries = row.retries + 1
+            if retries >= self.config.max_attempts:
+                delivery.finish(row, FAILED, now, policy, retries=retries,
+                                reason=f"gave up after {retries} attempts: {outcome.error}", **tried)
+            else:
+                delivery.reschedule(row, now + timedelta(seconds=backoff(retries, self.rng)), retries=retries, **tried)
+        elif outcome.kind == THROTTLE:
+            wait = outcome.retry_after if outcome.retry_after is not None else backoff(row.attempts + 1, self.rng)
+            delivery.reschedule(row, now + timedelta(seconds=wait), **tried)
+        elif outcome.kind == SETUP:
+            delivery.reschedule(row, now, **seen)  # waits for the fix; no attempt counted
+            delivery.pause(dest, outcome.error or "setup error", now)
+            log.warning("destination paused", extra={"destination": dest.key, "error": outcome.error})
+
+    def start(self, lock_path: str | None) -> BackgroundScheduler:
+        """Run `tick` every interval in this process; only the holder of `lock_path` drains (one per box)."""
+        lock = LeaderLock(lock_path)
+
+        def job():
+            if lock.acquire():
+                self.tick()
+
+        scheduler = BackgroundScheduler(daemon=True)
+        scheduler.add_job(job, "interval", seconds=self.config.interval_seconds, max_instances=1,
+                          coalesce=True, next_run_time=utcnow())
+        scheduler.start()
+        return scheduler
+
+
+class LeaderLock:
+    """A non-blocking flock on a file beside the database; it dies with the process that holds it."""
+
+    def __init__(self, path: str | None):
+        self.path = path
+        self._handle = None
+
+    def acquire(self) -> bool:
+        if self.path is None or self._handle is not None:
+            return True  # no shared file (PostgreSQL): claims are safe on their own
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return False
+        self._handle = handle
+        return True
+
+
+def lock_path_for(database_url: str) -> str | None:
+    if database_url.startswith("sqlite:///") and not database_url.endswith(":memory:"):
+        return os.path.abspath(database_url[len("sqlite:///"):]) + ".dispatch.lock"
+    return None

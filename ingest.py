@@ -1,0 +1,19 @@
+"""The one way an accepted event enters storage, whatever its dialect."""
+from __future__ import annotations
+
+import logging
+
+from canonical import CanonicalEvent
+from config import Config, Site
+from models import Event, record_event
+from routing import plan_sends
+
+log = logging.getLogger(__name__)
+
+
+def accept(event: CanonicalEvent, site: Site, config: Config) -> tuple[Event, bool]:
+    """Store the event with a send row per destination; (row, created) — a repeat is stored once."""
+    row, created = record_event(event, plan_sends(event, site), config.ip_policy)
+    if created:
+        log.info("event stored", extra={"site": site.id, "dialect": event.dialect, "event": event.display_name, "event_id": row.event_id})
+    return row, created

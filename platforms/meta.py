@@ -1,0 +1,174 @@
+"""Meta Conversions API: POST {api_base}/{version}/{pixel_id}/events (platforms.md §1)."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import requests
+
+from canonical import CanonicalEvent
+from config import Destination
+from identity import HASHED_RE, meta_city, sha256
+from platforms.base import (
+    REJECTED, RETRY, SENT, SETUP, THROTTLE, Http, Outcome, Skip, everyone, excerpt,
+    network_failure, retry_after_seconds,
+)
+
+NAME = "meta"
+LABEL = "Meta"
+BATCH_LIMIT = 1000  # one invalid event rejects the whole request
+MAX_AGE = timedelta(days=7)  # an older event fails Meta's whole batch (subcode 2804003)
+DEFAULT_API_BASE = "https://graph.facebook.com"
+DEFAULT_API_VERSION = "v25.0"
+WEIGHTS = {
+    "em": 3, "ph": 3, "external_id": 1.5, "fbc": 2, "fbp": 1, "client_ip_address": 0.5,
+    "client_user_agent": 0.5, "fn": 0.5, "ln": 0.5, "ge": 0.25, "db": 0.25, "ct": 0.25,
+    "st": 0.25, "zp": 0.25, "country": 0.25,
+}
+# Identifiers that can match a person; UA and coarse location alone cannot
+# (https://developers.facebook.com/docs/marketing-api/conversions-api/parameters/customer-information-parameters).
+MATCHABLE = ("em", "ph", "external_id", "fbc", "fbp", "client_ip_address", "fn", "ln", "db")
+# https://developers.facebook.com/docs/graph-api/guides/error-handling
+THROTTLE_CODES = {4, 17, 341, 613, 368} | set(range(80000, 80015))
+TRANSIENT_CODES = {1, 2}
+SETUP_CODES = {190, 10, 803} | set(range(200, 300))  # 803: the path (pixel, version) does not exist
+PIXEL_MISSING_SUBCODE = 33
+POLICY_BLOCK_WAIT = 3600.0  # code 368: temporarily blocked for policy; wait long
+
+
+def check_settings(dest: Destination) -> list[tuple[str, str]]:
+    problems = []
+    if not dest.settings.get("pixel_id"):
+        problems.append(("pixel_id", "required"))
+    if dest.mode != "dry" and not dest.settings.get("access_token"):
+        problems.append(("access_token", f"required in {dest.mode} mode"))
+    if dest.mode == "test" and not dest.settings.get("test_event_code"):
+        problems.append(("test_event_code", "required in test mode"))
+    return problems
+
+
+def url(dest: Destination) -> str:
+    """The events endpoint; it carries no secret (the token goes in the body)."""
+    s = dest.settings
+    base = str(s.get("api_base") or DEFAULT_API_BASE).rstrip("/")
+    return f"{base}/{s.get('api_version') or DEFAULT_API_VERSION}/{s['pixel_id']}/events"
+
+
+def build(event: CanonicalEvent, dest: Destination) -> dict:
+    """The `data[]` item for one event, or Skip when Meta could not accept it."""
+    website = event.channel == "web"
+    if website and not event.user_agent:
+        raise Skip("no user agent: Meta needs client_user_agent for website events")
+    if website and not event.source_url:
+        raise Skip("no page URL or referrer: Meta needs event_source_url for website events")
+    if event.standard_name == "Purchase" and (event.value is None or not event.currency):
+        raise Skip("Purchase without value and currency: Meta rejects it (subcode 2804009)")
+    user_data = _user_data(event)
+    if not any(key in user_data for key in MATCHABLE):
+        raise Skip("no usable identifier for Meta (email, phone, external id, fbc, fbp or IP)")
+    item = {
+        "event_name": event.display_name,
+        "event_time": int(event.occurred_at.timestamp()),
+        "event_id": event.event_id,
+        "action_source": "website" if website else "chat",
+        "user_data": user_data,
+    }
+    if event.source_url:
+        item["event_source_url"] = event.source_url
+    custom_data = _custom_data(event)
+    if custom_data:
+        item["custom_data"] = custom_data
+    return item
+
+
+def _user_data(event: CanonicalEvent) -> dict:
+    ids, loc = event.identity, event.location
+    data: dict = {key: [ids[key]] for key in ("em", "ph", "fn", "ln", "ge", "db") if key in ids}
+    hashed_location = {
+        "ct": ids.get("ct") or (sha256(meta_city(loc["city"])) if loc.get("city") else None),
+        "st": ids.get("st") or (sha256(loc["state"]) if loc.get("state") else None),
+        "zp": ids.get("zp") or (sha256(loc["zip"]) if loc.get("zip") else None),
+        "country": ids.get("country") or (sha256(loc["country"]) if loc.get("country") else None),
+    }
+    data.update({key: [value] for key, value in hashed_location.items() if value})
+    if event.external_id:
+        external = event.external_id.strip()
+        data["external_id"] = [external.lower() if HASHED_RE.match(external) else sha256(external)]
+    if event.ip:
+        data["client_ip_address"] = event.ip
+    if event.user_agent:
+        data["client_user_agent"] = event.user_agent
+    for key in ("fbc", "fbp"):
+        if event.click_ids.get(key):
+            data[key] = event.click_ids[key]
+    return data
+
+
+def _custom_data(event: CanonicalEvent) -> dict:
+    data = dict(event.properties)  # custom properties first: our own fields win a clash
+    if event.value is not None:
+        data["value"] = event.value
+    if event.currency:
+        data["currency"] = event.currency
+    if event.order_id:
+        data["order_id"] = event.order_id
+    contents = [
+        {k: v for k, v in (("id", i.get("id")), ("quantity", i.get("quantity")), ("item_price", i.get("price"))) if v is not None}
+        for i in event.items if i.get("id") is not None
+    ]
+    if contents:
+        data["contents"] = contents
+        data["content_type"] = "product"
+        data["num_items"] = sum(int(c.get("quantity") or 1) for c in contents)
+    return data
+
+
+def identifiers(item: dict) -> list[str]:
+    """Meta's own names of the identifiers an item carries, never their values."""
+    return [key for key in WEIGHTS if key in item.get("user_data", {})]
+
+
+def send(items: list[dict], dest: Destination, http: Http) -> list[Outcome]:
+    """POST one batch; the token travels in the body, never in the URL."""
+    body: dict = {"data": items, "access_token": dest.settings.get("access_token")}
+    if dest.mode == "test":
+        body["test_event_code"] = str(dest.settings["test_event_code"])
+    try:
+        response = http.post(url(dest), json=body)
+    except requests.RequestException as exc:
+        return network_failure(exc, len(items), http.timeout)
+    return classify(response, len(items))
+
+
+def classify(response: requests.Response, count: int) -> list[Outcome]:
+    """Sort Meta's answer into the five outcomes by its error code, not the HTTP status alone."""
+    status, text = response.status_code, response.text
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        kind = RETRY if status >= 500 else SETUP
+        return everyone(Outcome(kind, status, f"HTTP {status} with a body that is not Meta's JSON", response=excerpt(text)), count)
+    if status == 200 and "events_received" in answer:
+        return everyone(Outcome(SENT, status, trace_id=answer.get("fbtrace_id"), response=excerpt(text)), count)
+    error = answer.get("error") if isinstance(answer.get("error"), dict) else {}
+    code, subcode = error.get("code"), error.get("error_subcode")
+    message = _message(status, error)
+    common = {"status": status, "error": message, "trace_id": error.get("fbtrace_id"), "response": excerpt(text)}
+    if code in THROTTLE_CODES or status == 429:
+        wait = POLICY_BLOCK_WAIT if code == 368 else retry_after_seconds(response.headers)
+        return everyone(Outcome(THROTTLE, retry_after=wait, **common), count)
+    if code in SETUP_CODES or (code == 100 and subcode == PIXEL_MISSING_SUBCODE) or status in (401, 403, 404):
+        return everyone(Outcome(SETUP, **common), count)
+    if code in TRANSIENT_CODES or error.get("is_transient") or status >= 500:
+        return everyone(Outcome(RETRY, **common), count)
+    return everyone(Outcome(REJECTED, whole_batch=count > 1, **common), count)
+
+
+def _message(status: int, error: dict) -> str:
+    code = error.get("code")
+    label = f"{code}/{error['error_subcode']}" if error.get("error_subcode") else f"{code}"
+    parts = [f"Meta error {label}" if code is not None else f"HTTP {status}", error.get("message") or "no message"]
+    if error.get("error_user_title") or error.get("error_user_msg"):
+        parts.append(" — ".join(p for p in (error.get("error_user_title"), error.get("error_user_msg")) if p))
+    return ": ".join(parts)

@@ -1,0 +1,16 @@
+"""What an event keeps of the client IP once nothing more can be sent (SPEC §4, `privacy.ip`)."""
+from __future__ import annotations
+
+import ipaddress
+
+
+def reduce_ip(ip: str | None, policy: str) -> str | None:
+    """IPv4 to its /24, IPv6 to its /48 (`truncate`), or nothing (`drop`)."""
+    if not ip or policy == "drop":
+        return None
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return None
+    prefix = 24 if address.version == 4 else 48
+    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False).network_address)

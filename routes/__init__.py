@@ -1,0 +1,1 @@
+"""Flask blueprints: one per dialect, plus health and admin."""

@@ -1,0 +1,85 @@
+"""Request plumbing every dialect's view shares: bounded body reading, client context, CORS."""
+from __future__ import annotations
+
+import ipaddress
+import json
+from typing import Any
+
+from flask import Request, Response, current_app
+
+from config import Config, Site
+from dialects.common import ClientContext
+
+OVERRIDE_IP = "X-Postback-Client-IP"
+OVERRIDE_UA = "X-Postback-Client-User-Agent"
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class InvalidJSON(Exception):
+    pass
+
+
+def current_config() -> Config:
+    return current_app.config["POSTBACK"]
+
+
+def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refusing anything over `limit` bytes without reading it all into memory."""
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyTooLarge()
+    data = request.stream.read(limit + 1)
+    if len(data) > limit:
+        raise BodyTooLarge()
+    return data
+
+
+def read_json(request: Request, limit: int) -> Any:
+    """A JSON body whatever its Content-Type: sendBeacon posts text/plain."""
+    data = read_body(request, limit)
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidJSON() from None
+
+
+def client_context(request: Request, trusted_proxies: int) -> ClientContext:
+    """The customer's IP, user agent, referrer and language; a shop's server passes them in override headers."""
+    user_agent = request.headers.get(OVERRIDE_UA) or request.headers.get("User-Agent")
+    language = request.headers.get("Accept-Language", "").split(",")[0].split(";")[0].strip() or None
+    return ClientContext(
+        ip=_valid_ip(request.headers.get(OVERRIDE_IP)) or _connection_ip(request, trusted_proxies),
+        user_agent=user_agent or None,
+        referrer=request.headers.get("Referer") or None,
+        language=language,
+    )
+
+
+def _connection_ip(request: Request, trusted_proxies: int) -> str | None:
+    """The address `trusted_proxies` hops back in X-Forwarded-For; the socket's own when none is trusted."""
+    if trusted_proxies > 0:
+        hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
+        if len(hops) >= trusted_proxies:
+            return _valid_ip(hops[-trusted_proxies])
+    return _valid_ip(request.remote_addr)
+
+
+def _valid_ip(value: str | None) -> str | None:
+    try:
+        return str(ipaddress.ip_address(value.strip())) if value else None
+    except ValueError:
+        return None
+
+
+def allow_origin(response: Response, origin: str | None, site: Site | None, config: Config) -> Response:
+    """CORS for browser calls: the key's site decides; before the key is known, any site may."""
+    sites = [site] if site else config.sites
+    if origin and any(s.allows_origin(origin) for s in sites):
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Allow-Methods"] = "POST, OPTIONS"
+        response.headers["Access-Control-Allow-Headers"] = f"Content-Type, {OVERRIDE_IP}, {OVERRIDE_UA}"
+        response.headers["Access-Control-Max-Age"] = "600"
+        response.vary.add("Origin")
+    return response

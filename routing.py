@@ -1,0 +1,56 @@
+"""Which destinations an event goes to, and what a dry run would send to each (SPEC §5)."""
+from __future__ import annotations
+
+from canonical import CanonicalEvent
+from config import Destination, Site
+from models import PENDING, SKIPPED
+from platforms import REGISTRY
+from platforms.base import Skip, match_quality
+
+
+def skip_reason(event: CanonicalEvent, dest: Destination) -> str | None:
+    """Why this destination must not get this event at all, whatever the platform; None if it may."""
+    if not event.consent:
+        return "no consent"
+    if event.is_bot:
+        return "bot"
+    if dest.events is not None and not {event.standard_name, event.event_name} & set(dest.events):
+        return f"event {event.display_name!r} is not in this destination's events"
+    if dest.consent_category and dest.consent_category not in (event.consent_categories or ()):
+        return f"no consent for category {dest.consent_category}"
+    return None
+
+
+def plan_sends(event: CanonicalEvent, site: Site) -> list[dict]:
+    """One send row per enabled destination, pending or skipped with its reason."""
+    sends = []
+    for dest in site.active_destinations:
+        reason = skip_reason(event, dest)
+        sends.append({
+            "destination": dest.key,
+            "platform": dest.platform,
+            "status": SKIPPED if reason else PENDING,
+            "reason": reason,
+            "finished_at": event.received_at if reason else None,
+        })
+    return sends
+
+
+def preview(event: CanonicalEvent, site: Site) -> list[dict]:
+    """What `?dry_run=1` answers: per destination, the exact item the platform would receive."""
+    out = []
+    for dest in site.active_destinations:
+        module = REGISTRY[dest.platform]
+        entry: dict = {"name": dest.name, "platform": dest.platform, "mode": dest.mode, "url": module.url(dest)}
+        reason = skip_reason(event, dest)
+        try:
+            item = module.build(event, dest)
+        except Skip as skip:
+            item, reason = None, reason or skip.reason
+        entry["status"] = "skipped" if reason else "would_send"
+        if reason:
+            entry["reason"] = reason
+        entry["payload"] = item
+        entry["match_quality"] = match_quality(module.identifiers(item) if item else [], module.WEIGHTS)
+        out.append(entry)
+    return out

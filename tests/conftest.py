@@ -1,0 +1,121 @@
+"""Fixtures that compose: config -> app (temp-file SQLite) -> client; fake platforms on 127.0.0.1."""
+from __future__ import annotations
+
+import copy
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+import yaml
+
+from app import create_app
+from config import Config, parse_config
+from models import database
+from tests.fakes.meta import FakeMeta
+
+ROOT = Path(__file__).resolve().parent.parent
+SEED_EXAMPLE = {
+    "api_key": "key_demo_123",
+    "event": "purchase_completed",
+    "email": "john.doe@example.com",
+    "phone": "+15551234567",
+    "distinct_id": "user_123",
+    "first_name": "John",
+    "last_name": "Doe",
+    "city": "San Francisco",
+    "state": "CA",
+    "zip": "94102",
+    "country": "US",
+    "value": 149.99,
+    "currency": "USD",
+    "order_id": "ord_abc123",
+    "gclid": "CjwKCAjw...",
+    "fbc": "_fbc.1.1554...",
+    "fbp": "_fbp.1.1554...",
+    "event_id": "evt_unique123",
+    "source_url": "https://example.com/checkout",
+    "consent": True,
+    "product_category": "electronics",
+    "coupon_used": "SAVE20",
+}
+BROWSER = {
+    "User-Agent": "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36",
+    "X-Postback-Client-IP": "203.0.113.7",
+}
+# Every raw personal value the suite sends; none may ever be found in a database file.
+RAW_PII = ["john.doe@example.com", "+15551234567", "15551234567", "John", "Doe", "jane@example.org", "4155550100"]
+
+
+def base_config(tmp_path: Path) -> dict:
+    """The example config with the database in a temp folder."""
+    raw = yaml.safe_load((ROOT / "config.example.yaml").read_text())
+    raw["storage"]["database"] = f"sqlite:///{tmp_path}/db/postback.db"
+    return raw
+
+
+def build_config(raw: dict, env: dict | None = None) -> Config:
+    return parse_config(yaml.safe_dump(raw), env or {})
+
+
+@pytest.fixture
+def raw_config(tmp_path) -> dict:
+    return base_config(tmp_path)
+
+
+@pytest.fixture
+def config(raw_config) -> Config:
+    return build_config(raw_config)
+
+
+@pytest.fixture
+def app(config):
+    app = create_app(config)
+    app.testing = True
+    yield app
+    database.close()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def fake_meta():
+    meta = FakeMeta(token="meta-token", pixels=("123", "456")).start()
+    yield meta
+    meta.stop()
+
+
+def meta_destination(api_base: str, **overrides) -> dict:
+    dest = {"name": "meta", "platform": "meta", "mode": "live", "pixel_id": "123",
+            "access_token": "meta-token", "api_version": "v25.0", "api_base": api_base}
+    return {**dest, **overrides}
+
+
+def with_destinations(raw: dict, *destinations: dict) -> dict:
+    raw = copy.deepcopy(raw)
+    raw["sites"][0]["destinations"] = list(destinations)
+    return raw
+
+
+def at(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_raw_pii_in_databases(tmp_path_factory):
+    """After the whole suite, scan every database file the tests wrote for the raw PII they sent."""
+    yield
+    root = tmp_path_factory.getbasetemp()
+    leaks = []
+    for path in root.rglob("*.db*"):
+        if path.suffix in (".db", ".db-wal") or path.name.endswith((".db-wal", ".db")):
+            data = path.read_bytes()
+            leaks += [f"{path.name}: {value}" for value in RAW_PII if value.encode() in data]
+    assert not leaks, f"raw personal data found in database files: {leaks}"
+    assert list(root.rglob("*.db")), "the scan found no database file at all"
+
+
+os.environ.setdefault("POSTBACK_CONFIG", str(ROOT / "config.example.yaml"))

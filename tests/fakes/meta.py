@@ -1,0 +1,361 @@
+"""A fake Meta Graph API (Conversions API) on 127.0.0.1 that validates like Graph and can be scripted to fail."""
+from __future__ import annotations
+
+import json
+import random
+import re
+import socket
+import string
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qsl, urlsplit
+
+ACTION_SOURCES = {
+    "website", "app", "email", "phone_call", "chat", "physical_store",
+    "system_generated", "business_messaging", "other",
+}
+MESSAGING_CHANNELS = {"whatsapp", "messenger", "instagram"}
+HASHED_FIELDS = ("em", "ph", "fn", "ln", "ge", "db", "ct", "st", "zp", "country", "external_id")
+PLAIN_IDS = (
+    "client_ip_address", "client_user_agent", "fbc", "fbp", "subscription_id", "lead_id",
+    "fb_login_id", "anon_id", "madid", "page_id", "ctwa_clid",
+)
+# Meta treats events carrying only one of these identifier sets as unmatchable (platforms.md §1.4).
+WEAK_SETS = (
+    {"ct", "country", "st", "zp", "ge", "client_user_agent"}, {"db", "client_user_agent"},
+    {"fn", "ge"}, {"ln", "ge"},
+)
+SHA256 = re.compile(r"[0-9a-f]{64}")
+CLICK_ID = re.compile(r"fb\.\d\.\d+\..+")
+MAX_AGE = 7 * 86400
+STORE_MAX_AGE = 62 * 86400
+FUTURE_SKEW = 3600  # Meta's limit is unverified; an hour still catches milliseconds sent as seconds
+MAX_BATCH = 1000
+THROTTLES = {  # code -> (message, subcode)
+    4: ("(#4) Application request limit reached", None),
+    17: ("(#17) User request limit reached", 2446079),
+    341: ("(#341) Application limit reached", None),
+    368: ("(#368) The action attempted has been deemed abusive or is otherwise disallowed", None),
+    613: ("(#613) Calls to this api have exceeded the rate limit.", 1487742),
+}
+EXPIRED = (
+    "Error validating access token: Session has expired on Tuesday, 01-Sep-26 10:00:00 PDT. "
+    "The current time is Wednesday, 02-Sep-26 09:00:00 PDT."
+)
+
+
+def trace_id() -> str:
+    """A random 11-character fbtrace_id."""
+    return "".join(random.choices(string.ascii_letters + string.digits + "-_", k=11))
+
+
+def graph_error(code, message, subcode=None, title=None, user_msg=None, transient=False) -> dict:
+    """Graph's error envelope."""
+    error = {"message": message, "type": "OAuthException", "code": code}
+    if subcode is not None:
+        error["error_subcode"] = subcode
+    error["is_transient"] = transient
+    if title:
+        error["error_user_title"] = title
+        error["error_user_msg"] = user_msg or message
+    error["fbtrace_id"] = trace_id()
+    return {"error": error}
+
+
+class _Reject(Exception):
+    """Validation failed: answer with this status and body."""
+
+    def __init__(self, status: int, answer: dict):
+        super().__init__(answer["error"]["message"])
+        self.status, self.answer = status, answer
+
+
+def _bad(message, **kwargs) -> _Reject:
+    return _Reject(400, graph_error(100, message, **kwargs))
+
+
+def _hashed(values) -> bool:
+    """True for a SHA-256 hex string or a list of them."""
+    values = [values] if isinstance(values, str) else values
+    return isinstance(values, list) and all(isinstance(v, str) and SHA256.fullmatch(v) for v in values)
+
+
+def _check_script(answer) -> None:
+    if answer in ("500", "429", "invalid_token"):
+        return
+    shapes = {("throttle", 2), ("hang", 2), ("status", 3)}
+    if not (isinstance(answer, tuple) and answer and (answer[0], len(answer)) in shapes):
+        raise ValueError(f"unknown scripted answer: {answer!r}")
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], OSError):  # a client hanging up is expected; bugs in the fake are not
+            super().handle_error(request, client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+
+    def log_message(self, format, *args):
+        pass
+
+    def setup(self):
+        super().setup()
+        self.server.fake._track(self.connection, True)
+
+    def finish(self):
+        self.server.fake._track(self.connection, False)
+        super().finish()
+
+    def do_POST(self):
+        self.server.fake._handle(self)
+
+    do_GET = do_PUT = do_DELETE = do_PATCH = do_POST
+
+    def read_body(self) -> bytes:
+        """The request body, Content-Length or chunked."""
+        if "chunked" not in self.headers.get("Transfer-Encoding", "").lower():
+            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        chunks = []
+        while size := int(self.rfile.readline().split(b";")[0], 16):
+            chunks.append(self.rfile.read(size))
+            self.rfile.readline()
+        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+            pass  # trailers
+        return b"".join(chunks)
+
+
+def _parse_body(raw: bytes, content_type: str):
+    if not raw:
+        return None
+    if "application/x-www-form-urlencoded" in content_type:
+        fields = dict(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
+        try:
+            fields["data"] = json.loads(fields["data"])
+        except (KeyError, ValueError):
+            pass
+        return fields
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+class FakeMeta:
+    """A real HTTP server speaking the Conversions API: POST /{api_version}/{pixel_id}/events."""
+
+    def __init__(self, token: str = "meta-token", pixels: tuple[str, ...] = ("123",), api_version: str = "v25.0"):
+        self.token, self.pixels, self.api_version = token, tuple(pixels), api_version
+        self.clock = time.time
+        self.url: str | None = None
+        self.requests: list[dict] = []
+        self.events: list[dict] = []
+        self.test_events: list[dict] = []
+        self._script: list = []
+        self._rejected: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._conns: set = set()
+        self._server = self._thread = None
+        self._stopping = threading.Event()
+
+    def start(self) -> "FakeMeta":
+        """Start serving on an OS-chosen port."""
+        self._stopping = threading.Event()
+        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server.fake = self
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, cut open connections and abandon hung handlers."""
+        if not self._server:
+            return
+        self._stopping.set()
+        self._server.shutdown()
+        with self._lock:
+            conns = list(self._conns)
+        for conn in conns:  # keep-alive handlers would otherwise keep answering after stop()
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._server.server_close()
+        self._thread.join(timeout=2)
+        self._server = None
+
+    def __enter__(self) -> "FakeMeta":
+        return self if self._server else self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def script(self, *answers) -> None:
+        """Queue answers for the next requests, one each, first in first out."""
+        for answer in answers:
+            _check_script(answer)
+        with self._lock:
+            self._script.extend(answers)
+
+    def reject_event(self, event_id: str, message: str = "Invalid parameter") -> None:
+        """Fail any batch that contains this event_id."""
+        self._rejected[event_id] = message
+
+    def set_token(self, token: str) -> None:
+        """Accept only this access token from now on."""
+        self.token = token
+
+    def _track(self, conn, alive: bool) -> None:
+        with self._lock:
+            (self._conns.add if alive else self._conns.discard)(conn)
+
+    def _handle(self, h: _Handler) -> None:
+        url = urlsplit(h.path)
+        query = dict(parse_qsl(url.query, keep_blank_values=True))
+        body = _parse_body(h.read_body(), h.headers.get("Content-Type", ""))
+        match = re.fullmatch(rf"/{re.escape(self.api_version)}/([^/]+)/events/?", url.path)
+        record = {
+            "method": h.command, "path": url.path, "pixel_id": match[1] if match else None,
+            "query": query, "body": body, "headers": dict(h.headers),
+            "token_in_query": "access_token" in query, "status": None, "answer": None,
+        }
+        with self._lock:
+            self.requests.append(record)
+            scripted = self._script.pop(0) if self._script else None
+        if isinstance(scripted, tuple) and scripted[0] == "hang":
+            if self._stopping.wait(scripted[1]):
+                h.close_connection = True
+                return
+            scripted = None
+        if scripted:
+            status, answer, headers = self._scripted(scripted)
+        else:
+            status, answer, headers = self._answer(h.command, url.path, match, query, body)
+        record["status"], record["answer"] = status, answer
+        payload = answer.encode() if isinstance(answer, str) else b"" if answer is None else json.dumps(answer).encode()
+        h.send_response(status)
+        text = isinstance(answer, str)
+        h.send_header("Content-Type", "text/html; charset=utf-8" if text else "application/json; charset=UTF-8")
+        h.send_header("Content-Length", str(len(payload)))
+        h.send_header("facebook-api-version", self.api_version)
+        for name, value in headers.items():
+            h.send_header(name, value)
+        h.end_headers()
+        h.wfile.write(payload)
+
+    def _scripted(self, scripted) -> tuple[int, object, dict]:
+        kind, *args = scripted if isinstance(scripted, tuple) else (scripted,)
+        if kind == "500":
+            return 500, graph_error(1, "An unknown error occurred", transient=True), {}
+        if kind == "429":
+            return 429, graph_error(4, THROTTLES[4][0], transient=True), {"Retry-After": "1"}
+        if kind == "invalid_token":
+            return 400, graph_error(190, EXPIRED, subcode=463), {}
+        if kind == "throttle":
+            code = args[0]
+            default = f"(#{code}) There have been too many calls to this ad-account. Wait a bit and try again."
+            message, subcode = THROTTLES.get(code, (default, None))
+            return 400, graph_error(code, message, subcode=subcode), {}
+        return args[0], args[1], {}  # ("status", http_status, body): dict -> JSON, str -> raw text
+
+    def _answer(self, method, path, match, query, body) -> tuple[int, dict, dict]:
+        try:
+            accepted, is_test = self._validate(method, path, match, query, body)
+        except _Reject as reject:
+            return reject.status, reject.answer, {}
+        with self._lock:
+            (self.test_events if is_test else self.events).extend(accepted)
+        return 200, {"events_received": len(accepted), "messages": [], "fbtrace_id": trace_id()}, {}
+
+    def _validate(self, method, path, match, query, body) -> tuple[list, bool]:
+        if method != "POST" or not match:
+            raise _Reject(404, graph_error(803, f"(#803) Some of the aliases you requested do not exist: {path}"))
+        fields = body if isinstance(body, dict) else {}
+        token = query.get("access_token") or fields.get("access_token")
+        if not token:
+            message = "An active access token must be used to query information about the current user."
+            raise _Reject(400, graph_error(190, message))
+        if token != self.token:
+            raise _Reject(400, graph_error(190, "Invalid OAuth access token - Cannot parse access token"))
+        if match[1] not in self.pixels:
+            raise _bad(
+                f"Unsupported post request. Object with ID '{match[1]}' does not exist, cannot be loaded due to "
+                "missing permissions, or does not support this operation.", subcode=33)
+        data = fields.get("data")
+        if data is None:
+            raise _bad("(#100) The parameter data is required")
+        if not isinstance(data, list) or not data:
+            raise _bad("(#100) param data must be a non-empty array")
+        if len(data) > MAX_BATCH:
+            raise _bad(f"(#100) param data must be an array with at most {MAX_BATCH} elements")
+        now = self.clock()
+        for event in data:
+            self._check_event(event, now)
+        code = fields.get("test_event_code")
+        if code is not None and not isinstance(code, str):
+            raise _bad("(#100) param test_event_code must be a string")
+        return data, bool(code)
+
+    def _check_event(self, event, now: float) -> None:
+        """Raise _Reject for the first problem in one data[] item."""
+        if not isinstance(event, dict):
+            raise _bad("(#100) each item of param data must be an object")
+        for key in ("event_name", "event_time", "action_source", "user_data"):
+            if event.get(key) in (None, ""):
+                raise _bad(f"(#100) The parameter {key} is required")
+        if not isinstance(event["event_name"], str):
+            raise _bad("(#100) param event_name must be a string")
+        when = event["event_time"]
+        if type(when) is not int:
+            raise _bad("(#100) param event_time must be an integer (Unix seconds)")
+        source = event["action_source"]
+        if source not in ACTION_SOURCES:
+            raise _bad(f"(#100) param action_source must be one of {{{', '.join(sorted(ACTION_SOURCES))}}}")
+        user_data = event["user_data"]
+        if not isinstance(user_data, dict):
+            raise _bad("(#100) param user_data must be an object")
+        if source == "website" and not event.get("event_source_url"):
+            raise _bad("(#100) The parameter event_source_url is required for website events")
+        if source == "website" and not user_data.get("client_user_agent"):
+            raise _bad("(#100) The parameter user_data.client_user_agent is required for website events")
+        if source == "app" and not isinstance(event.get("app_data"), dict):
+            raise _bad("(#100) The parameter app_data is required for app events")
+        if source == "business_messaging" and event.get("messaging_channel") not in MESSAGING_CHANNELS:
+            raise _bad("Invalid parameter", title="Missing Messaging Channel Parameter",
+                       user_msg="business_messaging events need messaging_channel whatsapp, messenger or instagram.")
+        for key in HASHED_FIELDS:
+            if user_data.get(key) is not None and not _hashed(user_data[key]):
+                raise _bad(f"(#100) The parameter user_data.{key} is not hashed properly",
+                           title="Unhashed User Data", user_msg=f"user_data.{key} must be SHA-256, 64 lowercase hex characters.")
+        for key in ("fbc", "fbp"):
+            value = user_data.get(key)
+            if value is not None and not (isinstance(value, str) and CLICK_ID.match(value)):
+                raise _bad(f"(#100) The parameter user_data.{key} is not formatted properly",
+                           title=f"Invalid {key} Parameter", user_msg=f"user_data.{key} must look like fb.1.<ms>.<value>.")
+        present = {key for key in HASHED_FIELDS + PLAIN_IDS if user_data.get(key) not in (None, "", [])}
+        if not present or any(present <= weak for weak in WEAK_SETS):
+            raise _bad("(#100) user_data does not contain enough customer information parameters to match this event")
+        if now - when > (STORE_MAX_AGE if source == "physical_store" else MAX_AGE):
+            raise _bad("Invalid parameter", subcode=2804003, title="Event Timestamp Too Old",
+                       user_msg="The timestamp for this event is too far in the past. "
+                                "Events need to be sent within 7 days of when they occurred.")
+        if when > now + FUTURE_SKEW:
+            raise _bad("(#100) param event_time must not be in the future (send Unix seconds, not milliseconds)")
+        custom = event.get("custom_data") if isinstance(event.get("custom_data"), dict) else {}
+        value, currency = custom.get("value"), custom.get("currency")
+        has_value = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if event["event_name"] == "Purchase" and not (has_value and isinstance(currency, str) and currency):
+            raise _bad("Invalid parameter", subcode=2804009, title="Missing Value for Purchase Event",
+                       user_msg="Purchase events need custom_data.value and custom_data.currency.")
+        event_id = event.get("event_id")
+        if isinstance(event_id, str) and event_id in self._rejected:
+            message = self._rejected[event_id]
+            raise _bad(message, subcode=2804019, title="Invalid Parameter", user_msg=message)
