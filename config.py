@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -142,17 +143,26 @@ def parse_config(text: str, env: Mapping[str, str]) -> Config:
     try:
         raw = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
     except yaml.YAMLError as exc:
-        raise ConfigError([f"YAML syntax: {exc}"]) from None
+        raise ConfigError([_syntax_message(exc)]) from None
     problems: list[str] = []
     raw = _substitute(raw if raw is not None else {}, env, "", problems)
     if not isinstance(raw, dict):
         raise ConfigError(["(top level): must be a mapping"])
-    config = _Validator(problems).config(raw)
+    # A key whose variable is unset was already reported; "required" on top would say it twice.
+    config = _Validator(problems, quiet={p.split(": ", 1)[0] for p in problems}).config(raw)
     if problems:
         raise ConfigError(problems)
     if env.get("DATABASE_URL"):
         config = replace(config, database=env["DATABASE_URL"])
     return config
+
+
+def _syntax_message(exc: yaml.YAMLError) -> str:
+    """One line with the position, instead of PyYAML's multi-line excerpt."""
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+    if mark is None or not problem:
+        return f"YAML syntax: {' '.join(str(exc).split())}"
+    return f"YAML syntax: line {mark.line + 1}, column {mark.column + 1}: {problem}"
 
 
 def _substitute(value: Any, env: Mapping[str, str], path: str, problems: list[str]) -> Any:
@@ -182,11 +192,13 @@ def _join(path: str, key: object) -> str:
 class _Validator:
     """Reads the raw mapping into a Config, appending one message per problem."""
 
-    def __init__(self, problems: list[str]):
+    def __init__(self, problems: list[str], quiet: set[str] | None = None):
         self.problems = problems
+        self.quiet = quiet or set()
 
     def fail(self, path: str, message: str) -> None:
-        self.problems.append(f"{path}: {message}")
+        if path not in self.quiet:
+            self.problems.append(f"{path}: {message}")
 
     def section(self, raw: dict, key: str) -> dict:
         value = raw.get(key) or {}
@@ -212,14 +224,20 @@ class _Validator:
         return value
 
     def number(self, raw: dict, key: str, path: str, default: float, kind: type = int, minimum: float = 0) -> Any:
-        value = raw.get(key, default)
-        if isinstance(value, str) and value.strip():
+        value = raw.get(key)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return kind(default)  # an empty value counts as absent, like an empty ${VAR}
+        if isinstance(value, str):
             try:
-                value = kind(value)
+                value = float(value)
             except ValueError:
                 pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            self.fail(_join(path, key), f"must be a number, got {value!r}")
+        finite = not isinstance(value, float) or math.isfinite(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not finite:
+            self.fail(_join(path, key), f"must be a number, got {raw.get(key)!r}")
+            return default
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            self.fail(_join(path, key), f"must be a whole number, got {raw.get(key)!r}")
             return default
         if value < minimum:
             self.fail(_join(path, key), f"must be at least {minimum}")
@@ -267,7 +285,6 @@ class _Validator:
             "max_body_bytes": self.number(server, "max_body_bytes", "server", 32768, minimum=1),
             "trusted_proxies": self.number(server, "trusted_proxies", "server", 0),
         }
-        sites = self.sites(raw.get("sites"))
         config = Config(
             server=server_out,
             admin_password=self.text(admin, "password", "admin", default="") or "",
@@ -278,9 +295,9 @@ class _Validator:
             interval_seconds=self.number(dispatch, "interval_seconds", "dispatch", 2, float, minimum=0.1),
             max_attempts=self.number(dispatch, "max_attempts", "dispatch", 25, minimum=1),
             timeout_seconds=self.number(dispatch, "timeout_seconds", "dispatch", 10, float, minimum=0.1),
-            sites=sites,
+            sites=self.sites(raw.get("sites")),  # last, so problems come in the file's usual order
         )
-        config._by_key.update({key: site for site in sites for key in site.keys})
+        config._by_key.update({key: site for site in config.sites for key in site.keys})
         return config
 
     def sites(self, raw: Any) -> tuple[Site, ...]:
@@ -356,6 +373,8 @@ class _Validator:
             if platform and module is None:
                 self.fail(f"{dpath}.platform", f"unknown platform {platform!r}; built: {', '.join(sorted(REGISTRY))}")
             mode = self.choice(item, "mode", dpath, MODES, "live")
+            if item.get("mode", "live") not in MODES:
+                mode = "dry"  # reported above; credentials judged against a guessed mode would add a false second message
             events = self.text_list(item, "events", dpath) if "events" in item else None
             dest = Destination(
                 site_id=site_id,

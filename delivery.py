@@ -33,15 +33,28 @@ def claim(destination: str, limit: int, now: datetime, lease: timedelta) -> list
                 .where((Send.lease_owner == owner) & (Send.status == SENDING)).order_by(Send.id))
 
 
-def release_expired(now: datetime) -> int:
+LEASE_LOST = "lease expired: the dispatcher stopped mid-send"
+
+
+def release_expired(now: datetime, max_attempts: int, ip_policy: str) -> int:
     """Sends whose lease ran out (their dispatcher died mid-send) go back to pending, counted as a retry.
 
-    The platform may have received them; it deduplicates on event_id.
+    The platform may have received them; it deduplicates on event_id. A send whose dispatcher keeps
+    dying (say, out of memory on it) fails once its retries are spent, like any other retry.
     """
-    return (Send.update(status=PENDING, lease_owner=None, lease_until=None, next_attempt_at=now,
-                        attempts=Send.attempts + 1, retries=Send.retries + 1,
-                        last_error="lease expired: the dispatcher stopped mid-send")
-            .where((Send.status == SENDING) & (Send.lease_until < now)).execute())
+    expired = (Send.status == SENDING) & (Send.lease_until < now)
+    spent = expired & (Send.retries + 1 >= max_attempts)
+    given_up = [row.event_id for row in Send.select(Send.event).where(spent)]
+    (Send.update(status=FAILED, lease_owner=None, lease_until=None, finished_at=now,
+                 attempts=Send.attempts + 1, retries=Send.retries + 1, last_error=LEASE_LOST,
+                 reason=f"gave up after {max_attempts} attempts: {LEASE_LOST}")
+     .where(spent).execute())
+    for event_id in set(given_up):
+        reduce_ip_when_final(event_id, ip_policy)
+    released = (Send.update(status=PENDING, lease_owner=None, lease_until=None, next_attempt_at=now,
+                            attempts=Send.attempts + 1, retries=Send.retries + 1, last_error=LEASE_LOST)
+                .where(expired).execute())
+    return released + len(given_up)
 
 
 def finish(send: Send, status: str, now: datetime, ip_policy: str, **fields) -> bool:
@@ -109,11 +122,14 @@ def counts_by_status(destination: str) -> dict[str, int]:
 
 
 def renew(sends: list[Send], until: datetime) -> None:
-    """Extend our lease before each HTTP call, so a long batch split does not lose it midway."""
+    """Before each HTTP call, extend the lease of every row still held under these sends' claim.
+
+    The whole claim, not only this request's rows: the rest of a batch split waits its turn.
+    """
     for send in sends:
         send.lease_until = until
     (Send.update(lease_until=until)
-     .where(Send.id.in_([s.id for s in sends]) & Send.lease_owner.in_({s.lease_owner for s in sends})).execute())
+     .where(Send.lease_owner.in_(list({s.lease_owner for s in sends})) & (Send.status == SENDING)).execute())
 
 
 def put_back(sends: list[Send], now: datetime) -> None:

@@ -16,6 +16,7 @@ from canonical import utcnow
 from config import Config, Destination
 from models import FAILED, SENT, SKIPPED, Send, database
 from platforms import REGISTRY
+from routing import past_window
 from platforms.base import REJECTED, RETRY, SENT as OK, SETUP, THROTTLE, Http, Outcome, Skip, match_quality
 
 log = logging.getLogger(__name__)
@@ -55,13 +56,13 @@ class Dispatcher:
     def drain_once(self, now: datetime | None = None) -> dict[str, int]:
         """One full pass at time `now`, every destination in parallel; returns sends processed per destination."""
         now = now or self.clock()
-        delivery.release_expired(now)
+        delivery.release_expired(now, self.config.max_attempts, self.config.ip_policy)
         futures = {d.key: self._pool.submit(self.drain_destination, d, now) for d in self.config.destinations()}
         return {key: future.result() for key, future in futures.items()}
 
     def tick(self) -> None:
         """The scheduler's job: start a drain for each destination that is not still busy with the last one."""
-        delivery.release_expired(self.clock())
+        delivery.release_expired(self.clock(), self.config.max_attempts, self.config.ip_policy)
         for dest in self.config.destinations():
             running = self._running.get(dest.key)
             if running is None or running.done():
@@ -76,6 +77,7 @@ class Dispatcher:
     def drain_destination(self, dest: Destination, now: datetime | None = None) -> int:
         """Send everything due for one destination until none is left, it is throttled or it is paused."""
         module = REGISTRY[dest.platform]
+        self.http.timeout = self.config.timeout_seconds  # the config may have been reloaded since the last pass
         processed = 0
         while delivery.paused_reason(dest) is None:
             moment = now or self.clock()
@@ -93,14 +95,19 @@ class Dispatcher:
         policy = self.config.ip_policy
         for row in rows:
             event = row.event.to_canonical()
-            if now - event.occurred_at > module.MAX_AGE:
-                delivery.finish(row, FAILED, now, policy,
-                                reason=f"older than {module.LABEL}'s {module.MAX_AGE.days}-day window: not sent")
+            too_old = past_window(event, module, now)
+            if too_old:
+                delivery.finish(row, FAILED, now, policy, reason=too_old)
                 continue
             try:
                 item = module.build(event, dest)
             except Skip as skip:
                 delivery.finish(row, SKIPPED, now, policy, reason=skip.reason)
+                continue
+            except Exception as exc:  # noqa: BLE001 - left claimed, it would come back first and block the rest
+                log.exception("payload build failed", extra={"destination": dest.key, "send": row.id})
+                delivery.finish(row, FAILED, now, policy,
+                                reason=f"could not build {module.LABEL}'s payload: {type(exc).__name__}: {exc}")
                 continue
             quality = match_quality(module.identifiers(item), module.WEIGHTS)
             if dest.mode == "dry":
@@ -111,7 +118,8 @@ class Dispatcher:
 
     def _send(self, dest: Destination, module, batch: list[tuple], now: datetime) -> bool:
         """POST one batch; a batch rejected as a whole for one event is split until that event is found."""
-        delivery.renew([row for row, _, _ in batch], now + self.lease)
+        # From the clock, not `now` (the claim's time): a split's later requests start later.
+        delivery.renew([row for row, _, _ in batch], max(now, self.clock()) + self.lease)
         outcomes = module.send([item for _, item, _ in batch], dest, self.http)
         if len(batch) > 1 and any(o.kind == REJECTED and o.whole_batch for o in outcomes):
             middle = len(batch) // 2
@@ -148,6 +156,10 @@ class Dispatcher:
             delivery.pause(dest, outcome.error or "setup error", now)
             log.warning("destination paused", extra={"destination": dest.key, "error": outcome.error})
 
+    def close(self) -> None:
+        """Wait for the drains in flight, then stop the worker threads."""
+        self._pool.shutdown(wait=True)
+
     def start(self, lock_path: str | None) -> BackgroundScheduler:
         """Run `tick` every interval in this process; only the holder of `lock_path` drains (one per box)."""
         lock = LeaderLock(lock_path)
@@ -181,6 +193,12 @@ class LeaderLock:
             return False
         self._handle = handle
         return True
+
+    def release(self) -> None:
+        """Let another process (or handle) lead; closing the file drops the flock."""
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
 
 
 def lock_path_for(database_url: str) -> str | None:

@@ -16,6 +16,8 @@ from functools import cache
 
 import phonenumbers
 import pycountry
+
+from iso import country_code
 from email_validator import EmailNotValidError, validate_email
 
 HASHED_RE = re.compile(r"\A[0-9a-fA-F]{64}\Z")
@@ -200,10 +202,10 @@ def _birth_date(text: str, country: str | None) -> tuple[str]:
 
 def _country(text: str) -> str:
     """ISO 3166 alpha-2, lowercase, from an alpha-2/alpha-3/numeric code or a country name."""
-    try:
-        return pycountry.countries.lookup(text).alpha_2.lower()
-    except LookupError:
-        raise Dropped("not a known country") from None
+    code = country_code(text)
+    if code is None:
+        raise Dropped("not a known country")
+    return code.lower()
 
 
 def _city(text: str, country: str | None) -> str:

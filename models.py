@@ -152,7 +152,7 @@ def record_event(event: CanonicalEvent, sends: Iterable[dict], ip_policy: str) -
     Every ingest path writes through here, so group commit can come without touching the dialects.
     """
     sends = list(sends)
-    if sends and all(s["status"] in FINAL for s in sends):
+    if all(s["status"] in FINAL for s in sends):
         event.ip = reduce_ip(event.ip, ip_policy)  # nothing can go out: no reason to keep the full IP
     fields = {name: getattr(event, name) for name in CanonicalEvent.__dataclass_fields__ if name != "site_id"}
     fields["consent_categories"] = list(event.consent_categories) if event.consent_categories is not None else None

@@ -1,6 +1,8 @@
 """Which destinations an event goes to, and what a dry run would send to each (SPEC §5)."""
 from __future__ import annotations
 
+from datetime import datetime
+
 from canonical import CanonicalEvent
 from config import Destination, Site
 from models import PENDING, SKIPPED
@@ -18,6 +20,13 @@ def skip_reason(event: CanonicalEvent, dest: Destination) -> str | None:
         return f"event {event.display_name!r} is not in this destination's events"
     if dest.consent_category and dest.consent_category not in (event.consent_categories or ()):
         return f"no consent for category {dest.consent_category}"
+    return None
+
+
+def past_window(event: CanonicalEvent, module, now: datetime) -> str | None:
+    """Why the platform's late-event window forbids sending at `now` (the dispatcher fails such a send)."""
+    if now - event.occurred_at > module.MAX_AGE:
+        return f"older than {module.LABEL}'s {module.MAX_AGE.days}-day window: not sent"
     return None
 
 
@@ -42,7 +51,7 @@ def preview(event: CanonicalEvent, site: Site) -> list[dict]:
     for dest in site.active_destinations:
         module = REGISTRY[dest.platform]
         entry: dict = {"name": dest.name, "platform": dest.platform, "mode": dest.mode, "url": module.url(dest)}
-        reason = skip_reason(event, dest)
+        reason = skip_reason(event, dest) or past_window(event, module, event.received_at)
         try:
             item = module.build(event, dest)
         except Skip as skip:

@@ -25,7 +25,7 @@ OWN_FIELDS = frozenset((
 def parse(body: Mapping[str, Any], client: ClientContext, site: Site, consent_default: str, now: datetime) -> CanonicalEvent:
     """Read a /v1/track body into the canonical event; raises FieldError for a bad typed field."""
     name = body.get("event")
-    if name is None or name == "":
+    if name is None:
         raise FieldError("event")
     if not isinstance(name, str) or not name.strip():
         raise FieldError("event", "must be a non-empty string")

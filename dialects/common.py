@@ -18,8 +18,8 @@ from iso import currency_code
 
 MAX_ID_CHARS = 255
 # `fb.<subdomain index>.<creation ms>.<value>` (https://developers.facebook.com/docs/marketing-api/conversions-api/parameters/fbp-and-fbc/)
-FB_COOKIE_RE = re.compile(r"^fb\.\d\.\d+\.\S+$")
-OPAQUE_ID_RE = re.compile(r"^[\x21-\x7e]{1,1024}$")  # printable ASCII, no spaces: copied byte for byte
+FB_COOKIE_RE = re.compile(r"fb\.\d\.\d+\.\S+")
+OPAQUE_ID_RE = re.compile(r"[\x21-\x7e]{1,1024}")  # printable ASCII, no spaces: copied byte for byte
 CLICK_ID_KEYS = ("fbc", "fbp", "gclid", "gbraid", "wbraid", "ttclid", "ttp", "sccid", "scid", "ga_client_id")
 PII_PROPERTY_KEYS = frozenset(fold(k) for k in (
     "email", "e_mail", "mail", "phone", "phone_number", "mobile", "tel", "name", "first_name", "firstname",
@@ -91,11 +91,17 @@ def read_value(body: Mapping, key: str) -> float | None:
             value = float(value.strip())
         except ValueError:
             raise FieldError(key, "must be a number") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise FieldError(key, "must be a number")
+    try:
+        value = float(value)
+    except OverflowError:  # a JSON integer too big for a float
+        raise FieldError(key, "must be a number") from None
+    if not math.isfinite(value):
         raise FieldError(key, "must be a number")
     if value < 0:
         raise FieldError(key, "must not be negative")
-    return float(value)
+    return value
 
 
 def read_currency(body: Mapping, key: str) -> str | None:
@@ -127,9 +133,9 @@ def read_timestamp(body: Mapping, key: str) -> datetime | None:
         raise FieldError(key, "must be an ISO 8601 date-time")
     try:
         moment = datetime.fromisoformat(value.strip())
-    except ValueError:
+        return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+    except (ValueError, OverflowError):  # OverflowError: an offset that pushes it past year 1 or 9999
         raise FieldError(key, "must be an ISO 8601 date-time") from None
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
 
 
 def clean_click_ids(raw: Mapping[str, Any]) -> tuple[dict[str, str], list[str]]:
@@ -139,9 +145,9 @@ def clean_click_ids(raw: Mapping[str, Any]) -> tuple[dict[str, str], list[str]]:
         value = raw.get(key)
         if not present(value):
             continue
-        if not isinstance(value, str) or not OPAQUE_ID_RE.match(value):
+        if not isinstance(value, str) or not OPAQUE_ID_RE.fullmatch(value):
             notes.append(f"{key}: dropped, not a click id (text without spaces expected)")
-        elif key in ("fbc", "fbp") and not FB_COOKIE_RE.match(value):
+        elif key in ("fbc", "fbp") and not FB_COOKIE_RE.fullmatch(value):
             notes.append(f"{key}: dropped, not of the form fb.<digit>.<digits>.<value>")
         else:
             kept[key] = value
@@ -163,15 +169,24 @@ def clean_url(value: Any, key: str, notes: list[str]) -> str | None:
     return None
 
 
-def custom_properties(raw: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
-    """Unknown keys are kept as properties, except keys that name personal data."""
+def custom_properties(raw: Mapping[str, Any], notes: list[str], path: str = "") -> dict[str, Any]:
+    """Unknown keys are kept as properties, except keys that name personal data (at any depth)."""
     kept = {}
     for key, value in raw.items():
         if fold(str(key)) in PII_PROPERTY_KEYS:
-            notes.append(f"{key}: dropped, a custom property named like personal data is never stored")
+            notes.append(f"{path}{key}: dropped, a custom property named like personal data is never stored")
         else:
-            kept[str(key)] = value
+            kept[str(key)] = _without_pii(value, f"{path}{key}", notes)
     return kept
+
+
+def _without_pii(value: Any, path: str, notes: list[str]) -> Any:
+    """A nested object's PII-named keys would otherwise reach the database raw."""
+    if isinstance(value, Mapping):
+        return custom_properties(value, notes, f"{path}.")
+    if isinstance(value, list):
+        return [_without_pii(item, f"{path}[{i}]", notes) for i, item in enumerate(value)]
+    return value
 
 
 def _number_text(value: int | float) -> str:

@@ -147,8 +147,11 @@ def classify(response: requests.Response, count: int) -> list[Outcome]:
     except ValueError:
         answer = None
     if not isinstance(answer, dict):
-        kind = RETRY if status >= 500 else SETUP
-        return everyone(Outcome(kind, status, f"HTTP {status} with a body that is not Meta's JSON", response=excerpt(text)), count)
+        error = f"HTTP {status} with a body that is not Meta's JSON"
+        if status == 429:  # a proxy's or CDN's rate limit: waiting helps, pausing would not
+            return everyone(Outcome(THROTTLE, status, error, response=excerpt(text),
+                                    retry_after=retry_after_seconds(response.headers)), count)
+        return everyone(Outcome(RETRY if status >= 500 else SETUP, status, error, response=excerpt(text)), count)
     if status == 200 and "events_received" in answer:
         return everyone(Outcome(SENT, status, trace_id=answer.get("fbtrace_id"), response=excerpt(text)), count)
     error = answer.get("error") if isinstance(answer.get("error"), dict) else {}
@@ -168,7 +171,9 @@ def classify(response: requests.Response, count: int) -> list[Outcome]:
 def _message(status: int, error: dict) -> str:
     code = error.get("code")
     label = f"{code}/{error['error_subcode']}" if error.get("error_subcode") else f"{code}"
-    parts = [f"Meta error {label}" if code is not None else f"HTTP {status}", error.get("message") or "no message"]
-    if error.get("error_user_title") or error.get("error_user_msg"):
-        parts.append(" — ".join(p for p in (error.get("error_user_title"), error.get("error_user_msg")) if p))
-    return ": ".join(parts)
+    head = f"Meta error {label}" if code is not None else f"HTTP {status}"
+    text = f"{head}: {error.get('message') or 'no message'}"
+    # Graph often repeats the message as the user title or text: say each thing once.
+    detail = [p for p in (error.get("error_user_title"), error.get("error_user_msg"))
+              if isinstance(p, str) and p and p.casefold() not in text.casefold()]
+    return f"{text}: {' — '.join(detail)}" if detail else text

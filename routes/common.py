@@ -30,19 +30,37 @@ def read_body(request: Request, limit: int) -> bytes:
     """The raw body, refusing anything over `limit` bytes without reading it all into memory."""
     if request.content_length is not None and request.content_length > limit:
         raise BodyTooLarge()
-    data = request.stream.read(limit + 1)
-    if len(data) > limit:
+    chunks, size = [], 0
+    while size <= limit:  # a WSGI stream may return less than asked for before its end
+        chunk = request.stream.read(limit + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > limit:
         raise BodyTooLarge()
-    return data
+    return b"".join(chunks)
 
 
 def read_json(request: Request, limit: int) -> Any:
     """A JSON body whatever its Content-Type: sendBeacon posts text/plain."""
     data = read_body(request, limit)
     try:
-        return json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+        body = json.loads(data)
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's stack
         raise InvalidJSON() from None
+    if b"\\u" in data and _has_lone_surrogate(body):
+        raise InvalidJSON()
+    return body
+
+
+def _has_lone_surrogate(body: Any) -> bool:
+    """A lone \\ud800 escape parses but cannot be encoded, hashed or stored as UTF-8."""
+    try:
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except (UnicodeEncodeError, RecursionError):
+        return True
+    return False
 
 
 def client_context(request: Request, trusted_proxies: int) -> ClientContext:

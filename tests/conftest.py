@@ -68,8 +68,13 @@ def config(raw_config) -> Config:
     return build_config(raw_config)
 
 
+DATABASE_FILES: list[Path] = []
+
+
 @pytest.fixture
 def app(config):
+    if config.database.startswith("sqlite:///"):
+        DATABASE_FILES.append(Path(config.database[len("sqlite:///"):]))
     app = create_app(config)
     app.testing = True
     yield app
@@ -105,17 +110,13 @@ def at(text: str) -> datetime:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def no_raw_pii_in_databases(tmp_path_factory):
+def no_raw_pii_in_databases():
     """After the whole suite, scan every database file the tests wrote for the raw PII they sent."""
     yield
-    root = tmp_path_factory.getbasetemp()
-    leaks = []
-    for path in root.rglob("*.db*"):
-        if path.suffix in (".db", ".db-wal") or path.name.endswith((".db-wal", ".db")):
-            data = path.read_bytes()
-            leaks += [f"{path.name}: {value}" for value in RAW_PII if value.encode() in data]
+    files = [f for db in DATABASE_FILES for f in (db, db.with_name(db.name + "-wal")) if f.exists()]
+    leaks = [f"{f}: {value}" for f in files for value in RAW_PII if value.encode() in f.read_bytes()]
     assert not leaks, f"raw personal data found in database files: {leaks}"
-    assert list(root.rglob("*.db")), "the scan found no database file at all"
+    assert all(db.exists() for db in DATABASE_FILES), "a database the tests used is gone before the scan"
 
 
 os.environ.setdefault("POSTBACK_CONFIG", str(ROOT / "config.example.yaml"))

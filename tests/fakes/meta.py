@@ -209,6 +209,10 @@ class FakeMeta:
         """Fail any batch that contains this event_id."""
         self._rejected[event_id] = message
 
+    def accept_event(self, event_id: str) -> None:
+        """Stop failing batches that contain this event_id."""
+        self._rejected.pop(event_id, None)
+
     def set_token(self, token: str) -> None:
         """Accept only this access token from now on."""
         self.token = token
