@@ -2,7 +2,12 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-export POSTBACK_CONFIG ?= config.yaml
+# SPEC §2: config.yaml is made from the example only when POSTBACK_CONFIG is unset.
+ifeq ($(origin POSTBACK_CONFIG), undefined)
+CONFIG_FILE := config.yaml
+else
+CONFIG_FILE :=
+endif
 
 .PHONY: run test check-config bench clean
 
@@ -15,10 +20,10 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
-$(POSTBACK_CONFIG):
+config.yaml:
 	cp config.example.yaml $@
 
-run: $(VENV)/.installed $(POSTBACK_CONFIG)
+run: $(VENV)/.installed $(CONFIG_FILE)
 	$(PY) app.py check-config
 	$(VENV)/bin/gunicorn -c gunicorn.conf.py
 
@@ -27,6 +32,12 @@ test: $(VENV)/.installed-dev
 
 check-config: $(VENV)/.installed
 	$(PY) app.py check-config
+
+# Ingest (wrk vs a bare Flask endpoint), dispatch and footprint on this box: one Markdown table on
+# stdout and in bench/out/last.md. Knobs (BENCH_RUNS, BENCH_SECONDS, BENCH_EVENTS, ...): bench/run.py.
+bench: $(VENV)/.installed-dev
+	command -v wrk >/dev/null 2>&1 || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y wrk; }
+	$(PY) bench/run.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -6,8 +6,12 @@ wsgi_app = "app:serve()"
 worker_class = "gthread"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 threads = int(os.environ.get("THREADS", "8"))
-accesslog = None  # Postback logs requests itself, without query strings (the pixel's carries an email)
+accesslog = os.environ.get("ACCESS_LOG", "-")
+# Path without the query string (the pixel's `params` carries an email) and no client IP: no personal data.
+access_log_format = '"%(m)s %(U)s" %(s)s %(B)s %(M)sms'
 keepalive = 5
+# gunicorn's control socket lives at one path per user: a second instance (a bench beside `make run`) would clash.
+control_socket_disable = True
 
 
 def post_worker_init(worker):
