@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from importlib import import_module
 
 import click
 from flask import Flask, jsonify
@@ -14,16 +15,22 @@ from models import open_database
 
 log = logging.getLogger(__name__)
 
+# One blueprint per line: a dialect is added by adding its module here.
+BLUEPRINTS = (
+    "routes.health",
+    "routes.admin",
+    "routes.channelstack",
+)
+
 
 def create_app(config: Config) -> Flask:
     """Assemble the app around a loaded, validated config: bind the database, register routes. Starts nothing."""
-    from routes import channelstack, health
-
     app = Flask(__name__)
     app.config["POSTBACK"] = config
+    blueprints = [import_module(name).bp for name in BLUEPRINTS]  # imported first: their tables get created
     open_database(config.database)
-    app.register_blueprint(channelstack.bp)
-    app.register_blueprint(health.bp)
+    for blueprint in blueprints:
+        app.register_blueprint(blueprint)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

@@ -51,6 +51,31 @@ class Destination:
 
 
 @dataclass(frozen=True)
+class Channel:
+    """A Telegram channel of a site's funnel (AdTarget)."""
+
+    id: str
+    telegram_id: str
+    title: str
+    username: str | None
+    funnel_order: int
+    event_type: str
+
+
+@dataclass(frozen=True)
+class Telegram:
+    bot_token: str | None
+    api_base: str
+    webhook_secret: str | None
+    channels: tuple[Channel, ...]
+
+    def channel(self, ref: object) -> Channel | None:
+        """A channel by its config id or its Telegram id (`-100…`), compared as strings."""
+        ref = str(ref) if isinstance(ref, (str, int)) and not isinstance(ref, bool) else None
+        return next((c for c in self.channels if ref in (c.id, c.telegram_id)), None)
+
+
+@dataclass(frozen=True)
 class Site:
     id: str
     name: str
@@ -62,6 +87,8 @@ class Site:
     event_map: Mapping[str, str]
     destinations: tuple[Destination, ...]
     settings: Mapping[str, Any]
+    lists: Mapping[str, str] = field(default_factory=dict)  # Octeth ListID -> name
+    telegram: Telegram | None = None
 
     def allows_origin(self, origin: str | None) -> bool:
         return bool(origin) and ("*" in self.allowed_origins or origin in self.allowed_origins)
@@ -339,6 +366,8 @@ class _Validator:
             self.fail(f"{path}.event_map", "must map event names to standard event names")
             event_map = {}
         destinations = self.destinations(raw.get("destinations") or [], f"{path}.destinations", site_id)
+        lists = self.lists(raw.get("lists"), f"{path}.lists")
+        telegram = self.telegram(raw["telegram"], f"{path}.telegram") if raw.get("telegram") is not None else None
         return Site(
             id=site_id,
             name=self.text(raw, "name", path, default=site_id) or site_id,
@@ -349,6 +378,8 @@ class _Validator:
             allowed_origins=self.text_list(raw, "allowed_origins", path),
             event_map={str(k): v for k, v in event_map.items()},
             destinations=destinations,
+            lists=lists,
+            telegram=telegram,
             settings=raw,
         )
 
@@ -391,3 +422,52 @@ class _Validator:
                     self.fail(f"{dpath}.{key}", message)
             out.append(dest)
         return tuple(out)
+
+    def lists(self, raw: Any, path: str) -> dict[str, str]:
+        if raw is None:
+            return {}
+        if not isinstance(raw, list):
+            self.fail(path, "must be a list of {id, name}")
+            return {}
+        lists = {}
+        for i, item in enumerate(raw):
+            if not isinstance(item, dict):
+                self.fail(f"{path}[{i}]", "must be a mapping with id and name")
+                continue
+            list_id = self.text(item, "id", f"{path}[{i}]", required=True)
+            if list_id in lists:
+                self.fail(f"{path}[{i}].id", f"duplicate list id {list_id!r}")
+            if list_id:
+                lists[list_id] = self.text(item, "name", f"{path}[{i}]", default=list_id) or list_id
+        return lists
+
+    def telegram(self, raw: Any, path: str) -> Telegram | None:
+        if not isinstance(raw, dict):
+            self.fail(path, "must be a mapping")
+            return None
+        channels, seen = [], set()
+        for i, item in enumerate(raw.get("channels") or []):
+            cpath = f"{path}.channels[{i}]"
+            if not isinstance(item, dict):
+                self.fail(cpath, "must be a mapping")
+                continue
+            channel = Channel(
+                id=self.text(item, "id", cpath, required=True) or "",
+                telegram_id=self.text(item, "telegram_id", cpath, required=True) or "",
+                title=self.text(item, "title", cpath, default="") or "",
+                username=self.text(item, "username", cpath),
+                funnel_order=self.number(item, "funnel_order", cpath, 1),
+                event_type=self.text(item, "event_type", cpath, default="Lead") or "Lead",
+            )
+            if channel.telegram_id and not re.fullmatch(r"-?\d+", channel.telegram_id):
+                self.fail(f"{cpath}.telegram_id", "must be a numeric chat id such as \"-1001234567890\"")
+            if channel.id in seen:
+                self.fail(f"{cpath}.id", f"duplicate channel id {channel.id!r}")
+            seen.add(channel.id)
+            channels.append(channel)
+        return Telegram(
+            bot_token=self.text(raw, "bot_token", path),
+            api_base=(self.text(raw, "api_base", path, default="https://api.telegram.org") or "").rstrip("/"),
+            webhook_secret=self.text(raw, "webhook_secret", path),
+            channels=tuple(channels),
+        )

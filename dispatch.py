@@ -33,6 +33,16 @@ def backoff(retries: int, rng: Callable[[], float] = random.random) -> float:
     return base * (1 - JITTER + 2 * JITTER * rng())
 
 
+def split_requests(module, batch: list[tuple]) -> list[list[tuple]]:
+    """Group (row, item, quality) by the platform's request key (GA4: one client per request), then cut
+    each group at the platform's batch limit; order is kept."""
+    groups: dict = {}
+    for entry in batch:
+        groups.setdefault(module.request_key(entry[1]), []).append(entry)
+    limit = module.BATCH_LIMIT
+    return [group[i:i + limit] for group in groups.values() for i in range(0, len(group), limit)]
+
+
 class Dispatcher:
     """Drains every destination with its own worker, so a slow platform holds no other."""
 
@@ -114,7 +124,12 @@ class Dispatcher:
                 delivery.finish(row, SKIPPED, now, policy, reason="dry mode", payload=item, match_quality=quality)
                 continue
             batch.append((row, item, quality))
-        return bool(batch) and self._send(dest, module, batch, now)
+        requests = split_requests(module, batch)
+        for i, request in enumerate(requests):
+            if self._send(dest, module, request, now):
+                delivery.put_back([row for later in requests[i + 1:] for row, _, _ in later], now)
+                return True
+        return False
 
     def _send(self, dest: Destination, module, batch: list[tuple], now: datetime) -> bool:
         """POST one batch; a batch rejected as a whole for one event is split until that event is found."""

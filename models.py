@@ -128,9 +128,6 @@ class DestinationState(BaseModel):
         table_name = "destination_state"
 
 
-MODELS = (Event, Send, DestinationState)
-
-
 def open_database(url: str):
     """Connect (SQLite in WAL mode with a busy timeout), create missing folders and tables."""
     if url.startswith("sqlite:///"):
@@ -142,8 +139,18 @@ def open_database(url: str):
     else:
         db = connect(url)
     database.initialize(db)
-    db.create_tables(MODELS, safe=True)
+    db.create_tables(all_models(), safe=True)
     return db
+
+
+def all_models() -> list[type[BaseModel]]:
+    """Every table: ours, and those of feature modules imported so far (they subclass BaseModel)."""
+    found, stack = [], list(BaseModel.__subclasses__())
+    while stack:
+        model = stack.pop(0)
+        found.append(model)
+        stack.extend(model.__subclasses__())
+    return found
 
 
 def record_event(event: CanonicalEvent, sends: Iterable[dict], ip_policy: str) -> tuple[Event, bool]:

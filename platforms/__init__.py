@@ -1,8 +1,12 @@
 """The registry of ad platforms: the only place that lists them; nothing else branches on a name.
 
 Every module has one shape: NAME, LABEL, BATCH_LIMIT, MAX_AGE, WEIGHTS, check_settings(dest),
-url(dest), build(event, dest) -> item (raises Skip), identifiers(item), send(items, dest, http).
+url(dest) (secrets masked), build(event, dest) -> item (raises Skip), identifiers(item),
+request_key(item) (items with different keys never share a request), send(items, dest, http).
 """
-from platforms import meta
+from importlib import import_module
 
-REGISTRY = {module.NAME: module for module in (meta,)}
+NAMES = (
+    "meta",
+)
+REGISTRY = {name: import_module(f"platforms.{name}") for name in NAMES}

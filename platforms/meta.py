@@ -122,6 +122,11 @@ def _custom_data(event: CanonicalEvent) -> dict:
     return data
 
 
+def request_key(item: dict) -> None:
+    """Any events may share a request."""
+    return None
+
+
 def identifiers(item: dict) -> list[str]:
     """Meta's own names of the identifiers an item carries, never their values."""
     return [key for key in WEIGHTS if key in item.get("user_data", {})]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, g, jsonify, request
 
+import inspector
 from canonical import utcnow
 from dialects import channelstack
 from dialects.common import FieldError
@@ -13,7 +14,15 @@ from routing import preview
 bp = Blueprint("channelstack", __name__)
 
 
-def error(message: str, status: int) -> tuple[Response, int]:
+def dry_run() -> bool:
+    return request.args.get("dry_run") in ("1", "true")
+
+
+def error(message: str, status: int, body: object = None) -> tuple[Response, int]:
+    """The seed's error shape; the refusal is kept for the inspector (a dry run keeps nothing)."""
+    if not dry_run():
+        site = g.get("site")
+        inspector.record(channelstack.DIALECT, site.id if site else None, message, body)
     return jsonify({"error": message, "code": status}), status
 
 
@@ -37,21 +46,23 @@ def track():
     except InvalidJSON:
         return error("Invalid JSON body", 400)
     if not isinstance(body, dict):
-        return error("Request body must be a JSON object", 400)
+        return error("Request body must be a JSON object", 400, body)
     site = g.site = config.site_for_key(body.get("api_key"))
     if site is None:
-        return error("Invalid API key", 401)
+        return error("Invalid API key", 401, body)
     try:
         event = channelstack.parse(body, client_context(request, config.trusted_proxies), site, config.consent_default, utcnow())
     except FieldError as exc:
         if exc.why is None:
-            return error(f"Missing required field: {exc.field}", 400)
-        return error(f"Invalid field: {exc.field} ({exc.why})", 400)
-    if request.args.get("dry_run") in ("1", "true"):
+            return error(f"Missing required field: {exc.field}", 400, body)
+        return error(f"Invalid field: {exc.field} ({exc.why})", 400, body)
+    if dry_run():
         return jsonify({
             "success": True, "eventId": event.event_id, "message": "Event recorded successfully",
             "dry_run": True, "notes": event.notes, "destinations": preview(event, site),
         })
     row, created = accept(event, site, config)
+    if created and event.notes:
+        inspector.record(channelstack.DIALECT, site.id, "partly accepted: " + "; ".join(event.notes), body)
     message = "Event recorded successfully" if created else "Duplicate event ignored"
     return jsonify({"success": True, "eventId": row.event_id, "message": message})
