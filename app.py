@@ -115,6 +115,39 @@ def drain():
         click.echo(f"{key}: {count} send(s) processed")
 
 
+@cli.command()
+def purge():
+    """Delete events older than storage.retention_days whose sends are final, and old inspector entries."""
+    import retention
+    from canonical import utcnow
+
+    config = load_config()
+    _open(config)
+    removed = retention.purge(config.retention_days, utcnow())
+    click.echo(f"removed {removed['events']} event(s), {removed['sends']} send(s), {removed['refusals']} inspector entr(ies)")
+
+
+@cli.command()
+def stats():
+    """Events per site and sends per destination and status."""
+    import retention
+
+    _open(load_config())
+    counts = retention.stats()
+    for site, n in sorted(counts["events"].items()):
+        click.echo(f"site {site}: {n} event(s)")
+    for destination, by_status in sorted(counts["sends"].items()):
+        click.echo(f"{destination}: " + ", ".join(f"{status} {n}" for status, n in sorted(by_status.items())))
+
+
+@cli.command("generate-key")
+def generate_key():
+    """Print a new random API key to put in a site's `keys`."""
+    import secrets
+
+    click.echo(f"key_{secrets.token_urlsafe(24)}")
+
+
 def _open(config: Config) -> None:
     open_database(config.database)
 

@@ -1,0 +1,73 @@
+"""The command line: purge (retention), stats, generate-key."""
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from app import cli
+from canonical import utcnow
+from inspector import Refusal
+from models import Event, Send
+from tests.conftest import BROWSER, SEED_EXAMPLE
+
+
+@pytest.fixture
+def run(raw_config, tmp_path):
+    """Run a CLI command against the test's config file; returns its output."""
+    def run(*args: str) -> str:
+        path = tmp_path / "postback.yaml"
+        path.write_text(yaml.safe_dump(raw_config))
+        result = CliRunner().invoke(cli, list(args), env={"POSTBACK_CONFIG": str(path)})
+        assert result.exit_code == 0, result.output
+        return result.stdout
+    return run
+
+
+def post(client, event_id: str, **fields) -> Event:
+    response = client.post("/v1/track", json={**SEED_EXAMPLE, "event_id": event_id, **fields}, headers=BROWSER)
+    assert response.status_code == 200
+    return Event.get(Event.event_id == event_id)
+
+
+def age(event: Event, days: int) -> None:
+    Event.update(received_at=utcnow() - timedelta(days=days)).where(Event.id == event.id).execute()
+
+
+def test_purge_removes_old_final_events_and_keeps_recent_and_still_pending_ones(client, run):
+    old_final = post(client, "old-final", consent=False)  # every send skipped: final
+    old_pending = post(client, "old-pending")              # its Meta send is still pending
+    recent = post(client, "recent", consent=False)
+    age(old_final, 91)
+    age(old_pending, 91)
+    client.post("/v1/track", data="{nope", headers=BROWSER)
+    Refusal.update(created_at=utcnow() - timedelta(days=91)).where(Refusal.reason == "Invalid JSON body").execute()
+
+    assert run("purge") == "removed 1 event(s), 1 send(s), 1 inspector entr(ies)\n"
+
+    assert sorted(e.event_id for e in Event.select()) == ["old-pending", "recent"]
+    assert sorted(s.event.event_id for s in Send.select()) == ["old-pending", "recent"]
+    assert Refusal.select().where(Refusal.reason == "Invalid JSON body").count() == 0
+    assert Refusal.select().count() == 3  # the three seed events' "partly accepted" entries are young
+
+
+def test_stats_counts_events_per_site_and_sends_per_status(client, run):
+    post(client, "a")
+    post(client, "b", consent=False)
+    assert run("stats") == "site shop: 2 event(s)\nshop/meta: pending 1, skipped 1\n"
+
+
+def test_generate_key_prints_a_fresh_random_key(run):
+    first, second = run("generate-key").strip(), run("generate-key").strip()
+    assert re.fullmatch(r"key_[A-Za-z0-9_-]{32}", first) and first != second
+
+
+def test_check_config_reports_each_problem_with_its_path(raw_config, tmp_path):
+    raw_config["sites"][0]["destinations"][0].pop("pixel_id")
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw_config))
+    result = CliRunner().invoke(cli, ["check-config", str(path)])
+    assert (result.exit_code, result.stderr) == (1, "sites[0].destinations[0].pixel_id: required\n")
