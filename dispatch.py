@@ -161,8 +161,9 @@ class Dispatcher:
             if retries >= self.config.max_attempts:
                 delivery.finish(row, FAILED, now, policy, retries=retries,
                                 reason=f"gave up after {retries} attempts: {outcome.error}", **tried)
-            else:
-                delivery.reschedule(row, now + timedelta(seconds=backoff(retries, self.rng)), retries=retries, **tried)
+            else:  # a platform that says when to come back (Google's TOO_RECENT_*: 6 h) is heard
+                wait = max(backoff(retries, self.rng), outcome.retry_after or 0)
+                delivery.reschedule(row, now + timedelta(seconds=wait), retries=retries, **tried)
         elif outcome.kind == THROTTLE:
             wait = outcome.retry_after if outcome.retry_after is not None else backoff(row.attempts + 1, self.rng)
             delivery.reschedule(row, now + timedelta(seconds=wait), **tried)

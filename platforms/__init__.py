@@ -7,6 +7,10 @@ request_key(item) (items with different keys never share a request), send(items,
 from importlib import import_module
 
 NAMES = (
+    "ga4",
+    "google_ads",
     "meta",
+    "snapchat",
+    "tiktok",
 )
 REGISTRY = {name: import_module(f"platforms.{name}") for name in NAMES}
