@@ -20,6 +20,9 @@ BLUEPRINTS = (
     "routes.health",
     "routes.admin",
     "routes.channelstack",
+    "routes.pixel",
+    "routes.octeth",
+    "routes.commanders",
 )
 
 

@@ -16,6 +16,7 @@ from models import BaseModel, JSONField, UTCDateTimeField
 KEEP_PER_REASON = 200
 EXCERPT_TEXT_CHARS = 80
 EXCERPT_KEYS = 40
+EXCERPT_DEPTH = 4
 # Values safe to show: they name an event, not a person. Everything else shows only its type.
 SAFE_KEYS = frozenset(fold(k) for k in (
     "event", "event_name", "event_id", "order_id", "value", "currency", "occurred_at", "consent",
@@ -69,23 +70,23 @@ def purge(older_than: timedelta, now: datetime | None = None) -> int:
     return Refusal.delete().where(Refusal.created_at < (now or utcnow()) - older_than).execute()
 
 
-def excerpt(body: Any) -> Any:
+def excerpt(body: Any, depth: int = 0) -> Any:
     """The request's shape without personal data: safe fields' values, secrets masked, the rest typed."""
-    if isinstance(body, dict):
-        return {str(k)[:EXCERPT_TEXT_CHARS]: _value(str(k), v) for k, v in list(body.items())[:EXCERPT_KEYS]}
+    if isinstance(body, dict) and depth < EXCERPT_DEPTH:
+        return {str(k)[:EXCERPT_TEXT_CHARS]: _value(str(k), v, depth) for k, v in list(body.items())[:EXCERPT_KEYS]}
     if body is None:
         return None
     return f"<{type(body).__name__}>"
 
 
-def _value(key: str, value: Any) -> Any:
+def _value(key: str, value: Any, depth: int) -> Any:
     folded = fold(key)
     if folded in SECRET_KEYS:
         return f"{str(value)[:4]}…" if isinstance(value, str) and len(value) > 4 else "<secret>"
     if folded in IDENTITY_KEYS:
         return f"<{type(value).__name__}>"
     if isinstance(value, dict):
-        return excerpt(value)
+        return excerpt(value, depth + 1)
     if folded in SAFE_KEYS and isinstance(value, (str, int, float, bool)) or value is None:
         return value[:EXCERPT_TEXT_CHARS] if isinstance(value, str) else value
     return f"<{type(value).__name__}>"

@@ -169,25 +169,37 @@ def clean_url(value: Any, key: str, notes: list[str]) -> str | None:
     return None
 
 
-def custom_properties(raw: Mapping[str, Any], notes: list[str], path: str = "") -> dict[str, Any]:
+MAX_PROPERTY_DEPTH = 16
+
+
+def custom_properties(raw: Mapping[str, Any], notes: list[str], path: str = "", depth: int = 0) -> dict[str, Any]:
     """Unknown keys are kept as properties, except keys that name personal data (at any depth)."""
     kept = {}
     for key, value in raw.items():
         if fold(str(key)) in PII_PROPERTY_KEYS:
             notes.append(f"{path}{key}: dropped, a custom property named like personal data is never stored")
         else:
-            kept[str(key)] = _without_pii(value, f"{path}{key}", notes)
+            kept[str(key)] = _without_pii(value, f"{path}{key}", notes, depth + 1)
     return kept
 
 
-def _without_pii(value: Any, path: str, notes: list[str]) -> Any:
+def _without_pii(value: Any, path: str, notes: list[str], depth: int) -> Any:
     """A nested object's PII-named keys would otherwise reach the database raw."""
+    if isinstance(value, (Mapping, list)) and depth > MAX_PROPERTY_DEPTH:
+        notes.append(f"{path}: dropped, nested deeper than {MAX_PROPERTY_DEPTH} levels")
+        return None
     if isinstance(value, Mapping):
-        return custom_properties(value, notes, f"{path}.")
+        return custom_properties(value, notes, f"{path}.", depth)
     if isinstance(value, list):
-        return [_without_pii(item, f"{path}[{i}]", notes) for i, item in enumerate(value)]
+        return [_without_pii(item, f"{path}[{i}]", notes, depth + 1) for i, item in enumerate(value)]
     return value
 
 
 def _number_text(value: int | float) -> str:
     return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def mint_fbc(fbclid: str, seen_at: datetime) -> str:
+    """Meta's `_fbc` for a click first seen at `seen_at`: `fb.1.<ms>.<fbclid>`, fbclid byte for byte (platforms.md §1.5)."""
+    millis = int(seen_at.timestamp()) * 1000 + seen_at.microsecond // 1000  # exact: float ms math can land 1 ms low
+    return f"fb.1.{millis}.{fbclid}"

@@ -22,11 +22,11 @@ DEFAULT_API_VERSION = "v25.0"
 WEIGHTS = {
     "em": 3, "ph": 3, "external_id": 1.5, "fbc": 2, "fbp": 1, "client_ip_address": 0.5,
     "client_user_agent": 0.5, "fn": 0.5, "ln": 0.5, "ge": 0.25, "db": 0.25, "ct": 0.25,
-    "st": 0.25, "zp": 0.25, "country": 0.25,
+    "st": 0.25, "zp": 0.25, "country": 0.25, "fb_login_id": 2,
 }
 # Identifiers that can match a person; UA and coarse location alone cannot
 # (https://developers.facebook.com/docs/marketing-api/conversions-api/parameters/customer-information-parameters).
-MATCHABLE = ("em", "ph", "external_id", "fbc", "fbp", "client_ip_address", "fn", "ln", "db")
+MATCHABLE = ("em", "ph", "external_id", "fbc", "fbp", "client_ip_address", "fn", "ln", "db", "fb_login_id")
 # https://developers.facebook.com/docs/graph-api/guides/error-handling
 THROTTLE_CODES = {4, 17, 341, 613, 368} | set(range(80000, 80015))
 TRANSIENT_CODES = {1, 2}
@@ -97,7 +97,7 @@ def _user_data(event: CanonicalEvent) -> dict:
         data["client_ip_address"] = event.ip
     if event.user_agent:
         data["client_user_agent"] = event.user_agent
-    for key in ("fbc", "fbp"):
+    for key in ("fbc", "fbp", "fb_login_id"):
         if event.click_ids.get(key):
             data[key] = event.click_ids[key]
     return data

@@ -651,3 +651,17 @@ def test_a_disabled_destination_is_not_listed_in_a_dry_run(raw_config, make_clie
     answer = dry_run(client, SEED_EXAMPLE)
     track(client, SEED_EXAMPLE)
     assert (answer["destinations"], sends()) == ([], [])
+
+
+def test_custom_properties_nested_past_the_depth_cap_are_dropped_not_a_500(client):
+    deep: dict = {"leaf": 1}
+    for _ in range(600):
+        deep = {"n": deep}
+    response = track(client, {**SEED_EXAMPLE, "event_id": "deep", "blob": deep})
+    assert response.status_code == 200
+    event = Event.get(Event.event_id == "deep")
+    depth, node = 0, event.properties["blob"]
+    while isinstance(node, dict):
+        depth, node = depth + 1, node["n"]
+    assert (depth, node) == (16, None)
+    assert "blob" + ".n" * 16 + ": dropped, nested deeper than 16 levels" in event.notes

@@ -123,3 +123,7 @@ def test_a_bad_limit_is_refused(client):
 ])
 def test_an_excerpt_keeps_the_shape_and_only_values_that_name_no_one(body, shown):
     assert inspector.excerpt(body) == shown
+
+
+def test_an_excerpt_stops_at_four_levels():
+    assert inspector.excerpt({"a": {"b": {"c": {"d": {"e": 1}}}}}) == {"a": {"b": {"c": {"d": "<dict>"}}}}

@@ -1,0 +1,94 @@
+"""Octeth's own state: the subscribers seen per list (for `identify_event_sent`) and the properties catalogue.
+
+Both are keyed by site and ListID; a subscriber by the SHA-256 of the email, never the address.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Iterable
+
+from peewee import AutoField, CharField, IntegrityError, fn
+
+from models import BaseModel, UTCDateTimeField, database
+
+MAX_EVENTS_PER_LIST = 500  # junk traffic must not grow the catalogue without bound
+MAX_KEYS_PER_EVENT = 500
+
+
+class OctethSubscriber(BaseModel):
+    """A subscriber first seen on a list: the event that identified it and its external id."""
+
+    id = AutoField()
+    site = CharField()
+    list_id = CharField()
+    email_hash = CharField()  # sha256 of the normalized email, as in the event's identity
+    external_id = CharField()  # the `ID` sent, else one generated on first sight
+    first_event_id = CharField()
+    created_at = UTCDateTimeField()
+
+    class Meta:
+        table_name = "octeth_subscribers"
+        indexes = ((("site", "list_id", "email_hash"), True),)
+
+
+class OctethProperty(BaseModel):
+    """One property name seen on an event of a list: the catalogue `website_events.properties` answers."""
+
+    id = AutoField()
+    site = CharField()
+    list_id = CharField()
+    event = CharField()
+    key = CharField()
+
+    class Meta:
+        table_name = "octeth_properties"
+        indexes = ((("site", "list_id", "event", "key"), True),)
+
+
+def subscriber(site: str, list_id: str, email_hash: str) -> OctethSubscriber | None:
+    return OctethSubscriber.get_or_none(
+        (OctethSubscriber.site == site) & (OctethSubscriber.list_id == list_id) & (OctethSubscriber.email_hash == email_hash))
+
+
+def remember(site: str, list_id: str, email_hash: str, external_id: str, event_id: str, given_id: bool, now: datetime) -> bool:
+    """Record the subscriber; True when this event is the first seen for it. A sent `ID` replaces the stored one."""
+    try:
+        with database.atomic():
+            OctethSubscriber.create(site=site, list_id=list_id, email_hash=email_hash, external_id=external_id,
+                                    first_event_id=event_id, created_at=now)
+        return True
+    except IntegrityError:  # seen before, or a concurrent first event won the race
+        pass
+    if given_id:
+        (OctethSubscriber.update(external_id=external_id)
+         .where((OctethSubscriber.site == site) & (OctethSubscriber.list_id == list_id)
+                & (OctethSubscriber.email_hash == email_hash) & (OctethSubscriber.external_id != external_id))
+         .execute())
+    return False
+
+
+def learn(site: str, list_id: str, event: str, keys: Iterable[str]) -> None:
+    """Add property names to the list's catalogue for `event`, within the bounds."""
+    on_list = (OctethProperty.site == site) & (OctethProperty.list_id == list_id)
+    known = {row.key for row in OctethProperty.select(OctethProperty.key).where(on_list & (OctethProperty.event == event))}
+    new = [key for key in dict.fromkeys(keys) if key not in known][: max(0, MAX_KEYS_PER_EVENT - len(known))]
+    if not new:
+        return
+    if not known:
+        events = OctethProperty.select(fn.COUNT(OctethProperty.event.distinct())).where(on_list).scalar()
+        if events >= MAX_EVENTS_PER_LIST:
+            return
+    with database.atomic():
+        OctethProperty.insert_many(
+            [{"site": site, "list_id": list_id, "event": event, "key": key} for key in new]
+        ).on_conflict_ignore().execute()
+
+
+def catalogue(site: str, list_id: str) -> dict[str, list[str]]:
+    """Per event name, the sorted property names seen on the list."""
+    rows = (OctethProperty.select(OctethProperty.event, OctethProperty.key)
+            .where((OctethProperty.site == site) & (OctethProperty.list_id == list_id)))
+    found: dict[str, list[str]] = {}
+    for row in rows:
+        found.setdefault(row.event, []).append(row.key)
+    return {event: sorted(keys) for event, keys in sorted(found.items())}

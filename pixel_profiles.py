@@ -1,0 +1,58 @@
+"""Pixel visitor profiles: what earlier calls said about a visitor (site + uuid), merged across calls.
+
+Only hashes and the numeric Facebook id are kept, so a later call (a purchase without the email)
+can be matched on what the visitor sent before (seed 003, SPEC §6).
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from peewee import CharField
+
+from canonical import utcnow
+from models import BaseModel, JSONField, UTCDateTimeField
+
+
+class PixelProfile(BaseModel):
+    site = CharField()
+    uuid = CharField()
+    identity = JSONField(default=dict)  # flavour -> sha256 hex, as on the canonical event
+    fbid = CharField(null=True)  # kept plain: Meta's fb_login_id must not be hashed
+    created_at = UTCDateTimeField()
+    updated_at = UTCDateTimeField()
+
+    class Meta:
+        table_name = "pixel_profiles"
+        indexes = ((("site", "uuid"), True), (("updated_at",), False))
+
+
+def find(site_id: str, uuid: str) -> PixelProfile | None:
+    return PixelProfile.get_or_none((PixelProfile.site == site_id) & (PixelProfile.uuid == uuid))
+
+
+def remember(site_id: str, uuid: str, identity: dict[str, str], fbid: str | None, now: datetime | None = None) -> None:
+    """Merge this call's hashes and fbid into the visitor's profile; newer values win, nothing is forgotten."""
+    if not identity and fbid is None:
+        return  # a call that names nobody adds nothing: no row per page view
+    now = now or utcnow()
+    known = find(site_id, uuid)
+    merged = {**(known.identity if known else {}), **identity}
+    fbid = fbid or (known.fbid if known else None)
+    if known and (known.identity, known.fbid) == (merged, fbid):
+        return
+    # A visitor's calls rarely race; if two do, the later write wins and both events keep their own hashes.
+    (PixelProfile
+     .insert(site=site_id, uuid=uuid, identity=merged, fbid=fbid, created_at=now, updated_at=now)
+     .on_conflict(conflict_target=[PixelProfile.site, PixelProfile.uuid],
+                  update={PixelProfile.identity: merged, PixelProfile.fbid: fbid, PixelProfile.updated_at: now})
+     .execute())
+
+
+def forget(site_id: str, uuid: str) -> int:
+    """Erase one visitor's profile (a GDPR request names the visitor by its uuid)."""
+    return PixelProfile.delete().where((PixelProfile.site == site_id) & (PixelProfile.uuid == uuid)).execute()
+
+
+def purge(older_than: timedelta, now: datetime | None = None) -> int:
+    """Drop profiles unchanged for longer than the retention period."""
+    return PixelProfile.delete().where(PixelProfile.updated_at < (now or utcnow()) - older_than).execute()

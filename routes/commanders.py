@@ -1,0 +1,223 @@
+"""Commanders Act (seed 002): `POST /events`, the User API and the Product API, each `?tc_s={siteId}` with a
+Bearer source key. As the seed says of all its API requests: 400 only for an oversize body or invalid JSON,
+200 for everything else, the refusal kept for the inspector (SPEC §6)."""
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from flask import Blueprint, Response, g, jsonify, request
+
+import catalog
+import inspector
+import profiles
+from canonical import utcnow
+from config import Config, Site
+from dialects import commanders
+from dialects.common import MAX_ID_CHARS, FieldError
+from ingest import accept
+from routes.common import BodyTooLarge, InvalidJSON, allow_origin, client_context, current_config, read_json
+from routing import preview
+
+bp = Blueprint("commanders", __name__)
+OK = {"status": "ok"}
+
+
+class Refused(Exception):
+    """A request the dialect will not act on; `reason` is what the inspector shows."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def dry_run() -> bool:
+    """`?dry_run=1`: validate and answer, store nothing."""
+    return request.args.get("dry_run") in ("1", "true")
+
+
+def record(reason: str, body: Any = None) -> None:
+    """Keep a refused or partly accepted request for the inspector; a dry run keeps nothing."""
+    if not dry_run():
+        site = g.get("site")
+        inspector.record(commanders.DIALECT, site.id if site else None, reason, body)
+
+
+def bad_request(message: str) -> tuple[Response, int]:
+    """The seed's only non-200 answer: an oversize body or invalid JSON."""
+    g.site = current_config().site(request.args.get("tc_s", "").strip())  # unauthenticated, but names where to look
+    record(message)
+    return jsonify({"status": "error", "message": message}), 400
+
+
+def field_reason(exc: FieldError) -> str:
+    """The inspector's wording, as ChannelStack's errors say it."""
+    if exc.why is None:
+        return f"Missing required field: {exc.field}"
+    return f"Invalid field: {exc.field} ({exc.why})"
+
+
+def authenticate(config: Config) -> Site:
+    """The `tc_s` site, if the source key (Bearer header, or the `token` parameter) is one of its keys."""
+    site_id = request.args.get("tc_s", "").strip()
+    if not site_id:
+        raise Refused("Missing tc_s (site id)")
+    site = g.site = config.site(site_id)
+    if site is None:
+        raise Refused("Unknown site (tc_s)")
+    key = source_key()
+    if not key:
+        raise Refused("Missing source key")
+    if not any(hmac.compare_digest(key.encode(), known.encode()) for known in site.keys):
+        other = config.site_for_key(key)
+        raise Refused("Source key belongs to another site" if other else "Invalid source key")
+    return site
+
+
+def source_key() -> str | None:
+    """The Bearer token, else the `token` parameter."""
+    scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return request.args.get("token", "").strip() or None  # the vendor's newer docs put the key in the URL
+
+
+@bp.after_request
+def cors(response: Response) -> Response:
+    """Browsers may post events; the `tc_s` site's allowed origins decide, and the key travels in Authorization."""
+    if request.endpoint not in ("commanders.events", "commanders.events_preflight"):
+        return response
+    config = current_config()
+    site = g.get("site") or config.site(request.args.get("tc_s", "").strip())
+    allow_origin(response, request.headers.get("Origin"), site, config)
+    if "Access-Control-Allow-Origin" in response.headers:
+        response.headers["Access-Control-Allow-Headers"] += ", Authorization"
+    return response
+
+
+@bp.route("/events", methods=["OPTIONS"])
+def events_preflight():
+    """CORS preflight for browsers posting events."""
+    return Response(status=204)
+
+
+@bp.post("/events")
+def events():
+    """One event; always `{"status":"ok"}` unless the body is too large or not JSON."""
+    config = current_config()
+    try:
+        body = read_json(request, config.max_body_bytes)
+    except BodyTooLarge:
+        return bad_request("Request body too large")
+    except InvalidJSON:
+        return bad_request("Invalid JSON body")
+    try:
+        site = authenticate(config)
+        if not isinstance(body, dict):
+            raise Refused("Request body must be a JSON object")
+        try:
+            known = profiles.known(site.id, commanders.user_id(body))
+            event = commanders.parse(body, client_context(request, config.trusted_proxies), site, config.consent_default,
+                                     utcnow(), known)
+        except FieldError as exc:
+            raise Refused(field_reason(exc)) from None
+    except Refused as refused:
+        record(refused.reason, body)
+        return jsonify({**OK, "dry_run": True, "refused": refused.reason} if dry_run() else OK)
+    event.items = catalog.enrich(event.items, site.id, event.currency)
+    if dry_run():
+        return jsonify({**OK, "dry_run": True, "notes": event.notes, "destinations": preview(event, site)})
+    _, created = accept(event, site, config)
+    if created and event.notes:
+        record("partly accepted: " + "; ".join(event.notes), body)
+    return jsonify(OK)
+
+
+@bp.post("/users")
+def upsert_user():
+    """Create or update a user profile, identity hashed at ingest."""
+    config = current_config()
+    try:
+        body = read_json(request, config.max_body_bytes)
+    except BodyTooLarge:
+        return bad_request("Request body too large")
+    except InvalidJSON:
+        return bad_request("Invalid JSON body")
+    shown = _without_user_id(body)
+    try:
+        site = authenticate(config)
+        if not isinstance(body, dict):
+            raise Refused("Request body must be a JSON object")
+        try:
+            user = commanders.parse_profile(body, site)
+        except FieldError as exc:
+            raise Refused(field_reason(exc)) from None
+    except Refused as refused:
+        record(refused.reason, shown)
+        return _error(refused.reason)
+    if dry_run():
+        return jsonify({**OK, "dry_run": True, "notes": user.notes, "identity": sorted(user.hashes), "location": sorted(user.location)})
+    profiles.upsert(site.id, user.user_id, user.hashes, user.location, user.anonymous_id, utcnow())
+    if user.notes:
+        record("partly accepted: " + "; ".join(user.notes), shown)
+    return jsonify(OK)
+
+
+@bp.delete("/users/<path:user_id>")
+def erase_user(user_id: str):
+    """Erase a user's profile and every personal field of their events and sends (GDPR)."""
+    config = current_config()
+    try:
+        site = authenticate(config)
+        if not user_id.strip() or len(user_id) > MAX_ID_CHARS:
+            raise Refused(f"Invalid user id (1 to {MAX_ID_CHARS} characters)")
+    except Refused as refused:
+        record(refused.reason)
+        return _error(refused.reason)
+    erased = profiles.erase(site.id, user_id.strip(), utcnow())
+    return jsonify({**OK, "erased": {"profile": erased.profile, "events": erased.events, "sends": erased.sends}})
+
+
+@bp.post("/products")
+def upsert_products():
+    """Upsert one catalogue item or a list of them; each bad one is refused on its own."""
+    config = current_config()
+    try:
+        body = read_json(request, config.max_body_bytes)
+    except BodyTooLarge:
+        return bad_request("Request body too large")
+    except InvalidJSON:
+        return bad_request("Invalid JSON body")
+    try:
+        site = authenticate(config)
+        if not isinstance(body, (dict, list)):
+            raise Refused("Request body must be a product object or a list of them")
+    except Refused as refused:
+        record(refused.reason, body)
+        return _error(refused.reason)
+    products, rejected, notes = [], [], []
+    for index, raw in enumerate(body if isinstance(body, list) else [body]):
+        try:
+            products.append(commanders.parse_product(raw, notes, f"products[{index}]."))
+        except FieldError as exc:
+            rejected.append({"index": index, "message": field_reason(exc)})
+    upserted = len(products) if dry_run() else catalog.upsert(site.id, products, utcnow())
+    if rejected or notes:
+        reasons = [f"products[{r['index']}]: {r['message']}" for r in rejected] + notes
+        record(("refused: " if not products else "partly accepted: ") + "; ".join(reasons), body)
+    answer: dict = {**OK, "upserted": upserted}
+    if rejected:
+        answer = {"status": "error", "message": f"{len(rejected)} of {len(rejected) + len(products)} products refused",
+                  "upserted": upserted, "rejected": rejected}
+    return jsonify({**answer, "dry_run": True} if dry_run() else answer)
+
+
+def _error(reason: str) -> Response:
+    """User and Product API refusals: still 200 as the seed says, but the body tells the truth."""
+    answer = {"status": "error", "message": reason}
+    return jsonify({**answer, "dry_run": True} if dry_run() else answer)
+
+
+def _without_user_id(body: Any) -> Any:
+    """The inspector shows `id` values; a user id names a person, so it is masked before recording."""
+    return {**body, "id": "<user id>"} if isinstance(body, dict) and "id" in body else body
