@@ -86,5 +86,11 @@ class CanonicalEvent:
         return self.event_name if self.standard_name == CUSTOM else self.standard_name
 
     @property
+    def shared_properties(self) -> dict[str, Any]:
+        """Custom properties a platform may receive: the client's own, not the server-side `$` context
+        (Octeth's `$current_url` and the like can carry a full URL with its query string)."""
+        return {k: v for k, v in self.properties.items() if not k.startswith("$")}
+
+    @property
     def source_url(self) -> str | None:
         return self.page_url or self.referrer

@@ -24,7 +24,7 @@ CLICK_ID_KEYS = ("fbc", "fbp", "gclid", "gbraid", "wbraid", "ttclid", "ttp", "sc
 PII_PROPERTY_KEYS = frozenset(fold(k) for k in (
     "email", "e_mail", "mail", "phone", "phone_number", "mobile", "tel", "name", "first_name", "firstname",
     "last_name", "lastname", "full_name", "address", "street", "ip", "ip_address", "birthday", "dob",
-    "date_of_birth",
+    "date_of_birth", "email_address", "emailaddress", "phone_no", "mobile_phone", "cell", "cellphone",
 ))
 
 

@@ -227,7 +227,7 @@ def _params(event: CanonicalEvent) -> dict:
     if isinstance(session, (str, int)) and not isinstance(session, bool) and SESSION_ID_RE.fullmatch(str(session)):
         params["session_id"] = session
     params["engagement_time_msec"] = ENGAGEMENT_TIME_MSEC
-    for key, value in event.properties.items():  # custom properties last: our own fields win a clash
+    for key, value in event.shared_properties.items():  # custom properties last: our own fields win a clash
         if len(params) >= MAX_PARAMS:
             break
         name = ga_name(str(key))

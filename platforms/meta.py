@@ -104,7 +104,7 @@ def _user_data(event: CanonicalEvent) -> dict:
 
 
 def _custom_data(event: CanonicalEvent) -> dict:
-    data = dict(event.properties)  # custom properties first: our own fields win a clash
+    data = event.shared_properties  # custom properties first: our own fields win a clash
     if event.value is not None:
         data["value"] = event.value
     if event.currency:
@@ -117,8 +117,14 @@ def _custom_data(event: CanonicalEvent) -> dict:
     ]
     if contents:
         data["contents"] = contents
+        data["content_ids"] = [c["id"] for c in contents]
         data["content_type"] = "product"
         data["num_items"] = sum(int(c.get("quantity") or 1) for c in contents)
+        # Meta has one name and one category per event: given only when every item agrees.
+        for key, field in (("content_name", "name"), ("content_category", "category")):
+            values = {i.get(field) for i in event.items if i.get("id") is not None}
+            if len(values) == 1 and None not in values:
+                data[key] = values.pop()
     return data
 
 

@@ -124,7 +124,7 @@ def _user(event: CanonicalEvent) -> dict:
 
 
 def _properties(event: CanonicalEvent) -> dict:
-    data = dict(event.properties)  # custom properties first: our own fields win a clash
+    data = event.shared_properties  # custom properties first: our own fields win a clash
     if event.value is not None:
         data["value"] = event.value
     if event.currency:

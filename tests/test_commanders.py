@@ -829,6 +829,6 @@ def test_an_enriched_purchase_reaches_meta_with_the_catalogues_prices(live_meta,
                       "client_ip_address": "102.3.4.56", "client_user_agent": SEED_UA, "fbc": FBC, "fbp": FBP},
         "custom_data": {"value": 30.0, "currency": "EUR", "order_id": "O_12345",
                         "contents": [{"id": "SKU_1", "quantity": 2, "item_price": 12.5}, {"id": "SKU_2", "item_price": 5.0}],
-                        "content_type": "product", "num_items": 3},
+                        "content_ids": ["SKU_1", "SKU_2"], "content_type": "product", "num_items": 3},
     }]
     assert Send.get().status == "sent"
