@@ -10,6 +10,8 @@ accesslog = os.environ.get("ACCESS_LOG", "-")
 # Path without the query string (the pixel's `params` carries an email) and no client IP: no personal data.
 access_log_format = '"%(m)s %(U)s" %(s)s %(B)s %(M)sms'
 keepalive = 5
+# The pixel carries its data in the query string; gunicorn's default refuses request lines over 4 KB.
+limit_request_line = 8190
 # gunicorn's control socket lives at one path per user: a second instance (a bench beside `make run`) would clash.
 control_socket_disable = True
 

@@ -19,7 +19,9 @@ database = DatabaseProxy()
 
 PENDING, SENDING, SENT, FAILED, SKIPPED = "pending", "sending", "sent", "failed", "skipped"
 FINAL = (SENT, FAILED, SKIPPED)
-SQLITE_PRAGMAS = {"journal_mode": "wal", "busy_timeout": 10000, "synchronous": "normal", "foreign_keys": 1}
+# secure_delete: pages freed by an erasure or an IP reduction are zeroed, so the old bytes leave the file.
+SQLITE_PRAGMAS = {"journal_mode": "wal", "busy_timeout": 10000, "synchronous": "normal", "foreign_keys": 1,
+                  "secure_delete": 1}
 
 
 class JSONField(TextField):

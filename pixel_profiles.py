@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 
 from peewee import CharField
 
+import privacy
 from canonical import utcnow
 from models import BaseModel, JSONField, UTCDateTimeField
 
@@ -56,3 +57,11 @@ def forget(site_id: str, uuid: str) -> int:
 def purge(older_than: timedelta, now: datetime | None = None) -> int:
     """Drop profiles unchanged for longer than the retention period."""
     return PixelProfile.delete().where(PixelProfile.updated_at < (now or utcnow()) - older_than).execute()
+
+
+@privacy.eraser
+def erase(site_id: str, anonymous_ids: set[str], hashes: set[str]) -> int:
+    """A user's erasure removes the visitor profiles that are theirs: by uuid, or by a shared email/phone hash."""
+    doomed = [p.id for p in PixelProfile.select().where(PixelProfile.site == site_id)
+              if p.uuid in anonymous_ids or hashes & set(p.identity.values())]
+    return PixelProfile.delete().where(PixelProfile.id.in_(doomed)).execute() if doomed else 0

@@ -2,6 +2,12 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import Callable
+
+# Modules that keep personal data of their own (visitor profiles, …) register here, so a user's
+# erasure reaches them too: eraser(site_id, anonymous_ids, hashes) -> rows removed.
+Eraser = Callable[[str, set, set], int]
+ERASERS: list[Eraser] = []
 
 
 def reduce_ip(ip: str | None, policy: str) -> str | None:
@@ -14,3 +20,14 @@ def reduce_ip(ip: str | None, policy: str) -> str | None:
         return None
     prefix = 24 if address.version == 4 else 48
     return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False).network_address)
+
+
+def eraser(function: Eraser) -> Eraser:
+    """Register a module's eraser (a decorator)."""
+    ERASERS.append(function)
+    return function
+
+
+def erase_elsewhere(site_id: str, anonymous_ids: set[str], hashes: set[str]) -> int:
+    """Let every registered module forget what it holds of this user."""
+    return sum(erase(site_id, anonymous_ids, hashes) for erase in ERASERS)

@@ -7,6 +7,7 @@ from datetime import datetime
 
 from peewee import OP, CharField, Expression, SqliteDatabase, Value
 
+import privacy
 from models import FINAL, PENDING, SENDING, SKIPPED, BaseModel, Event, JSONField, Send, UTCDateTimeField, database
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,10 @@ def erase(site_id: str, user_id: str, now: datetime) -> Erasure:
         with database.atomic():
             profile = Profile.get_or_none((Profile.site == site_id) & (Profile.user_id == user_id))
             anonymous_id = profile.anonymous_id if profile else None
-            events = _events_of(site_id, user_id, anonymous_id, _personal(profile.identity) if profile else set())
+            hashes = _personal(profile.identity) if profile else set()
+            events = _events_of(site_id, user_id, anonymous_id, hashes)  # grows `hashes` as it links events
+            anonymous_ids = {e.anonymous_id for e in events if e.anonymous_id} | ({anonymous_id} - {None})
+            privacy.erase_elsewhere(site_id, anonymous_ids, hashes)
             for event in events:
                 (Event.update(identity={}, location={}, external_id=None, anonymous_id=None, click_ids={}, ip=None,
                               notes=[*event.notes, ERASED_NOTE])

@@ -666,3 +666,17 @@ def test_profiles_are_forgotten_by_uuid_and_purged_after_retention(client):
     assert pixel_profiles.purge(timedelta(days=90), now=utcnow() + timedelta(days=89)) == 0
     assert pixel_profiles.purge(timedelta(days=90), now=utcnow() + timedelta(days=91)) == 1
     assert PixelProfile.select().count() == 0
+
+
+def test_erasing_a_user_through_the_user_api_also_forgets_their_pixel_profile(client):
+    hit(client, query={"event_token": "signup", "params": b64({"email": SEED_EMAIL})})
+    uuid = visitor(client)
+    assert profile(uuid)["identity"] == em(SEED_EMAIL)
+    auth = {"Authorization": "Bearer key_demo_123"}
+    client.post("/users?tc_s=shop", json={"id": "u-77", "email": SEED_EMAIL}, headers=auth)
+
+    response = client.delete("/users/u-77?tc_s=shop", headers=auth)
+
+    assert response.get_json()["status"] == "ok"
+    assert PixelProfile.select().count() == 0
+    assert Event.get().identity == {}
