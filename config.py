@@ -331,7 +331,7 @@ class _Validator:
         if not isinstance(raw, list) or not raw:
             self.fail("sites", "required: a list with at least one site")
             return ()
-        sites, seen_ids, seen_keys = [], set(), {}
+        sites, seen_ids, seen_keys, seen_lists = [], set(), {}, {}
         for i, item in enumerate(raw):
             path = f"sites[{i}]"
             if not isinstance(item, dict):
@@ -345,6 +345,11 @@ class _Validator:
                 if key in seen_keys:
                     self.fail(f"{path}.keys", f"key {key[:4]}… is also used by site {seen_keys[key]!r}; keys must be unique across sites")
                 seen_keys[key] = site.id
+            for list_id in site.lists:
+                # An Octeth SessionID is not bound to a site: its ListID must name exactly one.
+                if list_id in seen_lists:
+                    self.fail(f"{path}.lists", f"list id {list_id!r} is also used by site {seen_lists[list_id]!r}; list ids must be unique across sites")
+                seen_lists[list_id] = site.id
             sites.append(site)
         return tuple(sites)
 

@@ -1,6 +1,6 @@
 """The inspector: every refused or partly accepted request, with its reason and a PII-free excerpt.
 
-Bounded per (site, reason), oldest first out, so junk traffic cannot fill the disk.
+Bounded per (site, reason) and per site, oldest first out, so junk traffic cannot fill the disk.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from dialects.common import PII_PROPERTY_KEYS
 from models import BaseModel, JSONField, UTCDateTimeField
 
 KEEP_PER_REASON = 200
+KEEP_PER_SITE = 5000  # reasons can name keys, so junk traffic could mint many; the site's total is bounded too
 EXCERPT_TEXT_CHARS = 80
 EXCERPT_KEYS = 40
 EXCERPT_DEPTH = 4
@@ -46,10 +47,11 @@ class Refusal(BaseModel):
 def record(dialect: str, site: str | None, reason: str, body: Any = None, now: datetime | None = None) -> None:
     """Keep one refused (or partly accepted) request; drop the oldest beyond the bound for its reason."""
     Refusal.create(site=site, dialect=dialect, reason=reason[:1000], excerpt=excerpt(body), created_at=now or utcnow())
-    same = (Refusal.site.is_null() if site is None else Refusal.site == site) & (Refusal.reason == reason[:1000])
-    cutoff = Refusal.select(Refusal.id).where(same).order_by(Refusal.id.desc()).offset(KEEP_PER_REASON).limit(1).scalar()
-    if cutoff is not None:
-        Refusal.delete().where(same & (Refusal.id <= cutoff)).execute()
+    same_site = Refusal.site.is_null() if site is None else Refusal.site == site
+    for scope, keep in ((same_site & (Refusal.reason == reason[:1000]), KEEP_PER_REASON), (same_site, KEEP_PER_SITE)):
+        cutoff = Refusal.select(Refusal.id).where(scope).order_by(Refusal.id.desc()).offset(keep).limit(1).scalar()
+        if cutoff is not None:
+            Refusal.delete().where(scope & (Refusal.id <= cutoff)).execute()
 
 
 def listing(site: str | None = None, dialect: str | None = None, limit: int = 100) -> list[dict]:

@@ -127,3 +127,13 @@ def test_an_excerpt_keeps_the_shape_and_only_values_that_name_no_one(body, shown
 
 def test_an_excerpt_stops_at_four_levels():
     assert inspector.excerpt({"a": {"b": {"c": {"d": {"e": 1}}}}}) == {"a": {"b": {"c": {"d": "<dict>"}}}}
+
+
+def test_a_site_keeps_only_its_newest_entries_whatever_their_reasons(client, monkeypatch):
+    monkeypatch.setattr(inspector, "KEEP_PER_SITE", 2)
+    for i in range(4):
+        client.post("/v1/track", json={"api_key": "key_demo_123", "event": "x", f"Email{'_' * i}": "x"}, headers=BROWSER)
+    assert [e["reason"] for e in listing(client)] == [
+        "partly accepted: Email___: dropped, a custom property named like personal data is never stored",
+        "partly accepted: Email__: dropped, a custom property named like personal data is never stored",
+    ]
