@@ -239,13 +239,10 @@ def resolve_list(body: Mapping[str, Any], sites: Sequence[Site], problems: ListP
     key = list_key(raw)
     if key is None:
         return None, None, problems.invalid
-    owners = [site for site in sites if key in site.lists]
-    if not owners:
+    owner = next((site for site in sites if key in site.lists), None)  # list ids are unique across sites (config)
+    if owner is None:
         return None, key, problems.unknown
-    if len(owners) > 1:  # only with a SessionID, which may use every site's lists
-        return None, key, Problem(problems.invalid.code,
-                                  f"Invalid ListID parameter: list {key} belongs to more than one site; send that site's APIKey")
-    return owners[0], key, None
+    return owner, key, None
 
 
 def catalogue_request(body: Mapping[str, Any], sites: Sequence[Site]) -> tuple[Site, str]:

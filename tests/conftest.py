@@ -47,10 +47,14 @@ BROWSER = {
 RAW_PII = ["john.doe@example.com", "+15551234567", "15551234567", "John", "Doe", "jane@example.org", "4155550100"]
 
 
-def base_config(tmp_path: Path) -> dict:
-    """The example config with the database in a temp folder."""
+def base_config(tmp_path: Path, all_destinations: bool = False) -> dict:
+    """The example config with the database in a temp folder; by default with its Meta destination only,
+    so a test sees one platform unless it asks for more (test_all_platforms uses them all)."""
     raw = yaml.safe_load((ROOT / "config.example.yaml").read_text())
     raw["storage"]["database"] = f"sqlite:///{tmp_path}/db/postback.db"
+    if not all_destinations:
+        site = raw["sites"][0]
+        site["destinations"] = [d for d in site["destinations"] if d["platform"] == "meta"]
     return raw
 
 

@@ -56,8 +56,14 @@ def test_the_shipped_example_loads_as_it_is():
     assert (shop.default_country, shop.default_currency, shop.allowed_origins) == ("US", "USD", ("https://shop.example",))
     assert dict(shop.event_map) == {"signed_up": "CompleteRegistration", "purchase_completed": "Purchase"}
     assert config.site_for_key("key_demo_123") is shop and config.site_for_key("atk_live_demo") is shop
-    [dest] = config.destinations()
-    assert (dest.key, dest.platform, dest.mode, dest.enabled, dest.events, dest.consent_category) == ("shop/meta", "meta", "dry", True, None, None)
+    # Every built platform, all in dry mode (SPEC §3), so `make run` works without a single credential.
+    assert [(d.key, d.platform, d.mode) for d in config.destinations()] == [
+        ("shop/meta", "meta", "dry"), ("shop/tiktok", "tiktok", "dry"), ("shop/snap", "snapchat", "dry"),
+        ("shop/gads", "google_ads", "dry"), ("shop/ga4", "ga4", "dry"),
+    ]
+    assert sorted(d.platform for d in config.destinations()) == sorted(REGISTRY)
+    dest = config.destinations()[0]
+    assert (dest.enabled, dest.events, dest.consent_category) == (True, None, None)
     assert dict(dest.settings) == {
         "name": "meta", "platform": "meta", "mode": "dry", "pixel_id": "123", "access_token": "",
         "test_event_code": "TEST123", "api_version": "v25.0", "api_base": "https://graph.facebook.com",
@@ -263,7 +269,7 @@ def test_a_missing_file_is_one_message(tmp_path):
 def test_check_config_prints_ok_for_the_example():
     result = CliRunner().invoke(check_config, [str(EXAMPLE)])
     assert (result.exit_code, result.stdout, result.stderr) == (
-        0, f"{EXAMPLE}: OK — 1 site(s), 1 enabled destination(s)\n", "")
+        0, f"{EXAMPLE}: OK — 1 site(s), 5 enabled destination(s)\n", "")
 
 
 def test_check_config_exits_1_with_the_path_named_messages(tmp_path):

@@ -417,20 +417,6 @@ def test_an_expired_session_id_is_invalid(admin_client):
     assert (response.status_code, response.get_json()) == (401, errors(INVALID))
 
 
-def test_a_session_id_with_a_list_on_two_sites_is_refused_and_the_apikey_settles_it(raw_config, make_client):
-    raw_config["admin"]["password"] = PASSWORD
-    add_blog_site(raw_config, lists=[{"id": 94, "name": "Blog newsletter"}])
-    client = make_client()
-    session_body = {**MINIMAL, "APIKey": None, "SessionID": login(client)}
-    message = "Invalid ListID parameter: list 94 belongs to more than one site; send that site's APIKey"
-
-    by_session = track(client, session_body)
-    by_key = track(client, {**MINIMAL, "APIKey": "key_blog_456"})
-
-    assert (by_session.status_code, by_session.get_json()) == (422, errors((4, message)))
-    assert by_key.status_code == 200 and Event.get().site == "blog"
-
-
 def test_a_key_only_reaches_its_own_sites_lists(raw_config, make_client):
     add_blog_site(raw_config)
     client = make_client()
