@@ -23,6 +23,8 @@ BLUEPRINTS = (
     "routes.pixel",
     "routes.octeth",
     "routes.commanders",
+    "routes.adtarget",
+    "routes.telegram_webhook",
 )
 
 
@@ -141,6 +143,24 @@ def stats():
         click.echo(f"site {site}: {n} event(s)")
     for destination, by_status in sorted(counts["sends"].items()):
         click.echo(f"{destination}: " + ", ".join(f"{status} {n}" for status, n in sorted(by_status.items())))
+
+
+@cli.command("set-webhook")
+@click.argument("site_id")
+def set_webhook(site_id: str):
+    """Register the site's Telegram webhook at server.public_url, with its secret and chat_member updates."""
+    import telegram_api
+
+    config = load_config()
+    site = config.site(site_id)
+    if site is None:
+        raise click.UsageError(f"no site {site_id!r} in {config.path}")
+    try:
+        url = telegram_api.set_webhook(site, config.server["public_url"], timeout=config.timeout_seconds)
+    except (telegram_api.TelegramError, telegram_api.TelegramNotConfigured) as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    click.echo(f"webhook set: {url}")
 
 
 @cli.command("generate-key")

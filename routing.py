@@ -20,7 +20,23 @@ def skip_reason(event: CanonicalEvent, dest: Destination) -> str | None:
         return f"event {event.display_name!r} is not in this destination's events"
     if dest.consent_category and dest.consent_category not in (event.consent_categories or ()):
         return f"no consent for category {dest.consent_category}"
-    return None
+    return missing_attribution(event, dest)
+
+
+def missing_attribution(event: CanonicalEvent, dest: Destination) -> str | None:
+    """A Telegram-funnel (`chat`) event goes only where it carries that platform's own click signal.
+
+    Such an event has no browser of its own: without the platform's click id or cookie it cannot be
+    tied to an ad, so sending it would only add an unattributed conversion. A platform lists its
+    signals in ATTRIBUTION_KEYS (click_ids keys).
+    """
+    if event.channel != "chat":
+        return None
+    module = REGISTRY[dest.platform]
+    keys = module.ATTRIBUTION_KEYS
+    if any(event.click_ids.get(key) for key in keys):
+        return None
+    return f"no {module.LABEL} attribution signal ({' or '.join(keys) or 'none accepted'}) on this Telegram conversion"
 
 
 def past_window(event: CanonicalEvent, module, now: datetime) -> str | None:

@@ -1,6 +1,6 @@
 """The registry of ad platforms: the only place that lists them; nothing else branches on a name.
 
-Every module has one shape: NAME, LABEL, BATCH_LIMIT, MAX_AGE, WEIGHTS, check_settings(dest),
+Every module has one shape: NAME, LABEL, BATCH_LIMIT, MAX_AGE, WEIGHTS, ATTRIBUTION_KEYS, check_settings(dest),
 url(dest) (secrets masked), build(event, dest) -> item (raises Skip), identifiers(item),
 request_key(item) (items with different keys never share a request), send(items, dest, http).
 """

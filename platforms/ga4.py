@@ -23,6 +23,8 @@ LABEL = "GA4"
 BATCH_LIMIT = 25
 # Events can be backdated up to 72 hours (https://developers.google.com/analytics/devguides/collection/protocol/ga4/reference).
 MAX_AGE = timedelta(hours=72)
+# A Telegram-funnel event goes here only when it carries one of these click ids (routing.missing_attribution).
+ATTRIBUTION_KEYS = ("ga_client_id",)
 DEFAULT_API_BASE = "https://www.google-analytics.com"
 COLLECT_PATH = "/mp/collect"
 DEBUG_PATH = "/debug/mp/collect"  # the validation server: answers, records nothing

@@ -23,6 +23,8 @@ BATCH_LIMIT = 2000  # TOO_MANY_CONVERSIONS_IN_REQUEST above it; failures are per
 # The longest click-through window a conversion action can have; an older click is EXPIRED_EVENT
 # (https://developers.google.com/google-ads/api/docs/conversions/upload-offline).
 MAX_AGE = timedelta(days=90)
+# A Telegram-funnel event goes here only when it carries one of these click ids (routing.missing_attribution).
+ATTRIBUTION_KEYS = ("gclid", "gbraid", "wbraid")
 DEFAULT_API_BASE = "https://googleads.googleapis.com"
 # v26 (October 2026) is the latest version and lives until about November 2027; Google advises new
 # integrations to start on it (https://developers.google.com/google-ads/api/docs/sunset-dates).

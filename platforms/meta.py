@@ -17,6 +17,8 @@ NAME = "meta"
 LABEL = "Meta"
 BATCH_LIMIT = 1000  # one invalid event rejects the whole request
 MAX_AGE = timedelta(days=7)  # an older event fails Meta's whole batch (subcode 2804003)
+# A Telegram-funnel event goes here only when it carries one of these click ids (routing.missing_attribution).
+ATTRIBUTION_KEYS = ("fbc", "fbp")
 DEFAULT_API_BASE = "https://graph.facebook.com"
 DEFAULT_API_VERSION = "v25.0"
 WEIGHTS = {

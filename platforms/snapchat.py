@@ -25,6 +25,8 @@ BATCH_LIMIT = 2000
 # (https://developers.snap.com/api/marketing-api/Conversions-API/Introduction). RudderStack's 7-day check
 # is its own choice, not Snap's rule (platforms.md §10.6): the vendor's number wins.
 MAX_AGE = timedelta(days=37)
+# A Telegram-funnel event goes here only when it carries one of these click ids (routing.missing_attribution).
+ATTRIBUTION_KEYS = ("sccid", "scid")
 DEFAULT_API_BASE = "https://tr.snapchat.com"
 API_VERSION = "v3"
 WEIGHTS = {

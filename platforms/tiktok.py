@@ -21,6 +21,8 @@ BATCH_LIMIT = 1000
 # event fails its whole batch, stay inside the tightest bound its peers document: Meta's 7 days,
 # which is also TikTok's longest view-through window; a week-old backlog is an outage, not traffic.
 MAX_AGE = timedelta(days=7)
+# A Telegram-funnel event goes here only when it carries one of these click ids (routing.missing_attribution).
+ATTRIBUTION_KEYS = ("ttclid", "ttp")
 DEFAULT_API_BASE = "https://business-api.tiktok.com"
 DEFAULT_API_VERSION = "v1.3"
 WEIGHTS = {

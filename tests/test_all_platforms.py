@@ -105,6 +105,7 @@ def test_every_platform_has_the_one_module_shape(name):
     assert isinstance(module.BATCH_LIMIT, int) and module.BATCH_LIMIT > 0
     assert isinstance(module.MAX_AGE, timedelta) and module.MAX_AGE > timedelta(0)
     assert module.WEIGHTS and all(0 < w <= 10 for w in module.WEIGHTS.values())
+    assert module.ATTRIBUTION_KEYS and all(isinstance(key, str) for key in module.ATTRIBUTION_KEYS)
     for function in ("check_settings", "url", "build", "identifiers", "request_key", "send"):
         assert callable(getattr(module, function)), function
 
