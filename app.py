@@ -129,7 +129,8 @@ def purge():
     config = load_config()
     _open(config)
     removed = retention.purge(config.retention_days, utcnow())
-    click.echo(f"removed {removed['events']} event(s), {removed['sends']} send(s), {removed['refusals']} inspector entr(ies)")
+    click.echo(f"removed {removed['events']} event(s), {removed['sends']} send(s), {removed['refusals']} inspector entr(ies), "
+               f"{removed['funnel']} funnel row(s), {removed['profiles']} visitor profile(s)")
 
 
 @cli.command()

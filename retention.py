@@ -5,20 +5,26 @@ from datetime import datetime, timedelta
 
 from peewee import fn
 
+import funnel
 import inspector
+import pixel_profiles
 from models import FINAL, Event, Send, database
 
 
 def purge(retention_days: int, now: datetime) -> dict[str, int]:
-    """Delete old events whose sends are all final (with those sends) and old inspector entries."""
+    """Delete old events whose sends are all final (with those sends), old inspector entries, and
+    funnel visits and visitor profiles past the period (they keep IPs, user agents and hashes)."""
     cutoff = now - timedelta(days=retention_days)
     still_open = Send.select(Send.event).where(Send.status.not_in(FINAL))
     old = Event.select(Event.id).where((Event.received_at < cutoff) & Event.id.not_in(still_open))
     with database.atomic():
         sends = Send.delete().where(Send.event.in_(old)).execute()
         events = Event.delete().where(Event.id.in_(old)).execute()
-    refusals = inspector.purge(timedelta(days=retention_days), now)
-    return {"events": events, "sends": sends, "refusals": refusals}
+    period = timedelta(days=retention_days)
+    refusals = inspector.purge(period, now)
+    funnel_rows = sum(funnel.purge(period, now).values())
+    profiles = pixel_profiles.purge(period, now)
+    return {"events": events, "sends": sends, "refusals": refusals, "funnel": funnel_rows, "profiles": profiles}
 
 
 def stats() -> dict[str, dict[str, int]]:

@@ -46,7 +46,7 @@ def test_purge_removes_old_final_events_and_keeps_recent_and_still_pending_ones(
     client.post("/v1/track", data="{nope", headers=BROWSER)
     Refusal.update(created_at=utcnow() - timedelta(days=91)).where(Refusal.reason == "Invalid JSON body").execute()
 
-    assert run("purge") == "removed 1 event(s), 1 send(s), 1 inspector entr(ies)\n"
+    assert run("purge") == "removed 1 event(s), 1 send(s), 1 inspector entr(ies), 0 funnel row(s), 0 visitor profile(s)\n"
 
     assert sorted(e.event_id for e in Event.select()) == ["old-pending", "recent"]
     assert sorted(s.event.event_id for s in Send.select()) == ["old-pending", "recent"]
