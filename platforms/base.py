@@ -32,6 +32,17 @@ class Outcome:
     whole_batch: bool = False  # rejected because of *some* event in the batch: split to find it
 
 
+def missing_settings(dest, always: tuple = (), credentials: tuple = (), in_test: tuple = ()) -> list[tuple[str, str]]:
+    """The keys a destination lacks: `always`; `credentials` unless it is dry; `in_test` in test mode."""
+    s = dest.settings
+    problems = [(key, "required") for key in always if not s.get(key)]
+    if dest.mode != "dry":
+        problems += [(key, f"required in {dest.mode} mode") for key in credentials if not s.get(key)]
+    if dest.mode == "test":
+        problems += [(key, "required in test mode") for key in in_test if not s.get(key)]
+    return problems
+
+
 def everyone(outcome: Outcome, count: int) -> list[Outcome]:
     return [outcome] * count
 

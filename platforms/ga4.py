@@ -13,7 +13,7 @@ import requests
 from canonical import CanonicalEvent
 from config import Destination
 from platforms.base import (
-    REJECTED, RETRY, SENT, SETUP, THROTTLE, Http, Outcome, Skip, everyone, excerpt, network_failure,
+    REJECTED, RETRY, SENT, SETUP, THROTTLE, Http, Outcome, Skip, everyone, excerpt, missing_settings, network_failure,
     retry_after_seconds,
 )
 
@@ -98,8 +98,7 @@ def check_settings(dest: Destination) -> list[tuple[str, str]]:
         problems.append(("measurement_id", "required"))
     elif not re.fullmatch(r"G-[A-Za-z0-9]+", str(measurement_id)):
         problems.append(("measurement_id", "must be a web data stream's measurement id such as G-XXXXXXX"))
-    if dest.mode != "dry" and not s.get("api_secret"):
-        problems.append(("api_secret", f"required in {dest.mode} mode"))
+    problems += missing_settings(dest, credentials=("api_secret",))
     personalization = s.get("ad_personalization")
     if personalization is not None and str(personalization).lower() not in PERSONALIZATION:
         problems.append(("ad_personalization", "must be granted or denied"))

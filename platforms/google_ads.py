@@ -13,7 +13,7 @@ import requests
 from canonical import CUSTOM, CanonicalEvent, fold
 from config import Destination
 from platforms.base import (
-    REJECTED, RETRY, SENT, SETUP, THROTTLE, Http, Outcome, Skip, everyone, excerpt,
+    REJECTED, RETRY, SENT, SETUP, THROTTLE, Http, Outcome, Skip, everyone, excerpt, missing_settings,
     network_failure, retry_after_seconds,
 )
 
@@ -77,10 +77,7 @@ def check_settings(dest: Destination) -> list[tuple[str, str]]:
                      for name, action in actions.items() if not isinstance(action, str) or not ACTION_RE.match(action)]
     # The developer token is optional: Google sunset it on 9 September 2026 and ignores the header
     # (https://developers.google.com/google-ads/api/docs/api-policy/developer-token).
-    if dest.mode != "dry":
-        problems += [(key, f"required in {dest.mode} mode")
-                     for key in ("client_id", "client_secret", "refresh_token") if not s.get(key)]
-    return problems
+    return problems + missing_settings(dest, credentials=("client_id", "client_secret", "refresh_token"))
 
 
 def url(dest: Destination) -> str:

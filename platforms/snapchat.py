@@ -12,7 +12,7 @@ from canonical import CUSTOM, CanonicalEvent, fold
 from config import Destination
 from identity import HASHED_RE, meta_city, sha256
 from platforms.base import (
-    REJECTED, RETRY, SENT, SETUP, THROTTLE, Http, Outcome, Skip, everyone, excerpt,
+    REJECTED, RETRY, SENT, SETUP, THROTTLE, Http, Outcome, Skip, everyone, excerpt, missing_settings,
     network_failure, retry_after_seconds,
 )
 
@@ -79,13 +79,8 @@ logging.getLogger("urllib3.connectionpool").addFilter(_MaskToken())
 
 
 def check_settings(dest: Destination) -> list[tuple[str, str]]:
-    problems = []
-    s = dest.settings
-    if not s.get("pixel_id"):
-        problems.append(("pixel_id", "required"))
-    if dest.mode != "dry" and not s.get("access_token"):
-        problems.append(("access_token", f"required in {dest.mode} mode"))
-    names = s.get("event_names") or {}
+    problems = missing_settings(dest, always=("pixel_id",), credentials=("access_token",))
+    names = dest.settings.get("event_names") or {}
     if not isinstance(names, Mapping):
         return problems + [("event_names", "must be a mapping of event name to Snapchat event name")]
     problems += [(f"event_names.{key}", f"{value!r} is not a Snapchat event; one of {', '.join(EVENT_NAMES)}")

@@ -9,7 +9,7 @@ from canonical import CanonicalEvent
 from config import Destination
 from identity import HASHED_RE, sha256
 from platforms.base import (
-    REJECTED, RETRY, SENT, SETUP, THROTTLE, Http, Outcome, Skip, everyone, excerpt,
+    REJECTED, RETRY, SENT, SETUP, THROTTLE, Http, Outcome, Skip, everyone, excerpt, missing_settings,
     network_failure, retry_after_seconds,
 )
 
@@ -47,14 +47,7 @@ REQUEST_FIELDS = ("event_source_id", "test_event_code")
 
 
 def check_settings(dest: Destination) -> list[tuple[str, str]]:
-    problems = []
-    if not dest.settings.get("pixel_code"):
-        problems.append(("pixel_code", "required"))
-    if dest.mode != "dry" and not dest.settings.get("access_token"):
-        problems.append(("access_token", f"required in {dest.mode} mode"))
-    if dest.mode == "test" and not dest.settings.get("test_event_code"):
-        problems.append(("test_event_code", "required in test mode"))
-    return problems
+    return missing_settings(dest, always=("pixel_code",), credentials=("access_token",), in_test=("test_event_code",))
 
 
 def url(dest: Destination) -> str:
