@@ -25,6 +25,7 @@ BLUEPRINTS = (
     "routes.commanders",
     "routes.adtarget",
     "routes.telegram_webhook",
+    "routes.tracker",
 )
 
 

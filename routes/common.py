@@ -75,6 +75,14 @@ def client_context(request: Request, trusted_proxies: int) -> ClientContext:
     )
 
 
+def reached_over_https(request: Request, trusted_proxies: int) -> bool:
+    """Whether the browser reached us over HTTPS; X-Forwarded-Proto counts only behind trusted proxies."""
+    if request.is_secure:
+        return True
+    hops = [h.strip().lower() for h in request.headers.get("X-Forwarded-Proto", "").split(",") if h.strip()]
+    return trusted_proxies > 0 and bool(hops) and hops[-1] == "https"  # the nearest proxy sets or appends it last
+
+
 def _connection_ip(request: Request, trusted_proxies: int) -> str | None:
     """The address `trusted_proxies` hops back in X-Forwarded-For; the socket's own when none is trusted."""
     if trusted_proxies > 0:

@@ -15,7 +15,7 @@ from dialects import pixel
 from dialects.common import FieldError
 from ingest import accept
 from models import Event, Send
-from routes.common import client_context, current_config
+from routes.common import client_context, current_config, reached_over_https
 
 bp = Blueprint("pixel", __name__)
 log = logging.getLogger(__name__)
@@ -111,20 +111,11 @@ def _answer(visitor: str | None, report: dict) -> Response:
     # Pages on any origin embed the pixel, including those that require CORP (COEP: require-corp).
     response.headers["Cross-Origin-Resource-Policy"] = "cross-origin"
     if visitor:
-        secure = _https()
+        secure = reached_over_https(request, current_config().trusted_proxies)
         # SameSite=None lets the cookie ride along on other sites' pages; browsers accept it only with Secure.
         response.set_cookie(COOKIE, visitor, max_age=COOKIE_MAX_AGE, path="/", secure=secure, httponly=True,
                             samesite="None" if secure else "Lax")
     return response
-
-
-def _https() -> bool:
-    """Whether the browser reached us over HTTPS; X-Forwarded-Proto counts only behind trusted proxies."""
-    if request.is_secure:
-        return True
-    hops = [h.strip().lower() for h in request.headers.get("X-Forwarded-Proto", "").split(",") if h.strip()]
-    # The nearest proxy's word: it sets or appends the header last.
-    return current_config().trusted_proxies > 0 and bool(hops) and hops[-1] == "https"
 
 
 def _excerpt(category: str, args: dict, params: Any) -> dict:

@@ -1,0 +1,308 @@
+"""The tracker (SPEC §6): `POST /track/init` and `GET /track/invite`, the Telegram funnel served to a browser.
+
+A page names its site by `site`, the site's id: it is public already (the webhook path, Commanders'
+`tc_s`), while a site's keys also authorize the server APIs — a key in a page would let anyone fire
+Purchases through `/api/v1/events/conversion`. The visitor's ids live in first-party cookies set
+here; the rules (visits, one invite link per visitor and channel) are funnel.py's, shared with the
+AdTarget API, so a visit made here is the same row `POST /api/v1/events/visit` makes.
+"""
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from urllib.parse import urlsplit
+
+from flask import Blueprint, Response, g, jsonify, redirect, request
+from markupsafe import escape
+
+import funnel
+import inspector
+import telegram_api
+from canonical import utcnow
+from config import Channel, Config, Site
+from dialects import adtarget
+from dialects.adtarget import VisitInput
+from dialects.common import ClientContext, FieldError, clean_url, present, read_id
+from funnel import SESSION_COOKIE, SESSION_COOKIE_MAX_AGE, TEMP_COOKIE, TEMP_COOKIE_MAX_AGE, FunnelError
+from routes.common import BodyTooLarge, InvalidJSON, client_context, current_config, reached_over_https, read_json
+
+bp = Blueprint("tracker", __name__, url_prefix="/track")
+DIALECT = "tracker"
+# RFC 6265 cookie-octets: an id kept in a cookie must be storable there byte for byte.
+COOKIE_ID_RE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]{1,255}")
+# Parameters an ad platform appends to its destination URL: an invite URL carrying one is an ad's landing page.
+AD_PARAMETERS = ("fbclid", *adtarget.URL_CLICK_IDS)
+MAX_REFERER_CHARS = adtarget.MAX_TEXT_CHARS
+TITLES = {
+    "VALIDATION_ERROR": "This link is incomplete",
+    "SITE_NOT_FOUND": "Unknown site",
+    "CHANNEL_NOT_FOUND": "Unknown channel",
+    "TELEGRAM_RATE_LIMITED": "Telegram is busy",
+}
+
+
+def dry_run() -> bool:
+    return request.endpoint == "tracker.init" and request.args.get("dry_run") in ("1", "true")
+
+
+@bp.errorhandler(FunnelError)
+def refused(exc: FunnelError):
+    """JSON for /track/init (AdTarget's error body); a small page for /track/invite, which a person follows."""
+    if not dry_run():
+        site = g.get("site")
+        step = request.endpoint.rpartition(".")[2] if request.endpoint else "tracker"
+        inspector.record(DIALECT, site.id if site else None, f"{step}: {exc.code}: {exc.message}", g.get("body"))
+    if request.endpoint == "tracker.invite" and not wants_json():
+        response = Response(error_page(exc, g.get("channel")), status=exc.status, mimetype="text/html")
+    else:
+        response = jsonify({"error": exc.code, "message": exc.message})
+        response.status_code = exc.status
+    if exc.retry_after is not None:
+        response.headers["Retry-After"] = str(int(exc.retry_after))
+    if request.endpoint == "tracker.invite":
+        response.headers["Cache-Control"] = "no-store"
+        if g.get("visitor"):
+            keep_visitor(response, *g.visitor)
+    return response
+
+
+@bp.after_request
+def cors(response: Response) -> Response:
+    """CORS with credentials for /track/init: the exact origin echoed, never `*` (browsers refuse it with cookies)."""
+    if request.endpoint not in ("tracker.init", "tracker.preflight"):
+        return response
+    origin = request.headers.get("Origin")
+    site = g.get("site")
+    sites = [site] if site else current_config().sites  # before the site is known, any site may
+    if origin and any(s.allows_origin(origin) for s in sites):
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Allow-Credentials"] = "true"
+        response.headers["Access-Control-Allow-Methods"] = "POST, OPTIONS"
+        response.headers["Access-Control-Allow-Headers"] = "Content-Type"
+        response.headers["Access-Control-Max-Age"] = "600"
+    response.vary.add("Origin")
+    return response
+
+
+@bp.route("/init", methods=["OPTIONS"])
+def preflight():
+    """A preflight names no body; `?site=` lets it be answered for that site alone."""
+    name = request.args.get("site")
+    if name:
+        g.site = current_config().site(name)
+    return Response(status=204)
+
+
+@bp.post("/init")
+def init():
+    """Record a landing-page visit (as `POST /api/v1/events/visit`) and keep the visitor's ids in cookies."""
+    config = current_config()
+    body = read_object(config)
+    site = site_named(config, site_of(body))
+    check_origin(site)
+    now = utcnow()
+    try:
+        given = parse_init(body, client_context(request, config.trusted_proxies), site, now)
+    except FieldError as exc:
+        raise invalid(exc) from None
+    result = funnel.start_visit(site, given, now, dry_run=dry_run())
+    if given.notes and not dry_run():
+        inspector.record(DIALECT, site.id, "init: partly accepted: " + "; ".join(given.notes), body)
+    answer = {"visitId": result.visit_id, "sessionId": result.session_id, "tempId": result.temp_id,
+              "clientSessionId": result.client_session_id, "cookies": result.cookies()}
+    if dry_run():  # a dry run stores nothing, cookies included
+        return jsonify({**answer, "dry_run": True})
+    return keep_visitor(jsonify(answer), result.temp_id, result.client_session_id)
+
+
+@bp.get("/invite")
+def invite():
+    """302 to the visitor's own invite link; a visitor the tracker has not seen yet gets a visit first."""
+    config = current_config()
+    g.body = request.args.to_dict()
+    site = site_named(config, request.args.get("site"))
+    channel_ref = request.args.get("channel", "").strip()
+    if not channel_ref:
+        raise FunnelError("VALIDATION_ERROR", 400, "Missing required field: channel")
+    channel = g.channel = channel_named(site, channel_ref)
+    if request.method == "HEAD":  # link checkers probe with HEAD: only a real visit may record one or ask Telegram
+        return Response(status=200, headers={"Cache-Control": "no-store"})
+    now = utcnow()
+    temp_id = cookie_id(TEMP_COOKIE) or valid_id(request.args.get("tempId"))
+    session_id = cookie_id(SESSION_COOKIE)
+    if temp_id is None or from_ad() or funnel.latest_visit(site, temp_id) is None:
+        try:
+            given = landing_visit(client_context(request, config.trusted_proxies), temp_id, session_id, site, now)
+        except FieldError as exc:
+            raise invalid(exc) from None
+        started = funnel.start_visit(site, given, now)
+        temp_id, session_id = started.temp_id, started.client_session_id
+        g.visitor = (temp_id, session_id)  # kept even if Telegram then fails: a retry is the same visitor
+    link = funnel.invite_link(site, channel.id, temp_id, session_id,
+                              lambda: telegram_api.bot_for(site, config.timeout_seconds), now)
+    response = redirect(link, 302)
+    response.headers["Cache-Control"] = "no-store"  # each visitor has its own link: no cache may share one
+    return keep_visitor(response, temp_id, session_id)
+
+
+# --- the request --------------------------------------------------------------------------------------------
+
+
+def read_object(config: Config) -> dict:
+    """The body as a JSON object (text/plain too: a page may post without a preflight), bounded by max_body_bytes."""
+    try:
+        body = read_json(request, config.max_body_bytes)
+    except BodyTooLarge:
+        raise FunnelError("PAYLOAD_TOO_LARGE", 413,
+                          f"Request body is larger than {config.max_body_bytes} bytes") from None
+    except InvalidJSON:
+        raise FunnelError("INVALID_JSON", 400, "Request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise FunnelError("INVALID_JSON", 400, "Request body must be a JSON object")
+    g.body = body
+    return body
+
+
+def site_of(body: dict) -> object:
+    """`site` from the query string or the body (taken out of the body: it is not a visit field)."""
+    in_body = body.pop("site", None)
+    in_query = request.args.get("site")
+    if present(in_query) and present(in_body) and in_body != in_query:
+        raise FunnelError("VALIDATION_ERROR", 400, "Invalid field: site (the query string and the body name "
+                                                   "different sites)")
+    return in_query if present(in_query) else in_body
+
+
+def site_named(config: Config, name: object) -> Site:
+    """The site a page names by its id."""
+    if not present(name):
+        raise FunnelError("VALIDATION_ERROR", 400, "Missing required field: site")
+    if not isinstance(name, str):
+        raise FunnelError("VALIDATION_ERROR", 400, "Invalid field: site (must be a string)")
+    site = config.site(name.strip())
+    if site is None:
+        raise FunnelError("SITE_NOT_FOUND", 404, f"No site {name.strip()[:100]!r} (sites[].id)")
+    g.site = site
+    return site
+
+
+def check_origin(site: Site) -> None:
+    """A page on an origin the site does not list is refused before anything is stored or any cookie set."""
+    origin = request.headers.get("Origin")
+    if origin is None or urlsplit(origin).netloc == request.host or site.allows_origin(origin):
+        return
+    raise FunnelError("ORIGIN_NOT_ALLOWED", 403,
+                      f"Origin {origin[:200]} is not in the allowed_origins of site {site.id!r} "
+                      "(sites[].allowed_origins)")
+
+
+def parse_init(body: dict, connection: ClientContext, site: Site, now: datetime) -> VisitInput:
+    """The visit fields of `/api/v1/events/visit`; the cookies name the visitor, and the request itself its browser."""
+    body = dict(body)
+    for key, cookie in (("tempId", TEMP_COOKIE), ("clientSessionId", SESSION_COOKIE)):
+        kept, sent = cookie_id(cookie), read_id(body, key)
+        if kept:
+            body[key] = kept
+        elif sent is not None and valid_id(sent) is None:
+            raise FieldError(key, "must be printable ASCII without spaces, quotes, commas, semicolons or "
+                                  "backslashes: it is kept in a cookie")
+    if not present(body.get("fbc")) and isinstance(body.get("href"), str):
+        body = {**body, "fbc": earlier_fbc(site, body.get("tempId"), body["href"])}
+    # The browser itself is calling: its own IP and user agent win over clientIp/userAgent in the body.
+    return adtarget.parse_visit(body, ClientContext(ip=connection.ip, user_agent=connection.user_agent), connection,
+                                site, now)
+
+
+def landing_visit(connection: ClientContext, temp_id: str | None, session_id: str | None, site: Site,
+                  now: datetime) -> VisitInput:
+    """The visit an invite records itself: the page that linked here (Referer), or this very URL when an ad
+    points straight at it (it then carries the click id) or no Referer came."""
+    referer = connection.referrer if connection.referrer and len(connection.referrer) <= MAX_REFERER_CHARS else None
+    referer = clean_url(referer, "Referer", [])
+    href, referrer = (request.url, referer) if from_ad() or referer is None else (referer, None)
+    body = {"href": href, "referrer": referrer, "tempId": temp_id, "clientSessionId": session_id,
+            "fbc": earlier_fbc(site, temp_id, href)}
+    return adtarget.parse_visit({k: v for k, v in body.items() if v}, ClientContext(), connection, site, now)
+
+
+def earlier_fbc(site: Site, temp_id: object, href: str) -> str | None:
+    """The fbc the visitor already has for the fbclid in `href`: a reload of the ad's page is the same click,
+    and fbc keeps the click's first-seen time (SPEC §5) instead of being minted anew."""
+    fbclid = adtarget.url_parameters(href).get("fbclid") if isinstance(temp_id, str) else None
+    visit = funnel.latest_visit(site, temp_id) if fbclid else None
+    fbc = visit.click_ids.get("fbc") if visit is not None else None
+    value = fbc.split(".", 3)[3] if fbc and fbc.count(".") >= 3 else None
+    return fbc if value is not None and (value == fbclid or value.startswith(fbclid + ".")) else None
+
+
+def from_ad() -> bool:
+    """Whether the invite URL itself carries an ad click id or a utm_ parameter."""
+    return any(key in AD_PARAMETERS or key.startswith("utm_") for key in request.args)
+
+
+def channel_named(site: Site, ref: str) -> Channel:
+    """A channel by config id or Telegram id (funnel's rule), else by its public username: a page's
+    `https://t.me/<username>` link can then be rewritten without knowing the config."""
+    try:
+        return funnel.channel_for(site, ref)
+    except FunnelError:
+        username = ref.removeprefix("@").lower()
+        channels = site.telegram.channels if site.telegram else ()
+        found = next((c for c in channels if c.username and c.username.lower() == username), None)
+        if found is None:
+            raise
+        return found
+
+
+def cookie_id(name: str) -> str | None:
+    return valid_id(request.cookies.get(name))
+
+
+def valid_id(value: str | None) -> str | None:
+    """An id the tracker can keep in a cookie as it is; anything else is treated as absent."""
+    value = value.strip() if isinstance(value, str) else None
+    return value if value and COOKIE_ID_RE.fullmatch(value) else None
+
+
+def invalid(exc: FieldError) -> FunnelError:
+    if exc.why is None:
+        return FunnelError("VALIDATION_ERROR", 400, f"Missing required field: {exc.field}")
+    return FunnelError("VALIDATION_ERROR", 400, f"Invalid field: {exc.field} ({exc.why})")
+
+
+# --- the answer ---------------------------------------------------------------------------------------------
+
+
+def keep_visitor(response: Response, temp_id: str, session_id: str | None) -> Response:
+    """(Re)set the visitor's cookies, renewing their lifetimes: the session lasts 30 minutes after the last call.
+
+    HttpOnly: the page learns tempId from /track/init's answer, and the cookie belongs to the tracker's
+    host, which the page's own document.cookie cannot read anyway; script on the page never needs it.
+    SameSite=Lax (the seed's): sent on the visitor's click to /track/invite and on same-site fetches.
+    """
+    secure = reached_over_https(request, current_config().trusted_proxies)
+    response.set_cookie(TEMP_COOKIE, temp_id, max_age=TEMP_COOKIE_MAX_AGE, path="/", secure=secure, httponly=True,
+                        samesite="Lax")
+    if session_id:
+        response.set_cookie(SESSION_COOKIE, session_id, max_age=SESSION_COOKIE_MAX_AGE, path="/", secure=secure,
+                            httponly=True, samesite="Lax")
+    return response
+
+
+def wants_json() -> bool:
+    return request.accept_mimetypes.best_match(["text/html", "application/json"]) == "application/json"
+
+
+def error_page(exc: FunnelError, channel: Channel | None) -> str:
+    """A page a person can read; when Telegram fails, the channel's public link still lets them in."""
+    title = TITLES.get(exc.code, "Could not open the Telegram channel")
+    way_out = ""
+    if exc.code.startswith("TELEGRAM") and channel is not None and channel.username:
+        url = f"https://t.me/{channel.username}"
+        name = channel.title or channel.username
+        way_out = f'<p>You can still <a href="{escape(url)}">open {escape(name)} on Telegram</a>.</p>'
+    return ('<!doctype html><html lang="en"><meta charset="utf-8">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{escape(title)}</title>"
+            '<body style="font-family: system-ui, sans-serif; max-width: 34rem; margin: 3rem auto; padding: 0 1rem">'
+            f"<h1>{escape(title)}</h1><p>{escape(exc.message)}</p>{way_out}</body></html>\n")
