@@ -11,6 +11,7 @@ import yaml
 
 from app import create_app
 from config import Config, parse_config
+from dispatch import Dispatcher
 from models import database
 from tests.fakes.meta import FakeMeta
 
@@ -95,6 +96,34 @@ def fake_meta():
     meta = FakeMeta(token="meta-token", pixels=("123", "456")).start()
     yield meta
     meta.stop()
+
+
+class Live:
+    """The config the dispatcher reads on every pass; a test swaps it the way a reload would."""
+
+    def __init__(self, config: Config):
+        self.config = config
+
+    def __call__(self) -> Config:
+        return self.config
+
+
+@pytest.fixture
+def live(config) -> Live:
+    return Live(config)
+
+
+@pytest.fixture
+def dispatcher(live):
+    dispatcher = Dispatcher(live)
+    yield dispatcher
+    dispatcher.close()
+
+
+@pytest.fixture
+def frozen_ingest(monkeypatch):
+    """Dry runs received five minutes after 2026-03-01T12:00:00Z, so the golden payloads never change."""
+    monkeypatch.setattr("routes.channelstack.utcnow", lambda: datetime(2026, 3, 1, 12, 5, tzinfo=timezone.utc))
 
 
 def meta_destination(api_base: str, **overrides) -> dict:

@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -15,9 +13,10 @@ from dispatch import Dispatcher
 from models import Send
 from platforms import REGISTRY
 from platforms.base import RETRY, THROTTLE, Http, Skip
-from tests.conftest import BROWSER, SEED_EXAMPLE, base_config, build_config, meta_destination, with_destinations
+from tests.conftest import BROWSER, SEED_EXAMPLE, base_config, build_config, with_destinations
 from tests.fakes.ga4 import FakeGA4
 from tests.fakes.google_ads import FakeGoogleAds
+from tests.fakes.server import FakeServer, Handler
 from tests.fakes.snapchat import FakeSnapchat
 from tests.fakes.tiktok import FakeTikTok
 
@@ -60,34 +59,30 @@ def full_event() -> CanonicalEvent:
         items=[{"id": "sku-1", "quantity": 1, "price": 149.99}])
 
 
-class AlwaysAnswer:
+class AlwaysAnswer(FakeServer):
     """A loopback server that answers every request (token endpoints included) with one status."""
 
     def __init__(self, status: int, body: bytes, headers: dict | None = None):
-        answer = (status, body, headers or {})
+        super().__init__()
+        self.answer = (status, body, headers or {})
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+    def _handle(self, h: Handler) -> None:
+        h.read_body()
+        status, body, headers = self.answer
+        h.send_response(status)
+        for key, value in {"Content-Length": str(len(body)), **headers}.items():
+            h.send_header(key, value)
+        h.end_headers()
+        h.wfile.write(body)
 
-            def do_POST(self):
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                code, payload, extra = answer
-                self.send_response(code)
-                for key, value in {"Content-Length": str(len(payload)), **extra}.items():
-                    self.send_header(key, value)
-                self.end_headers()
-                self.wfile.write(payload)
 
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+def kinds(name: str, server: AlwaysAnswer) -> list[str]:
+    """The outcome kinds of sending one complete event to the server as this platform."""
+    module = REGISTRY[name]
+    with server:
+        dest = destination(name, server.url)
+        outcomes = module.send([module.build(full_event(), dest)], dest, Http(timeout=2))
+    return [o.kind for o in outcomes]
 
 
 def closed_port() -> str:
@@ -166,26 +161,14 @@ def test_an_unreachable_platform_is_a_retry_for_every_item(name):
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_a_gateway_error_page_is_a_retry(name):
     server = AlwaysAnswer(502, b"<html><body>502 Bad Gateway</body></html>", {"Content-Type": "text/html"})
-    try:
-        module = REGISTRY[name]
-        dest = destination(name, server.url)
-        outcomes = module.send([module.build(full_event(), dest)], dest, Http(timeout=2))
-    finally:
-        server.close()
-    assert [o.kind for o in outcomes] == [RETRY]
+    assert kinds(name, server) == [RETRY]
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_a_429_is_a_throttle(name):
     server = AlwaysAnswer(429, b'{"error": {"code": 429, "message": "Too many requests"}}',
                           {"Content-Type": "application/json", "Retry-After": "7"})
-    try:
-        module = REGISTRY[name]
-        dest = destination(name, server.url)
-        outcomes = module.send([module.build(full_event(), dest)], dest, Http(timeout=2))
-    finally:
-        server.close()
-    assert [o.kind for o in outcomes] == [THROTTLE]
+    assert kinds(name, server) == [THROTTLE]
 
 
 # --- one purchase, five platforms -------------------------------------------------------------------

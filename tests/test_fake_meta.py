@@ -1,5 +1,4 @@
 """The fake Meta Conversions API answers like Graph and fails on cue."""
-import hashlib
 import json
 import time
 
@@ -7,16 +6,13 @@ import pytest
 import requests
 
 from tests.fakes.meta import FakeMeta
+from tests.helpers import sha
 
 
 @pytest.fixture
 def meta():
     with FakeMeta() as fake:
         yield fake
-
-
-def sha(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()
 
 
 def event(**overrides) -> dict:

@@ -4,24 +4,22 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
+from functools import partial
 
 import pytest
 import requests
-from requests.structures import CaseInsensitiveDict
 
 from canonical import CanonicalEvent, utcnow
 from config import ConfigError, Destination
-from dispatch import Dispatcher
 from models import DestinationState, Event, Send
 from platforms import ga4
 from platforms.base import REJECTED, RETRY, SENT, SETUP, THROTTLE, Http, Outcome, Skip
+from tests import helpers
 from tests.conftest import BROWSER, SEED_EXAMPLE, build_config, with_destinations
 from tests.fakes.ga4 import FakeGA4
+from tests.helpers import answer, check_golden, dry_run_entry, golden, sha, track
 
-GOLDEN = Path(__file__).parent / "golden"
 SECOND = timedelta(seconds=1)
 GA_COOKIE = "GA1.1.1234567890.1767225600"
 CLIENT_ID = "1234567890.1767225600"
@@ -30,10 +28,6 @@ FIXED_NOW = datetime(2026, 3, 1, 12, 5, tzinfo=timezone.utc)
 OCCURRED = "2026-03-01T12:00:00Z"
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 SERVER_ERROR = "GA4 HTTP 500: Internal Server Error"
-
-
-def sha(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def micros(moment: datetime) -> int:
@@ -58,21 +52,9 @@ def lead(event_id: str, **fields) -> dict:
             "source_url": "https://shop.example/thanks", **fields}
 
 
-def track(client, *bodies: dict) -> datetime:
-    for body in bodies:
-        response = client.post("/v1/track", json=body, headers=BROWSER)
-        assert response.status_code == 200, response.get_json()
-    return utcnow()
-
-
-def send_of(event_id: str) -> Send:
-    return Send.select().join(Event).where((Event.event_id == event_id) & (Send.destination == "shop/ga4")).get()
-
-
-def row(event_id: str) -> dict:
-    send = send_of(event_id)
-    return {key: getattr(send, key) for key in
-            ("status", "reason", "attempts", "retries", "last_status", "last_error", "response_excerpt")}
+send_of = partial(helpers.send_of, destination="shop/ga4")
+row = partial(helpers.row, destination="shop/ga4",
+              fields=("status", "reason", "attempts", "retries", "last_status", "last_error", "response_excerpt"))
 
 
 def event(**fields) -> CanonicalEvent:
@@ -86,16 +68,6 @@ def destination(**settings) -> Destination:
     mode = settings.pop("mode", "live")
     return Destination(site_id="shop", name="ga4", platform="ga4", mode=mode, enabled=True, events=None,
                        consent_category=None, settings={"measurement_id": "G-TEST123", "api_secret": SECRET, **settings})
-
-
-class Live:
-    """The config the dispatcher reads on every pass; a test swaps it the way a reload would."""
-
-    def __init__(self, config):
-        self.config = config
-
-    def __call__(self):
-        return self.config
 
 
 @pytest.fixture
@@ -122,43 +94,16 @@ def config(raw):
     return build_config(raw)
 
 
-@pytest.fixture
-def live(config) -> Live:
-    return Live(config)
-
-
-@pytest.fixture
-def dispatcher(live):
-    dispatcher = Dispatcher(live)
-    yield dispatcher
-    dispatcher.close()
-
-
-def dry_run_entry(client, monkeypatch, body: dict) -> dict:
-    monkeypatch.setattr("routes.channelstack.utcnow", lambda: FIXED_NOW)
-    response = client.post("/v1/track?dry_run=1", json=body, headers=BROWSER)
-    assert response.status_code == 200, response.get_json()
-    [entry] = response.get_json()["destinations"]
-    return entry
-
-
-def golden(name: str, payload: dict) -> dict:
-    path = GOLDEN / name
-    if os.environ.get("POSTBACK_UPDATE_GOLDEN"):
-        path.write_text(json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
-    return json.loads(path.read_text())
-
-
 # --- golden payloads ------------------------------------------------------------------------------
 
 SEED_WITH_COOKIE = {**SEED_EXAMPLE, "ga_client_id": GA_COOKIE, "occurred_at": OCCURRED}
 
 
 @pytest.mark.parametrize("ga4_settings", [{"mode": "dry"}])
-def test_the_seeds_purchase_builds_the_golden_payload(client, monkeypatch):
-    payload = dry_run_entry(client, monkeypatch, SEED_WITH_COOKIE)["payload"]
+def test_the_seeds_purchase_builds_the_golden_payload(client, frozen_ingest):
+    payload = dry_run_entry(client, SEED_WITH_COOKIE)["payload"]
 
-    assert payload == golden("ga4_purchase.json", payload)
+    check_golden("ga4_purchase.json", payload)
     # The golden's values, derived by hand from Google's rules (uid-data: Gmail dots, +E.164, plain address).
     assert payload["client_id"] == CLIENT_ID  # the _ga cookie without its GA1.1. prefix
     assert payload["user_id"] == "user_123"  # plain, never hashed
@@ -178,12 +123,12 @@ def test_the_seeds_purchase_builds_the_golden_payload(client, monkeypatch):
 
 
 @pytest.mark.parametrize("ga4_settings", [{"mode": "dry"}])
-def test_a_minimal_lead_builds_the_golden_payload_with_a_client_id_derived_from_its_anonymous_id(client, monkeypatch):
+def test_a_minimal_lead_builds_the_golden_payload_with_a_client_id_derived_from_its_anonymous_id(client, frozen_ingest):
     body = {"api_key": "key_demo_123", "event": "lead", "event_id": "lead_1", "anonymous_id": "anon-42",
             "occurred_at": OCCURRED}
-    payload = dry_run_entry(client, monkeypatch, body)["payload"]
+    payload = dry_run_entry(client, body)["payload"]
 
-    assert payload == golden("ga4_lead.json", payload)
+    check_golden("ga4_lead.json", payload)
     assert payload == {
         "client_id": derived_client_id("anon-42"),
         "timestamp_micros": 1772366400000000,
@@ -194,15 +139,14 @@ def test_a_minimal_lead_builds_the_golden_payload_with_a_client_id_derived_from_
 
 
 @pytest.mark.parametrize("ga4_settings", [{"mode": "dry"}])
-def test_a_dry_run_lists_ga4_with_its_payload_a_masked_url_and_match_quality(client, monkeypatch, fake_ga4):
-    monkeypatch.setattr("routes.channelstack.utcnow", lambda: FIXED_NOW)
+def test_a_dry_run_lists_ga4_with_its_payload_a_masked_url_and_match_quality(client, frozen_ingest, fake_ga4):
     response = client.post("/v1/track?dry_run=1", json=SEED_WITH_COOKIE, headers=BROWSER)
     [entry] = response.get_json()["destinations"]
 
     assert entry == {
         "name": "ga4", "platform": "ga4", "mode": "dry", "status": "would_send",
         "url": f"{fake_ga4.url}/mp/collect?measurement_id=G-TEST123&api_secret=***",
-        "payload": json.loads((GOLDEN / "ga4_purchase.json").read_text()),
+        "payload": golden("ga4_purchase.json"),
         "match_quality": {"score": 10.0, "identifiers": [
             "client_id", "user_id", "sha256_email_address", "sha256_phone_number", "sha256_first_name",
             "sha256_last_name", "city", "region", "postal_code", "country"]},
@@ -212,8 +156,8 @@ def test_a_dry_run_lists_ga4_with_its_payload_a_masked_url_and_match_quality(cli
 
 
 @pytest.mark.parametrize("ga4_settings", [{"mode": "dry"}])
-def test_a_dry_run_says_why_ga4_would_skip_an_event(client, monkeypatch):
-    entry = dry_run_entry(client, monkeypatch, {"api_key": "key_demo_123", "event": "lead"})
+def test_a_dry_run_says_why_ga4_would_skip_an_event(client, frozen_ingest):
+    entry = dry_run_entry(client, {"api_key": "key_demo_123", "event": "lead"})
 
     assert (entry["status"], entry["reason"], entry["payload"], entry["match_quality"]) == (
         "skipped", "no client id for GA4: no ga_client_id (_ga cookie), anonymous id or external id", None,
@@ -402,15 +346,6 @@ def test_the_url_shown_masks_the_api_secret(mode, shown):
 
 
 # --- classification -------------------------------------------------------------------------------
-
-def answer(status: int, body: str = "", headers: dict | None = None, reason: str | None = None) -> requests.Response:
-    response = requests.Response()
-    response.status_code = status
-    response._content = body.encode()
-    response.headers = CaseInsensitiveDict(headers or {})
-    response.reason = reason
-    return response
-
 
 VALIDATION = json.dumps({"validationMessages": [
     {"fieldPath": "events", "description": "Event at index: [0] has invalid name [_bad]. Names must start with an "

@@ -1,26 +1,23 @@
 """Google Ads click conversions: payloads, answer classification, OAuth, and delivery through the dispatcher."""
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
+from functools import partial
 
 import pytest
 import requests
-from requests.structures import CaseInsensitiveDict
 
 from canonical import CanonicalEvent, utcnow
 from config import Config, ConfigError, Destination
-from dispatch import Dispatcher
 from models import DestinationState, Event, Send
 from platforms import google_ads
 from platforms.base import REJECTED, RETRY, SENT, SETUP, THROTTLE, Outcome, Skip
-from tests.conftest import BROWSER, RAW_PII, SEED_EXAMPLE, at, build_config, with_destinations
+from tests import helpers
+from tests.conftest import RAW_PII, SEED_EXAMPLE, at, build_config, with_destinations
 from tests.fakes.google_ads import MESSAGES, PERMISSION, REVOKED, UNAUTHENTICATED, FakeGoogleAds
+from tests.helpers import check_golden, dry_run, dry_run_entry, golden, sha, track
 
-GOLDEN = Path(__file__).parent / "golden"
 SECOND = timedelta(seconds=1)
 PURCHASE_ACTION = "customers/1234567890/conversionActions/42"
 LEAD_ACTION = "customers/1234567890/conversionActions/43"
@@ -28,12 +25,10 @@ QUIZ_ACTION = "customers/1234567890/conversionActions/44"
 GCLID = "Cj0KCQjw-4XFBhCBARIsAAdNOksZ1vqgAKFLf9HQr0H4E3v6Qp_8YzLmT7wCgS1ZrQ2u9aXhB3Y0MEaAmUxEALw_wcB"
 GRANTED = {"adUserData": "GRANTED"}
 NO_IDENTIFIER = "no Google click id (gclid, gbraid, wbraid) and no email or phone for enhanced conversions for leads"
+OCCURRED = "2026-03-01T12:00:00Z"  # five minutes before the frozen ingest
+SEED_PURCHASE = {**SEED_EXAMPLE, "gclid": GCLID, "occurred_at": OCCURRED}
 LEAD_EMAILS = ["lead.one@example.org", "Jane.Roe@GoogleMail.com", "buyer.two@example.org"]
 RAW_PII.extend(LEAD_EMAILS)
-
-
-def sha(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 @pytest.fixture(autouse=True)
@@ -79,35 +74,6 @@ def config(raw) -> Config:
     return build_config(raw)
 
 
-class Live:
-    """The config the dispatcher reads on every pass; a test swaps it the way a reload would."""
-
-    def __init__(self, config: Config):
-        self.config = config
-
-    def __call__(self) -> Config:
-        return self.config
-
-
-@pytest.fixture
-def live(config) -> Live:
-    return Live(config)
-
-
-@pytest.fixture
-def dispatcher(live):
-    dispatcher = Dispatcher(live)
-    yield dispatcher
-    dispatcher.close()
-
-
-def track(client, *bodies: dict, query: str = "") -> datetime:
-    for body in bodies:
-        response = client.post(f"/v1/track{query}", json=body, headers=BROWSER)
-        assert response.status_code == 200, response.get_json()
-    return utcnow()
-
-
 def purchase(event_id: str, gclid: str | None = None, **fields) -> dict:
     """A purchase with its own click (Google counts one click at one second once)."""
     body = {"api_key": "key_demo_123", "event": "purchase", "event_id": event_id, "value": 25, "currency": "EUR",
@@ -119,14 +85,8 @@ def lead(event_id: str, **fields) -> dict:
     return {"api_key": "key_demo_123", "event": "lead", "event_id": event_id, **fields}
 
 
-def send_of(event_id: str) -> Send:
-    return Send.select().join(Event).where((Event.event_id == event_id) & (Send.destination == "shop/gads")).get()
-
-
-def row(event_id: str) -> dict:
-    send = send_of(event_id)
-    return {key: getattr(send, key) for key in
-            ("status", "reason", "attempts", "retries", "last_status", "last_error", "trace_id")}
+send_of = partial(helpers.send_of, destination="shop/gads")
+row = partial(helpers.row, destination="shop/gads")
 
 
 def when(event_id: str) -> str:
@@ -145,25 +105,10 @@ def received(fake: FakeGoogleAds) -> list[str]:
 
 # --- Payloads ---------------------------------------------------------------------------------
 
-def dry_run(client, body: dict, monkeypatch) -> dict:
-    """The dry-run answer for one event that occurred five minutes before `now`."""
-    monkeypatch.setattr("routes.channelstack.utcnow", lambda: datetime(2026, 3, 1, 12, 5, tzinfo=timezone.utc))
-    response = client.post("/v1/track?dry_run=1", json={**body, "occurred_at": "2026-03-01T12:00:00Z"}, headers=BROWSER)
-    assert response.status_code == 200, response.get_json()
-    return response.get_json()
+def test_the_seed_purchase_with_a_gclid_is_the_golden_conversion(client, frozen_ingest):
+    entry = dry_run_entry(client, SEED_PURCHASE)
 
-
-def check_golden(name: str, payload: dict) -> None:
-    golden = GOLDEN / f"google_ads_{name}.json"
-    if os.environ.get("POSTBACK_UPDATE_GOLDEN"):
-        golden.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    assert payload == json.loads(golden.read_text())
-
-
-def test_the_seed_purchase_with_a_gclid_is_the_golden_conversion(client, monkeypatch):
-    [entry] = dry_run(client, {**SEED_EXAMPLE, "gclid": GCLID}, monkeypatch)["destinations"]
-
-    check_golden("purchase", entry["payload"])
+    check_golden("google_ads_purchase.json", entry["payload"])
     # The golden's hashes, by hand: not a Gmail address, so the dots stay; the phone as E.164 with '+'.
     assert entry["payload"] == {
         "conversionAction": PURCHASE_ACTION,
@@ -177,11 +122,12 @@ def test_the_seed_purchase_with_a_gclid_is_the_golden_conversion(client, monkeyp
     }
 
 
-def test_a_minimal_lead_is_the_golden_conversion_with_googles_gmail_rule(client, monkeypatch):
-    body = {"api_key": "key_demo_123", "event": "generate_lead", "event_id": "lead-1", "email": " Jane.Roe@GoogleMail.com "}
-    [entry] = dry_run(client, body, monkeypatch)["destinations"]
+def test_a_minimal_lead_is_the_golden_conversion_with_googles_gmail_rule(client, frozen_ingest):
+    body = {"api_key": "key_demo_123", "event": "generate_lead", "event_id": "lead-1", "email": " Jane.Roe@GoogleMail.com ",
+            "occurred_at": OCCURRED}
+    entry = dry_run_entry(client, body)
 
-    check_golden("lead", entry["payload"])
+    check_golden("google_ads_lead.json", entry["payload"])
     assert entry["payload"] == {
         "conversionAction": LEAD_ACTION,
         "conversionDateTime": "2026-03-01 12:00:00+00:00",
@@ -191,13 +137,13 @@ def test_a_minimal_lead_is_the_golden_conversion_with_googles_gmail_rule(client,
     }
 
 
-def test_a_dry_run_lists_google_ads_with_its_payload_masked_url_and_match_quality(client, fake, monkeypatch):
-    answer = dry_run(client, {**SEED_EXAMPLE, "gclid": GCLID}, monkeypatch)
+def test_a_dry_run_lists_google_ads_with_its_payload_masked_url_and_match_quality(client, fake, frozen_ingest):
+    answer = dry_run(client, SEED_PURCHASE)
 
     assert answer["destinations"] == [{
         "name": "gads", "platform": "google_ads", "mode": "live", "status": "would_send",
         "url": f"{fake.url}/v26/customers/1234567890:uploadClickConversions",
-        "payload": json.loads((GOLDEN / "google_ads_purchase.json").read_text()),
+        "payload": golden("google_ads_purchase.json"),
         "match_quality": {"score": 10.0, "identifiers": ["gclid", "hashedEmail", "hashedPhoneNumber"]},
     }]
     text = json.dumps(answer)
@@ -332,11 +278,7 @@ def test_the_conversion_time_is_googles_format_in_utc(moment, text):
 # --- Classification (platforms.md §9.4) --------------------------------------------------------
 
 def answer(status: int, body, headers: dict | None = None) -> requests.Response:
-    response = requests.Response()
-    response.status_code = status
-    response._content = (json.dumps(body) if isinstance(body, dict) else body).encode()
-    response.headers = CaseInsensitiveDict(headers if headers is not None else {"request-id": "req-1"})
-    return response
+    return helpers.answer(status, body, {"request-id": "req-1"} if headers is None else headers)
 
 
 def failure(*errors: dict, status: int | None = None, state: str | None = None, message: str = "Request failed") -> dict:

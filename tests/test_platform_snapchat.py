@@ -1,37 +1,30 @@
 """Snapchat Conversions API v3: payloads, answer classification, and delivery end to end against the fake Snap."""
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import time
-from datetime import datetime, timedelta, timezone
-from pathlib import Path
+from datetime import timedelta
+from functools import partial
 
 import pytest
 import requests
-from requests.structures import CaseInsensitiveDict
 
 from canonical import CanonicalEvent, utcnow
 from config import ConfigError, Destination
-from dispatch import Dispatcher
-from models import DestinationState, Event, Send
+from models import DestinationState, Event
 from platforms import REGISTRY, snapchat
 from platforms.base import REJECTED, RETRY, SENT, SETUP, THROTTLE, Http, Outcome, Skip
+from tests import helpers
 from tests.conftest import BROWSER, SEED_EXAMPLE, build_config, with_destinations
 from tests.fakes.snapchat import FakeSnapchat
+from tests.helpers import answer, check_golden, dry_run_entry, received, sha, signup, track
 
-GOLDEN = Path(__file__).parent / "golden"
 SECOND = timedelta(seconds=1)
 TOKEN = "snap-token"
 SCCID = "a1b2c3d4-e5f6-4a5b-8c7d-0e1f2a3b4c5d"  # the ScCid a Snap ad click appends to the landing URL
 SCID = "4f3e2d1c-0b9a-4876-a5b4-c3d2e1f00a1b"  # the Snap Pixel's _scid cookie
 UNAUTHORIZED = "Snapchat INVALID (HTTP 401): Unauthorized: the access token is invalid or expired"
-
-
-def sha(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def snap_destination(api_base: str, **overrides) -> dict:
@@ -40,48 +33,13 @@ def snap_destination(api_base: str, **overrides) -> dict:
     return {**dest, **overrides}
 
 
-def signup(event_id: str, **fields) -> dict:
-    """A small website sign-up; Snap can match it on the browser's IP and user agent."""
-    return {"api_key": "key_demo_123", "event": "signed_up", "event_id": event_id,
-            "distinct_id": f"user-{event_id}", "source_url": "https://shop.example/welcome", **fields}
-
-
-def track(client, *bodies: dict, headers: dict | None = None, **kwargs) -> datetime:
-    """Post each body as a browser would; returns a moment at which all of them are due."""
-    for body in bodies:
-        response = client.post("/v1/track", json=body, headers=BROWSER if headers is None else headers, **kwargs)
-        assert response.status_code == 200, response.get_json()
-    return utcnow()
-
-
-def send_of(event_id: str) -> Send:
-    return Send.select().join(Event).where((Event.event_id == event_id) & (Send.destination == "shop/snap")).get()
-
-
-def row(event_id: str) -> dict:
-    """The stored send's outcome fields, fresh from the database."""
-    send = send_of(event_id)
-    return {key: getattr(send, key) for key in
-            ("status", "reason", "attempts", "retries", "last_status", "last_error", "trace_id")}
-
-
-def received(fake: FakeSnapchat) -> list[str]:
-    return [event["event_id"] for event in fake.events]
+send_of = partial(helpers.send_of, destination="shop/snap")
+row = partial(helpers.row, destination="shop/snap")
 
 
 def sent_row(attempts: int = 1, retries: int = 0) -> dict:
     return {"status": "sent", "reason": None, "attempts": attempts, "retries": retries, "last_status": 200,
             "last_error": None, "trace_id": None}
-
-
-class Live:
-    """The config the dispatcher reads on every pass; a test swaps it the way a reload would."""
-
-    def __init__(self, config):
-        self.config = config
-
-    def __call__(self):
-        return self.config
 
 
 @pytest.fixture
@@ -108,18 +66,6 @@ def config(raw):
     return build_config(raw)
 
 
-@pytest.fixture
-def live(config) -> Live:
-    return Live(config)
-
-
-@pytest.fixture
-def dispatcher(live):
-    dispatcher = Dispatcher(live)
-    yield dispatcher
-    dispatcher.close()
-
-
 def destination(mode: str = "live", **settings) -> Destination:
     return Destination(site_id="shop", name="snap", platform="snapchat", mode=mode, enabled=True, events=None,
                        consent_category=None, settings={"pixel_id": "px-1", "access_token": TOKEN, **settings})
@@ -127,26 +73,11 @@ def destination(mode: str = "live", **settings) -> Destination:
 
 # --- golden payloads ----------------------------------------------------------------------------
 
-def dry_run_entry(client, monkeypatch, body: dict, **kwargs) -> dict:
-    monkeypatch.setattr("routes.channelstack.utcnow", lambda: datetime(2026, 3, 1, 12, 5, tzinfo=timezone.utc))
-    response = client.post("/v1/track?dry_run=1", json=body, **kwargs)
-    assert response.status_code == 200, response.get_json()
-    [entry] = response.get_json()["destinations"]
-    return entry
-
-
-def check_golden(name: str, entry: dict) -> None:
-    golden = GOLDEN / name
-    if os.environ.get("POSTBACK_UPDATE_GOLDEN"):
-        golden.write_text(json.dumps(entry, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
-    assert entry == json.loads(golden.read_text())
-
-
 @pytest.mark.parametrize("snap_settings", [{"mode": "dry", "api_base": None}])
-def test_the_seeds_complete_purchase_matches_the_golden_payload(client, monkeypatch):
+def test_the_seeds_complete_purchase_matches_the_golden_payload(client, frozen_ingest):
     body = {**SEED_EXAMPLE, "ScCid": SCCID, "_scid": SCID, "occurred_at": "2026-03-01T12:00:00Z"}
 
-    entry = dry_run_entry(client, monkeypatch, body, headers=BROWSER)
+    entry = dry_run_entry(client, body, headers=BROWSER)
 
     check_golden("snapchat_purchase.json", entry)
     assert (entry["status"], entry["url"]) == ("would_send", "https://tr.snapchat.com/v3/px-1/events?access_token=***")
@@ -166,11 +97,11 @@ def test_the_seeds_complete_purchase_matches_the_golden_payload(client, monkeypa
 
 
 @pytest.mark.parametrize("snap_settings", [{"mode": "dry", "api_base": None}])
-def test_a_minimal_lead_matches_the_golden_payload(client, monkeypatch):
+def test_a_minimal_lead_matches_the_golden_payload(client, frozen_ingest):
     body = {"api_key": "key_demo_123", "event": "lead", "event_id": "lead-1", "email": "jane@example.org",
             "source_url": "https://shop.example/contact", "occurred_at": "2026-03-01T12:00:00Z"}
 
-    entry = dry_run_entry(client, monkeypatch, body, headers={"User-Agent": ""}, environ_base={"REMOTE_ADDR": ""})
+    entry = dry_run_entry(client, body, headers={"User-Agent": ""}, environ_base={"REMOTE_ADDR": ""})
 
     check_golden("snapchat_lead.json", entry)
     assert entry["payload"] == {
@@ -311,14 +242,6 @@ def test_snapchat_is_in_the_registry():
 
 
 # --- classification (platforms.md §9.4: 5xx retry, 429 throttle, 401/403 setup, 400 INVALID rejected) ------
-
-def answer(status: int, body, headers: dict | None = None) -> requests.Response:
-    response = requests.Response()
-    response.status_code = status
-    response._content = (json.dumps(body) if isinstance(body, dict) else body).encode()
-    response.headers = CaseInsensitiveDict(headers or {})
-    return response
-
 
 def invalid(reason: str, **extra) -> dict:
     return {"status": "INVALID", "reason": reason, **extra}

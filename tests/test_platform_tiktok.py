@@ -1,30 +1,27 @@
 """TikTok Events API 2.0: payloads, answer classification, and delivery end to end against the fake."""
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import time
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
+from functools import partial
 
 import pytest
 import requests
-from requests.structures import CaseInsensitiveDict
 
 import delivery
 from canonical import CanonicalEvent, utcnow
 from config import Config, ConfigError
-from dispatch import Dispatcher
 from ingest import accept
 from models import DestinationState, Event, Send
 from platforms import tiktok
 from platforms.base import REJECTED, RETRY, SENT, SETUP, THROTTLE, Http, Outcome, Skip
+from tests import helpers
 from tests.conftest import BROWSER, RAW_PII, SEED_EXAMPLE, build_config, with_destinations
 from tests.fakes.tiktok import GATEWAY_PAGE, FakeTikTok
+from tests.helpers import answer, check_golden, dry_run_entry, golden, received, sha, signup, track
 
-GOLDEN = Path(__file__).parent / "golden"
 SECOND = timedelta(seconds=1)
 UA = BROWSER["User-Agent"]
 TTCLID = "E.C.P.CqgBiNZ5Qn2kVt0xYb3WcL8rDs1HfGaJ"
@@ -39,43 +36,14 @@ NO_LANDING_PAGE = ("Telegram event without a landing page URL: TikTok has no mes
                    "so it takes such an event only as a website event of that page")
 
 
-def sha(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 def tiktok_destination(api_base: str, **overrides) -> dict:
     dest = {"name": "tiktok", "platform": "tiktok", "mode": "live", "pixel_code": "C123",
             "access_token": "tiktok-token", "api_base": api_base}
     return {**dest, **overrides}
 
 
-def signup(event_id: str, **fields) -> dict:
-    """A small website sign-up; its identifiers are the user id, IP and UA."""
-    return {"api_key": "key_demo_123", "event": "signed_up", "event_id": event_id,
-            "distinct_id": f"user-{event_id}", "source_url": "https://shop.example/welcome", **fields}
-
-
-def track(client, *bodies: dict, headers: dict | None = None) -> datetime:
-    """Post each body as a browser would; returns a moment at which all of them are due."""
-    for body in bodies:
-        response = client.post("/v1/track", json=body, headers=BROWSER if headers is None else headers)
-        assert response.status_code == 200, response.get_json()
-    return utcnow()
-
-
-def send_of(event_id: str) -> Send:
-    return Send.select().join(Event).where((Event.event_id == event_id) & (Send.destination == "shop/tiktok")).get()
-
-
-def row(event_id: str) -> dict:
-    """The stored send's outcome fields, fresh from the database."""
-    send = send_of(event_id)
-    return {key: getattr(send, key) for key in
-            ("status", "reason", "attempts", "retries", "last_status", "last_error", "trace_id")}
-
-
-def received(fake: FakeTikTok) -> list[str]:
-    return [event["event_id"] for event in fake.events]
+send_of = partial(helpers.send_of, destination="shop/tiktok")
+row = partial(helpers.row, destination="shop/tiktok")
 
 
 def request_id(request: dict) -> str:
@@ -91,16 +59,6 @@ def signup_item(event_id: str, occurred_at: datetime) -> dict:
         "user": {"external_id": sha(f"user-{event_id}"), "country": "us", "ip": "203.0.113.7", "user_agent": UA},
         "page": {"url": "https://shop.example/welcome"},
     }
-
-
-class Live:
-    """The config the dispatcher reads on every pass; a test swaps it the way a reload would."""
-
-    def __init__(self, config: Config):
-        self.config = config
-
-    def __call__(self) -> Config:
-        return self.config
 
 
 @pytest.fixture
@@ -132,38 +90,6 @@ def config(raw) -> Config:
     return build_config(raw)
 
 
-@pytest.fixture
-def live(config) -> Live:
-    return Live(config)
-
-
-@pytest.fixture
-def dispatcher(live):
-    dispatcher = Dispatcher(live)
-    yield dispatcher
-    dispatcher.close()
-
-
-@pytest.fixture
-def frozen_ingest(monkeypatch):
-    """Dry runs received five minutes after OCCURRED, so the golden payloads never change."""
-    monkeypatch.setattr("routes.channelstack.utcnow", lambda: datetime(2026, 3, 1, 12, 5, tzinfo=timezone.utc))
-
-
-def dry_run(client, body: dict, headers: dict | None = None) -> dict:
-    response = client.post("/v1/track?dry_run=1", json=body, headers=BROWSER if headers is None else headers)
-    assert response.status_code == 200, response.get_json()
-    [entry] = response.get_json()["destinations"]
-    return entry
-
-
-def check_golden(name: str, payload: dict) -> None:
-    golden = GOLDEN / name
-    if os.environ.get("POSTBACK_UPDATE_GOLDEN"):
-        golden.write_text(json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
-    assert payload == json.loads(golden.read_text())
-
-
 def canonical(**fields) -> CanonicalEvent:
     """A canonical event as a dialect would hand it over, for the pure builder."""
     moment = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
@@ -180,7 +106,7 @@ def destination(config: Config):
 
 def test_the_seeds_complete_purchase_matches_the_golden_payload(client, frozen_ingest):
     body = {**SEED_EXAMPLE, "ttclid": TTCLID, "ttp": TTP, "occurred_at": OCCURRED}
-    entry = dry_run(client, body, headers={**BROWSER, "Accept-Language": "en-US,en;q=0.9"})
+    entry = dry_run_entry(client, body, headers={**BROWSER, "Accept-Language": "en-US,en;q=0.9"})
 
     payload = entry["payload"]
     check_golden("tiktok_purchase.json", payload)
@@ -204,7 +130,7 @@ def test_the_seeds_complete_purchase_matches_the_golden_payload(client, frozen_i
 def test_a_minimal_lead_matches_the_golden_payload(client, frozen_ingest):
     body = {"api_key": "key_demo_123", "event": "generate_lead", "event_id": "lead_1",
             "email": "  Jane@Example.ORG ", "occurred_at": OCCURRED}
-    entry = dry_run(client, body, headers={"User-Agent": "", "X-Postback-Client-IP": "203.0.113.9"})  # a server's call
+    entry = dry_run_entry(client, body, headers={"User-Agent": "", "X-Postback-Client-IP": "203.0.113.9"})  # a server's call
 
     check_golden("tiktok_lead.json", entry["payload"])
     assert entry["payload"] == {
@@ -215,7 +141,7 @@ def test_a_minimal_lead_matches_the_golden_payload(client, frozen_ingest):
 
 def test_items_become_contents_with_a_product_content_type(client, frozen_ingest):
     items = [{"id": "sku-1", "quantity": 2, "price": 49.5}, {"id": 77, "quantity": 1.5}, {"price": 3}]
-    entry = dry_run(client, {**signup("e1"), "event": "purchase", "value": 99, "items": items})
+    entry = dry_run_entry(client, {**signup("e1"), "event": "purchase", "value": 99, "items": items})
 
     assert entry["payload"]["properties"] == {
         "value": 99.0, "currency": "USD", "content_type": "product",
@@ -225,7 +151,7 @@ def test_items_become_contents_with_a_product_content_type(client, frozen_ingest
 
 
 def test_custom_properties_are_sent_and_our_own_fields_win_a_clash(client, frozen_ingest):
-    entry = dry_run(client, {**signup("e1"), "event": "purchase", "value": 5, "currency": "EUR", "coupon": "SAVE5",
+    entry = dry_run_entry(client, {**signup("e1"), "event": "purchase", "value": 5, "currency": "EUR", "coupon": "SAVE5",
                              "contents": "from the shop", "content_type": "vehicle", "items": [{"id": "a"}]})
 
     assert entry["payload"]["properties"] == {
@@ -241,18 +167,18 @@ def test_custom_properties_are_sent_and_our_own_fields_win_a_clash(client, froze
     ("quiz_finished", "quiz_finished"),  # TikTok takes custom events (reportable, not optimisable)
 ])
 def test_event_names_follow_tiktoks_list_and_custom_events_keep_their_name(client, frozen_ingest, event, name):
-    assert dry_run(client, signup("e1", event=event))["payload"]["event"] == name
+    assert dry_run_entry(client, signup("e1", event=event))["payload"]["event"] == name
 
 
 def test_an_external_id_that_already_is_a_digest_is_sent_as_it_is_lower_cased(client, frozen_ingest):
     digest = sha("user-9").upper()
-    entry = dry_run(client, signup("e1", distinct_id=f" {digest} "))
+    entry = dry_run_entry(client, signup("e1", distinct_id=f" {digest} "))
     assert entry["payload"]["user"]["external_id"] == digest.lower()
 
 
 def test_pre_hashed_city_state_and_country_are_left_out_because_tiktok_wants_them_in_clear(client, frozen_ingest):
     body = signup("e1", city=sha("paris"), state=sha("idf"), country=sha("fr"), zip=sha("75001"))
-    user = dry_run(client, body)["payload"]["user"]
+    user = dry_run_entry(client, body)["payload"]["user"]
     assert {k: user.get(k) for k in ("city", "state", "country", "zip_code")} == \
         {"city": None, "state": None, "country": None, "zip_code": sha("75001")}
 
@@ -303,15 +229,6 @@ def test_a_dry_destination_needs_no_token(raw_config):
 
 
 # --- classification ----------------------------------------------------------------------------
-
-def answer(status: int, body, headers: dict | None = None) -> requests.Response:
-    """A response as requests would hand it over: a dict body is sent as JSON, a str as it is."""
-    response = requests.Response()
-    response.status_code = status
-    response._content = (json.dumps(body) if isinstance(body, dict) else body).encode()
-    response.headers = CaseInsensitiveDict(headers or {})
-    return response
-
 
 def tt(code: int, message: str) -> dict:
     return {"code": code, "message": message, "request_id": "202603011200001A2B3C4D5E6F708192", "data": {}}
@@ -660,9 +577,9 @@ def test_the_access_token_never_reaches_the_logs_nor_the_database(client, fake_t
 
 
 def test_a_dry_run_lists_tiktok_with_its_payload_url_and_match_quality(client, fake_tiktok, frozen_ingest):
-    entry = dry_run(client, {**SEED_EXAMPLE, "ttclid": TTCLID, "occurred_at": OCCURRED})
+    entry = dry_run_entry(client, {**SEED_EXAMPLE, "ttclid": TTCLID, "occurred_at": OCCURRED})
 
-    payload = json.loads((GOLDEN / "tiktok_purchase.json").read_text())
+    payload = golden("tiktok_purchase.json")
     del payload["user"]["ttp"], payload["user"]["locale"]
     assert entry == {
         "name": "tiktok", "platform": "tiktok", "mode": "live", "status": "would_send",

@@ -2,14 +2,11 @@
 records whether Google would have kept the request; /debug/mp/collect answers validationMessages."""
 from __future__ import annotations
 
-import json
 import re
-import socket
-import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
+
+from tests.fakes.server import FakeServer, Handler, json_or_none
 
 COLLECT, DEBUG = "/mp/collect", "/debug/mp/collect"
 MAX_EVENTS = 25
@@ -39,113 +36,20 @@ def message(path: str, description: str, code: str) -> dict:
     return {"fieldPath": path, "description": description, "validationCode": code}
 
 
-def _check_script(answer) -> None:
-    if answer in ("500", "429", "403"):
-        return
-    shapes = {("hang", 2), ("status", 3)}
-    if not (isinstance(answer, tuple) and answer and (answer[0], len(answer)) in shapes):
-        raise ValueError(f"unknown scripted answer: {answer!r}")
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-
-    def handle_error(self, request, client_address):
-        if not isinstance(sys.exc_info()[1], OSError):  # a client hanging up is expected; bugs in the fake are not
-            super().handle_error(request, client_address)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-
-    def log_message(self, format, *args):
-        pass
-
-    def setup(self):
-        super().setup()
-        self.server.fake._track(self.connection, True)
-
-    def finish(self):
-        self.server.fake._track(self.connection, False)
-        super().finish()
-
-    def do_POST(self):
-        self.server.fake._handle(self)
-
-    do_GET = do_PUT = do_DELETE = do_PATCH = do_POST
-
-    def read_body(self) -> bytes:
-        """The request body, Content-Length or chunked."""
-        if "chunked" not in self.headers.get("Transfer-Encoding", "").lower():
-            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        chunks = []
-        while size := int(self.rfile.readline().split(b";")[0], 16):
-            chunks.append(self.rfile.read(size))
-            self.rfile.readline()
-        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-            pass  # trailers
-        return b"".join(chunks)
-
-
-class FakeGA4:
+class FakeGA4(FakeServer):
     """A real HTTP server speaking the Measurement Protocol for the web streams it knows."""
 
+    SCRIPT_WORDS = ("500", "429", "403")
+    SCRIPT_SHAPES = (("hang", 2), ("status", 3))
+    TEXT_TYPE = "text/html; charset=UTF-8"
+
     def __init__(self, streams: dict[str, str] | None = None):
+        super().__init__()
         self.streams = dict(streams or {"G-TEST123": "ga4-secret"})  # measurement_id -> api_secret
         self.clock = time.time
-        self.url: str | None = None
-        self.requests: list[dict] = []
         self.accepted: list[dict] = []  # bodies Google would have kept
         self.events: list[dict] = []  # their events, in order
-        self._script: list = []
         self._refused: dict[str, tuple[str, int | None]] = {}
-        self._lock = threading.Lock()
-        self._conns: set = set()
-        self._server = self._thread = None
-        self._stopping = threading.Event()
-
-    def start(self) -> "FakeGA4":
-        """Start serving on an OS-chosen port."""
-        self._stopping = threading.Event()
-        self._server = _Server(("127.0.0.1", 0), _Handler)
-        self._server.fake = self
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving, cut open connections and abandon hung handlers."""
-        if not self._server:
-            return
-        self._stopping.set()
-        self._server.shutdown()
-        with self._lock:
-            conns = list(self._conns)
-        for conn in conns:  # keep-alive handlers would otherwise keep answering after stop()
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        self._server.server_close()
-        self._thread.join(timeout=2)
-        self._server = None
-
-    def __enter__(self) -> "FakeGA4":
-        return self if self._server else self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def script(self, *answers) -> None:
-        """Queue answers for the next requests, one each, first in first out: "500", "429", "403",
-        ("hang", seconds), ("status", http_status, body)."""
-        for answer in answers:
-            _check_script(answer)
-        with self._lock:
-            self._script.extend(answers)
 
     def refuse(self, transaction_id: str, description: str = "Invalid parameter value", status: int | None = None) -> None:
         """A request holding this transaction_id gets a VALUE_INVALID message (debug), and `status` (collect)."""
@@ -155,49 +59,26 @@ class FakeGA4:
         """Accept only this api_secret for the stream from now on."""
         self.streams[measurement_id] = api_secret
 
-    def _track(self, conn, alive: bool) -> None:
-        with self._lock:
-            (self._conns.add if alive else self._conns.discard)(conn)
-
-    def _handle(self, h: _Handler) -> None:
+    def _handle(self, h: Handler) -> None:
         url = urlsplit(h.path)
         query = dict(parse_qsl(url.query, keep_blank_values=True))
         raw = h.read_body()
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = None
+        body = json_or_none(raw)
         record = {
             "method": h.command, "path": url.path, "query": query, "body": body, "size": len(raw),
             "headers": dict(h.headers), "status": None, "answer": None, "accepted": None, "problems": None,
         }
-        with self._lock:
-            self.requests.append(record)
-            scripted = self._script.pop(0) if self._script else None
-        if isinstance(scripted, tuple) and scripted[0] == "hang":
-            if self._stopping.wait(scripted[1]):
-                h.close_connection = True
-                return
-            scripted = None
-        headers: dict = {}
-        if scripted:
-            status, answer, headers = self._scripted(scripted)
-        elif url.path not in (COLLECT, DEBUG):
-            status, answer = 404, "<!DOCTYPE html><html><title>Error 404 (Not Found)!!1</title></html>"
-        elif h.command != "POST":
-            status, answer = 405, "<!DOCTYPE html><html><title>Error 405 (Method Not Allowed)!!1</title></html>"
-        else:
-            status, answer = self._answer(url.path, query, raw, body, record)
-        record["status"], record["answer"] = status, answer
-        payload = answer.encode() if isinstance(answer, str) else b"" if answer is None else json.dumps(answer).encode()
-        h.send_response(status)
-        if payload:
-            h.send_header("Content-Type", "text/html; charset=UTF-8" if isinstance(answer, str) else "application/json")
-        h.send_header("Content-Length", str(len(payload)))
-        for name, value in headers.items():
-            h.send_header(name, value)
-        h.end_headers()
-        h.wfile.write(payload)
+        self._serve(h, record, lambda: self._route(h.command, url.path, query, raw, body, record))
+
+    def _route(self, method, path, query, raw, body, record) -> tuple[int, object]:
+        if path not in (COLLECT, DEBUG):
+            return 404, "<!DOCTYPE html><html><title>Error 404 (Not Found)!!1</title></html>"
+        if method != "POST":
+            return 405, "<!DOCTYPE html><html><title>Error 405 (Method Not Allowed)!!1</title></html>"
+        return self._answer(path, query, raw, body, record)
+
+    def _content_type(self, answer) -> str | None:
+        return super()._content_type(answer) if answer not in (None, "") else None
 
     def _scripted(self, scripted) -> tuple[int, object, dict]:
         kind, *args = scripted if isinstance(scripted, tuple) else (scripted,)

@@ -8,13 +8,11 @@ from __future__ import annotations
 import json
 import random
 import re
-import socket
 import string
-import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
+
+from tests.fakes.server import HUNG, FakeServer, Handler
 
 MAX_CONVERSIONS = 2000
 MAX_USER_IDENTIFIERS = 5
@@ -113,128 +111,42 @@ def _snake_to_camel(name: str) -> str:
     return head + "".join(part.title() for part in rest)
 
 
-def _check_script(answer) -> None:
-    if answer in ("401", "429", "500", "503"):
-        return
-    shapes = {("hang", 2), ("status", 3), ("row_error", 3), ("row_error", 4)}
-    if not (isinstance(answer, tuple) and answer and (answer[0], len(answer)) in shapes):
-        raise ValueError(f"unknown scripted answer: {answer!r}")
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-
-    def handle_error(self, request, client_address):
-        if not isinstance(sys.exc_info()[1], OSError):
-            super().handle_error(request, client_address)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-
-    def log_message(self, format, *args):
-        pass
-
-    def setup(self):
-        super().setup()
-        self.server.fake._track(self.connection, True)
-
-    def finish(self):
-        self.server.fake._track(self.connection, False)
-        super().finish()
-
-    def do_POST(self):
-        self.server.fake._handle(self)
-
-    do_GET = do_PUT = do_DELETE = do_PATCH = do_POST
-
-    def read_body(self) -> bytes:
-        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-
-
-class FakeGoogleAds:
+class FakeGoogleAds(FakeServer):
     """Google's token endpoint (POST /token) and ConversionUploadService (POST /{version}/customers/{id}:uploadClickConversions).
 
     `developer_token=None` ignores the developer-token header, as Google has since its sunset on
     9 September 2026; a value makes it required, as before. `login_customer_id` makes that header required.
     """
 
+    # Scripts the upload requests: "401" expires the access tokens issued so far (the upload then fails as
+    # Google would); ("row_error", index or gclid, CODE[, message]) fails that row.
+    SCRIPT_WORDS = ("401", "429", "500", "503")
+    SCRIPT_SHAPES = (("hang", 2), ("status", 3), ("row_error", 3), ("row_error", 4))
+    TEXT_TYPE, JSON_TYPE = "text/html; charset=UTF-8", "application/json; charset=UTF-8"
+
     def __init__(self, client_id: str = "gads-client", client_secret: str = "gads-secret",
                  refresh_token: str = "gads-refresh", developer_token: str | None = None,
                  login_customer_id: str | None = None, customers: tuple[str, ...] = ("1234567890",),
                  conversion_actions: tuple[str, ...] = ("customers/1234567890/conversionActions/42",),
                  api_version: str = "v26", expires_in: int = 3599):
+        super().__init__()
         self.client_id, self.client_secret, self.refresh_token = client_id, client_secret, refresh_token
         self.developer_token, self.login_customer_id = developer_token, login_customer_id
         self.customers, self.api_version, self.expires_in = tuple(customers), api_version, expires_in
         self.action_ids = {ACTION.fullmatch(a)[2] for a in conversion_actions}
         self.clock = time.time
         self.revoked = False
-        self.url: str | None = None
-        self.requests: list[dict] = []
         self.conversions: list[dict] = []  # accepted uploads
         self.validated: list[dict] = []  # accepted validateOnly uploads (not stored)
         self._tokens: dict[str, float] = {}  # access token -> expiry (clock seconds)
         self._orders: set[tuple[str, str]] = set()  # (action id, orderId)
         self._clicks: set[tuple[str, str, str]] = set()  # (action id, click id, conversionDateTime)
-        self._script: list = []
-        self._lock = threading.Lock()
-        self._conns: set = set()
-        self._server = self._thread = None
-        self._stopping = threading.Event()
-
-    # --- lifecycle ---
-
-    def start(self) -> "FakeGoogleAds":
-        self._stopping = threading.Event()
-        self._server = _Server(("127.0.0.1", 0), _Handler)
-        self._server.fake = self
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if not self._server:
-            return
-        self._stopping.set()
-        self._server.shutdown()
-        with self._lock:
-            conns = list(self._conns)
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        self._server.server_close()
-        self._thread.join(timeout=2)
-        self._server = None
-
-    def __enter__(self) -> "FakeGoogleAds":
-        return self if self._server else self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     @property
     def token_url(self) -> str:
         return f"{self.url}/token"
 
     # --- control ---
-
-    def script(self, *answers) -> None:
-        """Queue answers for the next upload requests, one each, first in first out.
-
-        "401" expires the access tokens issued so far (the upload then fails as Google would);
-        "429", "500", "503"; ("row_error", index or gclid, CODE[, message]) fails that row;
-        ("hang", seconds); ("status", http_status, body).
-        """
-        for answer in answers:
-            _check_script(answer)
-        with self._lock:
-            self._script.extend(answers)
 
     def revoke(self) -> None:
         """The refresh token is revoked: invalid_grant from now on, and its access tokens stop working."""
@@ -259,13 +171,9 @@ class FakeGoogleAds:
     def uploads(self) -> list[dict]:
         return [r for r in self.requests if r["kind"] == "upload"]
 
-    def _track(self, conn, alive: bool) -> None:
-        with self._lock:
-            (self._conns.add if alive else self._conns.discard)(conn)
-
     # --- serving ---
 
-    def _handle(self, h: _Handler) -> None:
+    def _handle(self, h: Handler) -> None:
         path = urlsplit(h.path).path
         raw = h.read_body()
         if path == "/token":
@@ -282,14 +190,9 @@ class FakeGoogleAds:
         match = re.fullmatch(rf"/{re.escape(self.api_version)}/customers/([^/:]+):uploadClickConversions", path)
         record = {"kind": "upload", "method": h.command, "path": path, "customer_id": match[1] if match else None,
                   "headers": dict(h.headers), "body": body}
-        with self._lock:
-            self.requests.append(record)
-            scripted = self._script.pop(0) if self._script else None
-        if isinstance(scripted, tuple) and scripted[0] == "hang":
-            if self._stopping.wait(scripted[1]):
-                h.close_connection = True
-                return
-            scripted = None
+        scripted = self._record(h, record)
+        if scripted is HUNG:
+            return
         if scripted == "401":
             self.expire_tokens()
             scripted = None
@@ -300,20 +203,11 @@ class FakeGoogleAds:
             status, answer, headers = self._upload(h.command, match, h.headers, body, row_error)
         self._reply(h, record, status, answer, headers)
 
-    def _reply(self, h: _Handler, record: dict, status: int, answer, headers: dict) -> None:
-        record["status"], record["answer"] = status, answer
-        text = isinstance(answer, str)
-        payload = answer.encode() if text else json.dumps(answer).encode()
-        h.send_response(status)
-        h.send_header("Content-Type", "text/html; charset=UTF-8" if text else "application/json; charset=UTF-8")
-        h.send_header("Content-Length", str(len(payload)))
-        if record["kind"] == "upload":
-            record["request_id"] = request_id()
-            h.send_header("request-id", record["request_id"])
-        for name, value in headers.items():
-            h.send_header(name, value)
-        h.end_headers()
-        h.wfile.write(payload)
+    def _headers(self, record: dict) -> dict:
+        if record["kind"] != "upload":
+            return {}
+        record["request_id"] = request_id()
+        return {"request-id": record["request_id"]}
 
     def _token(self, method: str, form: dict) -> tuple[int, dict]:
         """Google's refresh-token grant (https://developers.google.com/identity/protocols/oauth2/web-server#offline)."""

@@ -4,13 +4,10 @@ from __future__ import annotations
 import json
 import random
 import re
-import socket
 import string
-import sys
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
+
+from tests.fakes.server import Handler, PixelFake, json_or_none
 
 ACTION_SOURCES = {
     "website", "app", "email", "phone_call", "chat", "physical_store",
@@ -82,146 +79,34 @@ def _hashed(values) -> bool:
     return isinstance(values, list) and all(isinstance(v, str) and SHA256.fullmatch(v) for v in values)
 
 
-def _check_script(answer) -> None:
-    if answer in ("500", "429", "invalid_token"):
-        return
-    shapes = {("throttle", 2), ("hang", 2), ("status", 3)}
-    if not (isinstance(answer, tuple) and answer and (answer[0], len(answer)) in shapes):
-        raise ValueError(f"unknown scripted answer: {answer!r}")
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-
-    def handle_error(self, request, client_address):
-        if not isinstance(sys.exc_info()[1], OSError):  # a client hanging up is expected; bugs in the fake are not
-            super().handle_error(request, client_address)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-
-    def log_message(self, format, *args):
-        pass
-
-    def setup(self):
-        super().setup()
-        self.server.fake._track(self.connection, True)
-
-    def finish(self):
-        self.server.fake._track(self.connection, False)
-        super().finish()
-
-    def do_POST(self):
-        self.server.fake._handle(self)
-
-    do_GET = do_PUT = do_DELETE = do_PATCH = do_POST
-
-    def read_body(self) -> bytes:
-        """The request body, Content-Length or chunked."""
-        if "chunked" not in self.headers.get("Transfer-Encoding", "").lower():
-            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        chunks = []
-        while size := int(self.rfile.readline().split(b";")[0], 16):
-            chunks.append(self.rfile.read(size))
-            self.rfile.readline()
-        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-            pass  # trailers
-        return b"".join(chunks)
-
-
 def _parse_body(raw: bytes, content_type: str):
-    if not raw:
-        return None
-    if "application/x-www-form-urlencoded" in content_type:
+    if raw and "application/x-www-form-urlencoded" in content_type:
         fields = dict(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
         try:
             fields["data"] = json.loads(fields["data"])
         except (KeyError, ValueError):
             pass
         return fields
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return None
+    return json_or_none(raw)
 
 
-class FakeMeta:
+class FakeMeta(PixelFake):
     """A real HTTP server speaking the Conversions API: POST /{api_version}/{pixel_id}/events."""
 
+    SCRIPT_WORDS = ("500", "429", "invalid_token")
+    SCRIPT_SHAPES = (("throttle", 2), ("hang", 2), ("status", 3))
+    TEXT_TYPE, JSON_TYPE = "text/html; charset=utf-8", "application/json; charset=UTF-8"
+
     def __init__(self, token: str = "meta-token", pixels: tuple[str, ...] = ("123",), api_version: str = "v25.0"):
-        self.token, self.pixels, self.api_version = token, tuple(pixels), api_version
-        self.clock = time.time
-        self.url: str | None = None
-        self.requests: list[dict] = []
-        self.events: list[dict] = []
+        super().__init__(token, pixels)
+        self.api_version = api_version
         self.test_events: list[dict] = []
-        self._script: list = []
-        self._rejected: dict[str, str] = {}
-        self._lock = threading.Lock()
-        self._conns: set = set()
-        self._server = self._thread = None
-        self._stopping = threading.Event()
-
-    def start(self) -> "FakeMeta":
-        """Start serving on an OS-chosen port."""
-        self._stopping = threading.Event()
-        self._server = _Server(("127.0.0.1", 0), _Handler)
-        self._server.fake = self
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving, cut open connections and abandon hung handlers."""
-        if not self._server:
-            return
-        self._stopping.set()
-        self._server.shutdown()
-        with self._lock:
-            conns = list(self._conns)
-        for conn in conns:  # keep-alive handlers would otherwise keep answering after stop()
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        self._server.server_close()
-        self._thread.join(timeout=2)
-        self._server = None
-
-    def __enter__(self) -> "FakeMeta":
-        return self if self._server else self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def script(self, *answers) -> None:
-        """Queue answers for the next requests, one each, first in first out."""
-        for answer in answers:
-            _check_script(answer)
-        with self._lock:
-            self._script.extend(answers)
 
     def reject_event(self, event_id: str, message: str = "Invalid parameter") -> None:
         """Fail any batch that contains this event_id."""
         self._rejected[event_id] = message
 
-    def accept_event(self, event_id: str) -> None:
-        """Stop failing batches that contain this event_id."""
-        self._rejected.pop(event_id, None)
-
-    def set_token(self, token: str) -> None:
-        """Accept only this access token from now on."""
-        self.token = token
-
-    def _track(self, conn, alive: bool) -> None:
-        with self._lock:
-            (self._conns.add if alive else self._conns.discard)(conn)
-
-    def _handle(self, h: _Handler) -> None:
+    def _handle(self, h: Handler) -> None:
         url = urlsplit(h.path)
         query = dict(parse_qsl(url.query, keep_blank_values=True))
         body = _parse_body(h.read_body(), h.headers.get("Content-Type", ""))
@@ -231,29 +116,10 @@ class FakeMeta:
             "query": query, "body": body, "headers": dict(h.headers),
             "token_in_query": "access_token" in query, "status": None, "answer": None,
         }
-        with self._lock:
-            self.requests.append(record)
-            scripted = self._script.pop(0) if self._script else None
-        if isinstance(scripted, tuple) and scripted[0] == "hang":
-            if self._stopping.wait(scripted[1]):
-                h.close_connection = True
-                return
-            scripted = None
-        if scripted:
-            status, answer, headers = self._scripted(scripted)
-        else:
-            status, answer, headers = self._answer(h.command, url.path, match, query, body)
-        record["status"], record["answer"] = status, answer
-        payload = answer.encode() if isinstance(answer, str) else b"" if answer is None else json.dumps(answer).encode()
-        h.send_response(status)
-        text = isinstance(answer, str)
-        h.send_header("Content-Type", "text/html; charset=utf-8" if text else "application/json; charset=UTF-8")
-        h.send_header("Content-Length", str(len(payload)))
-        h.send_header("facebook-api-version", self.api_version)
-        for name, value in headers.items():
-            h.send_header(name, value)
-        h.end_headers()
-        h.wfile.write(payload)
+        self._serve(h, record, lambda: self._answer(h.command, url.path, match, query, body))
+
+    def _headers(self, record: dict) -> dict:
+        return {"facebook-api-version": self.api_version}
 
     def _scripted(self, scripted) -> tuple[int, object, dict]:
         kind, *args = scripted if isinstance(scripted, tuple) else (scripted,)

@@ -1,14 +1,10 @@
 """A fake Snapchat Conversions API v3 on 127.0.0.1 that validates like Snap and can be scripted to fail."""
 from __future__ import annotations
 
-import json
 import re
-import socket
-import sys
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
+
+from tests.fakes.server import Handler, PixelFake, json_or_none
 
 # https://developers.snap.com/api/marketing-api/Conversions-API/Parameters
 EVENT_NAMES = {
@@ -26,14 +22,6 @@ FUTURE_SKEW = 3600  # catches milliseconds sent as seconds
 MAX_BATCH = 2000
 
 
-def _check_script(answer) -> None:
-    if answer in ("429", "401", "500"):
-        return
-    shapes = {("invalid", 2), ("hang", 2), ("status", 3)}
-    if not (isinstance(answer, tuple) and answer and (answer[0], len(answer)) in shapes):
-        raise ValueError(f"unknown scripted answer: {answer!r}")
-
-
 class _Invalid(Exception):
     """Validation failed: answer with this status and body."""
 
@@ -48,147 +36,32 @@ class _Invalid(Exception):
         return body
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-
-    def handle_error(self, request, client_address):
-        if not isinstance(sys.exc_info()[1], OSError):  # a client hanging up is expected; bugs in the fake are not
-            super().handle_error(request, client_address)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-
-    def log_message(self, format, *args):
-        pass
-
-    def setup(self):
-        super().setup()
-        self.server.fake._track(self.connection, True)
-
-    def finish(self):
-        self.server.fake._track(self.connection, False)
-        super().finish()
-
-    def do_POST(self):
-        self.server.fake._handle(self)
-
-    do_GET = do_PUT = do_DELETE = do_PATCH = do_POST
-
-    def read_body(self) -> bytes:
-        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-
-
-class FakeSnapchat:
+class FakeSnapchat(PixelFake):
     """A real HTTP server speaking Snap's CAPI v3: POST /v3/{pixel_id}/events[/validate]?access_token=…"""
 
+    SCRIPT_WORDS = ("429", "401", "500")
+    SCRIPT_SHAPES = (("invalid", 2), ("hang", 2), ("status", 3))
+    TEXT_TYPE = "text/html; charset=utf-8"
+
     def __init__(self, token: str = "snap-token", pixels: tuple[str, ...] = ("px-1",)):
-        self.token, self.pixels = token, tuple(pixels)
-        self.clock = time.time
-        self.url: str | None = None
-        self.requests: list[dict] = []
-        self.events: list[dict] = []      # accepted by /events
-        self.validated: list[dict] = []   # judged valid by /events/validate (never recorded as events)
-        self._script: list = []
-        self._rejected: dict[str, str] = {}
-        self._lock = threading.Lock()
-        self._conns: set = set()
-        self._server = self._thread = None
-        self._stopping = threading.Event()
-
-    def start(self) -> "FakeSnapchat":
-        """Start serving on an OS-chosen port."""
-        self._stopping = threading.Event()
-        self._server = _Server(("127.0.0.1", 0), _Handler)
-        self._server.fake = self
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving, cut open connections and abandon hung handlers."""
-        if not self._server:
-            return
-        self._stopping.set()
-        self._server.shutdown()
-        with self._lock:
-            conns = list(self._conns)
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        self._server.server_close()
-        self._thread.join(timeout=2)
-        self._server = None
-
-    def __enter__(self) -> "FakeSnapchat":
-        return self if self._server else self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def script(self, *answers) -> None:
-        """Queue answers for the next requests, one each, first in first out:
-        "429", "401", "500", ("invalid", reason), ("hang", seconds), ("status", http_status, body)."""
-        for answer in answers:
-            _check_script(answer)
-        with self._lock:
-            self._script.extend(answers)
+        super().__init__(token, pixels)
+        self.validated: list[dict] = []  # judged valid by /events/validate; only /events adds to self.events
 
     def reject_event(self, event_id: str, reason: str = "Invalid event") -> None:
         """Answer INVALID for any request that contains this event_id."""
         self._rejected[event_id] = reason
 
-    def accept_event(self, event_id: str) -> None:
-        self._rejected.pop(event_id, None)
-
-    def set_token(self, token: str) -> None:
-        """Accept only this access token from now on."""
-        self.token = token
-
-    def _track(self, conn, alive: bool) -> None:
-        with self._lock:
-            (self._conns.add if alive else self._conns.discard)(conn)
-
-    def _handle(self, h: _Handler) -> None:
+    def _handle(self, h: Handler) -> None:
         url = urlsplit(h.path)
         query = dict(parse_qsl(url.query, keep_blank_values=True))
-        raw = h.read_body()
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = None
+        body = json_or_none(h.read_body())
         match = re.fullmatch(r"/v3/([^/]+)/events(/validate)?/?", url.path)
         record = {
             "method": h.command, "path": url.path, "pixel_id": match[1] if match else None,
             "validate": bool(match and match[2]), "query": query, "body": body, "headers": dict(h.headers),
             "status": None, "answer": None,
         }
-        with self._lock:
-            self.requests.append(record)
-            scripted = self._script.pop(0) if self._script else None
-        if isinstance(scripted, tuple) and scripted[0] == "hang":
-            if self._stopping.wait(scripted[1]):
-                h.close_connection = True
-                return
-            scripted = None
-        if scripted:
-            status, answer, headers = self._scripted(scripted)
-        else:
-            status, answer, headers = self._answer(h.command, url.path, match, query, body)
-        record["status"], record["answer"] = status, answer
-        payload = answer.encode() if isinstance(answer, str) else json.dumps(answer).encode()
-        h.send_response(status)
-        h.send_header("Content-Type", "text/html; charset=utf-8" if isinstance(answer, str) else "application/json")
-        h.send_header("Content-Length", str(len(payload)))
-        for name, value in headers.items():
-            h.send_header(name, value)
-        h.end_headers()
-        h.wfile.write(payload)
+        self._serve(h, record, lambda: self._answer(h.command, url.path, match, query, body))
 
     def _scripted(self, scripted) -> tuple[int, object, dict]:
         kind, *args = scripted if isinstance(scripted, tuple) else (scripted,)

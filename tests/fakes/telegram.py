@@ -9,9 +9,9 @@ import itertools
 import json
 import secrets
 import string
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
+
+from tests.fakes.server import FakeServer, Handler
 
 BOT = {"id": 7000000001, "is_bot": True, "first_name": "Postback Bot", "username": "postback_test_bot"}
 NOT_ENOUGH_RIGHTS = "Bad Request: not enough rights to manage chat invite links"
@@ -26,24 +26,6 @@ ALLOWED_UPDATE_TYPES = {
 }
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-
-    def log_message(self, format, *args):
-        pass
-
-    def do_POST(self):
-        self.server.fake._handle(self)
-
-    do_GET = do_POST
-
-
 def _failure(code: int, description: str, retry_after: int | None = None) -> tuple[int, dict]:
     answer = {"ok": False, "error_code": code, "description": description}
     if retry_after is not None:
@@ -51,45 +33,21 @@ def _failure(code: int, description: str, retry_after: int | None = None) -> tup
     return code, answer
 
 
-class FakeTelegram:
+class FakeTelegram(FakeServer):
     """A bot that administers some chats; `rights` says per chat whether it may create invite links."""
+
+    SCRIPT_WORDS = ("not_admin", "forbidden", "500", "garbage")  # failures for the next calls, or ("429", retry_after)
+    SCRIPT_SHAPES = (("429", 2),)
 
     def __init__(self, token: str = "7000000001:AAFakeTokenForTests_0123456789abcdef",
                  chats: tuple[str, ...] = ("-1001234567890",)):
+        super().__init__()
         self.token = token
         self.rights = {chat: {"status": "administrator", "can_invite_users": True} for chat in chats}
-        self.url: str | None = None
-        self.requests: list[dict] = []  # every call: method, params, status, answer (the token is not kept)
+        # self.requests: every call, as method, params, token_ok, status and answer (the token is not kept)
         self.links: list[dict] = []     # every ChatInviteLink handed out
         self.webhook: dict | None = None
-        self._script: list = []
         self._serial = itertools.count(1)
-        self._lock = threading.Lock()
-        self._server = self._thread = None
-
-    def start(self) -> "FakeTelegram":
-        self._server = _Server(("127.0.0.1", 0), _Handler)
-        self._server.fake = self
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server:
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join(timeout=2)
-            self._server = None
-
-    def script(self, *answers) -> None:
-        """Queue failures for the next calls: "not_admin", "forbidden", ("429", retry_after), "500", "garbage"."""
-        for answer in answers:
-            if answer not in ("not_admin", "forbidden", "500", "garbage") and not (
-                    isinstance(answer, tuple) and len(answer) == 2 and answer[0] == "429"):
-                raise ValueError(f"unknown scripted answer: {answer!r}")
-        with self._lock:
-            self._script.extend(answers)
 
     def demote(self, chat_id: str) -> None:
         """The bot stays in the chat but loses the right to invite users."""
@@ -98,9 +56,9 @@ class FakeTelegram:
     def calls(self, method: str) -> list[dict]:
         return [r for r in self.requests if r["method"] == method]
 
-    def _handle(self, h: _Handler) -> None:
+    def _handle(self, h: Handler) -> None:
         path = urlsplit(h.path).path
-        raw = h.rfile.read(int(h.headers.get("Content-Length") or 0))
+        raw = h.read_body()
         params = _params(raw, h.headers.get("Content-Type", ""), urlsplit(h.path).query)
         token, _, method = path[len("/bot"):].partition("/") if path.startswith("/bot") else ("", "", "")
         record = {"method": method, "params": params, "token_ok": token == self.token, "status": None, "answer": None}
@@ -108,13 +66,7 @@ class FakeTelegram:
             self.requests.append(record)
             scripted = self._script.pop(0) if self._script and token == self.token else None
         status, answer = self._answer(token, method, params, scripted)
-        record["status"], record["answer"] = status, answer
-        payload = answer.encode() if isinstance(answer, str) else json.dumps(answer).encode()
-        h.send_response(status)
-        h.send_header("Content-Type", "text/html" if isinstance(answer, str) else "application/json")
-        h.send_header("Content-Length", str(len(payload)))
-        h.end_headers()
-        h.wfile.write(payload)
+        self._reply(h, record, status, answer)
 
     def _answer(self, token: str, method: str, params: dict, scripted) -> tuple[int, object]:
         if token != self.token:

@@ -1,15 +1,12 @@
 """A fake TikTok Events API 2.0 on 127.0.0.1 that validates like TikTok and can be scripted to fail."""
 from __future__ import annotations
 
-import json
 import random
 import re
-import socket
-import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
+
+from tests.fakes.server import Handler, PixelFake, json_or_none
 
 EVENT_SOURCES = {"web", "app", "offline", "crm"}
 HASHED_FIELDS = ("email", "phone", "external_id", "first_name", "last_name", "zip_code")
@@ -64,153 +61,29 @@ def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _check_script(answer) -> None:
-    if answer in ("500", "html502"):
-        return
-    if isinstance(answer, tuple) and answer and answer[0] == "hang" and len(answer) == 2:
-        return
-    if isinstance(answer, tuple) and answer and answer[0] == "code" and len(answer) in (2, 3):
-        return
-    raise ValueError(f"unknown scripted answer: {answer!r}")
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-
-    def handle_error(self, request, client_address):
-        if not isinstance(sys.exc_info()[1], OSError):  # a client hanging up is expected; bugs in the fake are not
-            super().handle_error(request, client_address)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-
-    def log_message(self, format, *args):
-        pass
-
-    def setup(self):
-        super().setup()
-        self.server.fake._track(self.connection, True)
-
-    def finish(self):
-        self.server.fake._track(self.connection, False)
-        super().finish()
-
-    def do_POST(self):
-        self.server.fake._handle(self)
-
-    do_GET = do_PUT = do_DELETE = do_PATCH = do_POST
-
-    def read_body(self) -> bytes:
-        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-
-
-class FakeTikTok:
+class FakeTikTok(PixelFake):
     """A real HTTP server speaking the Events API 2.0: POST /open_api/{version}/event/track/."""
 
+    SCRIPT_WORDS = ("500", "html502")
+    SCRIPT_SHAPES = (("hang", 2), ("code", 2), ("code", 3))
+
     def __init__(self, token: str = "tiktok-token", pixels: tuple[str, ...] = ("C123",), api_version: str = "v1.3"):
-        self.token, self.pixels, self.api_version = token, tuple(pixels), api_version
-        self.clock = time.time
-        self.url: str | None = None
-        self.requests: list[dict] = []
-        self.events: list[dict] = []
+        super().__init__(token, pixels)
+        self.api_version = api_version
         self.test_events: list[dict] = []
-        self._script: list = []
-        self._rejected: dict[str, str] = {}
-        self._lock = threading.Lock()
-        self._conns: set = set()
-        self._server = self._thread = None
-        self._stopping = threading.Event()
-
-    def start(self) -> "FakeTikTok":
-        """Start serving on an OS-chosen port."""
-        self._stopping = threading.Event()
-        self._server = _Server(("127.0.0.1", 0), _Handler)
-        self._server.fake = self
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving, cut open connections and abandon hung handlers."""
-        if not self._server:
-            return
-        self._stopping.set()
-        self._server.shutdown()
-        with self._lock:
-            conns = list(self._conns)
-        for conn in conns:  # keep-alive handlers would otherwise keep answering after stop()
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        self._server.server_close()
-        self._thread.join(timeout=2)
-        self._server = None
-
-    def __enter__(self) -> "FakeTikTok":
-        return self if self._server else self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def script(self, *answers) -> None:
-        """Queue answers for the next requests, one each, first in first out."""
-        for answer in answers:
-            _check_script(answer)
-        with self._lock:
-            self._script.extend(answers)
 
     def reject_event(self, event_id: str, message: str = "Invalid parameter.") -> None:
         """Fail any batch that contains this event_id with code 40002 and this message."""
         self._rejected[event_id] = message
 
-    def accept_event(self, event_id: str) -> None:
-        """Stop failing batches that contain this event_id."""
-        self._rejected.pop(event_id, None)
-
-    def set_token(self, token: str) -> None:
-        """Accept only this access token from now on."""
-        self.token = token
-
-    def _track(self, conn, alive: bool) -> None:
-        with self._lock:
-            (self._conns.add if alive else self._conns.discard)(conn)
-
-    def _handle(self, h: _Handler) -> None:
+    def _handle(self, h: Handler) -> None:
         path = urlsplit(h.path).path
-        raw = h.read_body()
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = None
+        body = json_or_none(h.read_body())
         record = {
             "method": h.command, "path": path, "query": urlsplit(h.path).query, "headers": dict(h.headers),
             "token": h.headers.get("Access-Token"), "body": body, "status": None, "answer": None,
         }
-        with self._lock:
-            self.requests.append(record)
-            scripted = self._script.pop(0) if self._script else None
-        if isinstance(scripted, tuple) and scripted[0] == "hang":
-            if self._stopping.wait(scripted[1]):
-                h.close_connection = True
-                return
-            scripted = None
-        if scripted:
-            status, answer = self._scripted(scripted)
-        else:
-            status, answer = self._answer(h.command, path, record["token"], body)
-        record["status"], record["answer"] = status, answer
-        text = isinstance(answer, str)
-        payload = answer.encode() if text else json.dumps(answer).encode()
-        h.send_response(status)
-        h.send_header("Content-Type", "text/html" if text else "application/json")
-        h.send_header("Content-Length", str(len(payload)))
-        h.end_headers()
-        h.wfile.write(payload)
+        self._serve(h, record, lambda: self._answer(h.command, path, record["token"], body))
 
     def _scripted(self, scripted) -> tuple[int, object]:
         if scripted == "500":
