@@ -1,6 +1,6 @@
 """Storage verbs for sends: claim with a lease, record each outcome, pause, resume, replay.
 
-Each is one short transaction; none is ever held across an HTTP call.
+Each write is one short transaction, begun in its turn (models.writing); none is ever held across an HTTP call.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from peewee import fn
 from canonical import utcnow
 from config import Destination
 from models import (
-    FAILED, FINAL, PENDING, SENDING, DestinationState, Event, Send, database,
+    FAILED, FINAL, PENDING, SENDING, DestinationState, Event, Send, database, update_rows, writing,
 )
 from privacy import reduce_ip
 
@@ -21,19 +21,27 @@ def claim(destination: str, limit: int, now: datetime, lease: timedelta) -> list
     """Lease up to `limit` due sends of one destination; a row is only ever claimed by one owner.
 
     One UPDATE whose WHERE re-checks `status = pending` is the compare-and-set: a racing claimer's
-    statement matches no row this one took.
+    statement matches no row this one took. Each send comes with its event, and with the columns of
+    its own that the dispatcher reads (building model rows costs more than the query).
     """
     owner = uuid.uuid4().hex
     due = (Send.select(Send.id)
            .where((Send.destination == destination) & (Send.status == PENDING) & (Send.next_attempt_at <= now))
            .order_by(Send.next_attempt_at, Send.id).limit(limit))
-    (Send.update(status=SENDING, lease_owner=owner, lease_until=now + lease)
-     .where(Send.id.in_(due) & (Send.status == PENDING)).execute())
-    return list(Send.select(Send, Event).join(Event)
+    with writing():
+        (Send.update(status=SENDING, lease_owner=owner, lease_until=now + lease)
+         .where(Send.id.in_(due) & (Send.status == PENDING)).execute())
+    return list(Send.select(*CLAIM_COLUMNS, Event).join(Event)
                 .where((Send.lease_owner == owner) & (Send.status == SENDING)).order_by(Send.id))
 
 
+CLAIM_COLUMNS = (Send.id, Send.event, Send.status, Send.attempts, Send.retries, Send.lease_owner, Send.lease_until)
+
+
 LEASE_LOST = "lease expired: the dispatcher stopped mid-send"
+
+# A claimed send's new state, for `record`: the row as claimed, and the fields to set.
+Change = tuple[Send, dict]
 
 
 def release_expired(now: datetime, max_attempts: int, ip_policy: str) -> int:
@@ -44,45 +52,90 @@ def release_expired(now: datetime, max_attempts: int, ip_policy: str) -> int:
     """
     expired = (Send.status == SENDING) & (Send.lease_until < now)
     spent = expired & (Send.retries + 1 >= max_attempts)
-    given_up = [row.event_id for row in Send.select(Send.event).where(spent)]
-    (Send.update(status=FAILED, lease_owner=None, lease_until=None, finished_at=now,
-                 attempts=Send.attempts + 1, retries=Send.retries + 1, last_error=LEASE_LOST,
-                 reason=f"gave up after {max_attempts} attempts: {LEASE_LOST}")
-     .where(spent).execute())
-    for event_id in set(given_up):
-        reduce_ip_when_final(event_id, ip_policy)
-    released = (Send.update(status=PENDING, lease_owner=None, lease_until=None, next_attempt_at=now,
-                            attempts=Send.attempts + 1, retries=Send.retries + 1, last_error=LEASE_LOST)
-                .where(expired).execute())
+    with writing():
+        given_up = list(Send.select(Send.event, Event.ip).join(Event).where(spent).tuples())  # (event id, its IP)
+        (Send.update(status=FAILED, lease_owner=None, lease_until=None, finished_at=now,
+                     attempts=Send.attempts + 1, retries=Send.retries + 1, last_error=LEASE_LOST,
+                     reason=f"gave up after {max_attempts} attempts: {LEASE_LOST}")
+         .where(spent).execute())
+        _reduce(_reductions(dict(given_up), ip_policy))
+        released = (Send.update(status=PENDING, lease_owner=None, lease_until=None, next_attempt_at=now,
+                                attempts=Send.attempts + 1, retries=Send.retries + 1, last_error=LEASE_LOST)
+                    .where(expired).execute())
     return released + len(given_up)
+
+
+def finishing(send: Send, status: str, now: datetime, **fields) -> Change:
+    """The change that ends a claimed send as sent, failed or skipped."""
+    return send, {"status": status, "finished_at": now, **fields}
+
+
+def rescheduling(send: Send, at: datetime, **fields) -> Change:
+    """The change that puts a claimed send back to pending until `at`."""
+    return send, {"status": PENDING, "next_attempt_at": at, **fields}
+
+
+def record(changes: list[Change], ip_policy: str) -> int:
+    """Write many claimed sends' new states in one short transaction; returns how many were still claimed.
+
+    The events whose sends are then all final lose their full IP, from the IP the claim loaded with
+    each send (`send.event`), so no event row is read again. Values are converted before the
+    transaction begins: it holds SQLite's one write lock only for a few statements.
+    """
+    updates = _updates(changes)
+    reductions = _reductions({send.event_id: send.event.ip for send, values in changes if values["status"] in FINAL},
+                             ip_policy)
+    with writing():
+        changed = _apply(updates)
+        _reduce(reductions)
+    return changed
 
 
 def finish(send: Send, status: str, now: datetime, ip_policy: str, **fields) -> bool:
     """End a claimed send as sent, failed or skipped; the event's full IP goes once nothing can be sent."""
-    with database.atomic():
-        changed = (Send.update(status=status, finished_at=now, lease_owner=None, lease_until=None, **fields)
-                   .where((Send.id == send.id) & (Send.lease_owner == send.lease_owner) & (Send.status == SENDING))
-                   .execute())
-        if changed:
-            reduce_ip_when_final(send.event_id, ip_policy)
-    return bool(changed)
+    return record([finishing(send, status, now, **fields)], ip_policy) == 1
 
 
 def reschedule(send: Send, at: datetime, **fields) -> bool:
     """Put a claimed send back to pending until `at`."""
-    changed = (Send.update(status=PENDING, next_attempt_at=at, lease_owner=None, lease_until=None, **fields)
-               .where((Send.id == send.id) & (Send.lease_owner == send.lease_owner) & (Send.status == SENDING))
-               .execute())
-    return bool(changed)
+    updates = _updates([rescheduling(send, at, **fields)])
+    with writing():
+        return _apply(updates) == 1
 
 
-def reduce_ip_when_final(event_id: int, ip_policy: str) -> None:
-    open_sends = Send.select().where((Send.event == event_id) & (Send.status.not_in(FINAL))).exists()
-    if not open_sends:
-        event = Event.get_by_id(event_id)
-        reduced = reduce_ip(event.ip, ip_policy)
-        if reduced != event.ip:
-            Event.update(ip=reduced).where(Event.id == event_id).execute()
+# A claimed send is still this claim's while all three match: a lease that expired meanwhile is left alone.
+CLAIMED = ["id", "lease_owner", "status"]
+
+
+def _updates(changes: list[Change]) -> dict[tuple[str, ...], list[list]]:
+    """The changes as UPDATE rows (claim, then new values as stored), grouped by the columns they set."""
+    shapes: dict[tuple[str, ...], list[list]] = {}
+    for send, values in changes:
+        values = {**values, "lease_owner": None, "lease_until": None}
+        fields = [Send._meta.fields[name] for name in values]
+        shapes.setdefault(tuple(field.column_name for field in fields), []).append(
+            [send.id, send.lease_owner, SENDING, *(field.db_value(v) for field, v in zip(fields, values.values()))])
+    return shapes
+
+
+def _apply(updates: dict[tuple[str, ...], list[list]]) -> int:
+    return sum(update_rows("sends", CLAIMED, list(columns), rows) for columns, rows in updates.items())
+
+
+def _reductions(ips: dict[int, str | None], ip_policy: str) -> list[list]:
+    """(event id, IP as loaded, reduced IP) for each event whose IP `_reduce` may cut once its sends are final."""
+    return [[event_id, ip, reduced] for event_id, ip in ips.items() if (reduced := reduce_ip(ip, ip_policy)) != ip]
+
+
+def _reduce(reductions: list[list]) -> None:
+    """Reduce the IP of those events none of whose sends is still open, set-based.
+
+    The UPDATE re-checks the IP it was computed from: one erased or reduced meanwhile stays as it is.
+    """
+    p = database.param
+    update_rows("events", ["id", "ip"], ["ip"], reductions, params=FINAL,
+                where=f"NOT EXISTS (SELECT 1 FROM sends WHERE sends.event_id = events.id "
+                      f"AND sends.status NOT IN ({p}, {p}, {p}))")
 
 
 def pause(dest: Destination, reason: str, now: datetime) -> None:
@@ -128,11 +181,15 @@ def renew(sends: list[Send], until: datetime) -> None:
     """
     for send in sends:
         send.lease_until = until
-    (Send.update(lease_until=until)
-     .where(Send.lease_owner.in_(list({s.lease_owner for s in sends})) & (Send.status == SENDING)).execute())
+    with writing():
+        (Send.update(lease_until=until)
+         .where(Send.lease_owner.in_(list({s.lease_owner for s in sends})) & (Send.status == SENDING)).execute())
 
 
 def put_back(sends: list[Send], now: datetime) -> None:
     """Return claimed sends that were never tried, counting nothing."""
-    for send in sends:
-        reschedule(send, now)
+    if not sends:
+        return
+    updates = _updates([rescheduling(send, now) for send in sends])
+    with writing():
+        _apply(updates)

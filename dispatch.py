@@ -5,6 +5,7 @@ import fcntl
 import logging
 import os
 import random
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Callable
@@ -14,7 +15,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 import delivery
 from canonical import utcnow
 from config import Config, Destination
-from models import FAILED, SENT, SKIPPED, Send, database
+from models import FAILED, SENT, SKIPPED, Send, writing
 from platforms import REGISTRY
 from routing import past_window
 from platforms.base import REJECTED, RETRY, SENT as OK, SETUP, THROTTLE, Http, Outcome, Skip, match_quality
@@ -54,6 +55,10 @@ class Dispatcher:
         self.http = Http(config_source().timeout_seconds)
         self._pool = ThreadPoolExecutor(MAX_DRAIN_THREADS, thread_name_prefix="drain")
         self._running: dict[str, Future] = {}
+        # Drains take turns at their Python work (claim, build, record): the GIL runs one at a time anyway, and in
+        # parallel every write transaction one of them holds (the box's one write lock) lasts as long as its waits
+        # for the GIL. HTTP calls are made outside the turn, so a slow platform still holds no other.
+        self._turn = threading.Lock()
 
     @property
     def config(self) -> Config:
@@ -91,39 +96,47 @@ class Dispatcher:
         processed = 0
         while delivery.paused_reason(dest) is None:
             moment = now or self.clock()
-            rows = delivery.claim(dest.key, module.BATCH_LIMIT, moment, self.lease)
+            with self._turn:
+                rows = delivery.claim(dest.key, module.BATCH_LIMIT, moment, self.lease)
+                batch = self._prepare(dest, module, rows, moment)
             if not rows:
                 break
             processed += len(rows)
-            if self._process(dest, module, rows, moment):
+            if self._deliver(dest, module, batch, moment):
                 break
         return processed
 
-    def _process(self, dest: Destination, module, rows: list[Send], now: datetime) -> bool:
-        """Build each claimed send's payload, finish the ones that cannot go, send the rest; True = stop."""
-        batch = []
-        policy = self.config.ip_policy
+    def _prepare(self, dest: Destination, module, rows: list[Send], now: datetime) -> list[tuple]:
+        """Build each claimed send's payload and finish the ones that cannot go; (row, item, quality) of the rest."""
+        batch, done = [], []
         for row in rows:
             event = row.event.to_canonical()
             too_old = past_window(event, module, now)
             if too_old:
-                delivery.finish(row, FAILED, now, policy, reason=too_old)
+                done.append(delivery.finishing(row, FAILED, now, reason=too_old))
                 continue
             try:
                 item = module.build(event, dest)
             except Skip as skip:
-                delivery.finish(row, SKIPPED, now, policy, reason=skip.reason)
+                done.append(delivery.finishing(row, SKIPPED, now, reason=skip.reason))
                 continue
             except Exception as exc:  # noqa: BLE001 - left claimed, it would come back first and block the rest
                 log.exception("payload build failed", extra={"destination": dest.key, "send": row.id})
-                delivery.finish(row, FAILED, now, policy,
-                                reason=f"could not build {module.LABEL}'s payload: {type(exc).__name__}: {exc}")
+                done.append(delivery.finishing(
+                    row, FAILED, now, reason=f"could not build {module.LABEL}'s payload: {type(exc).__name__}: {exc}"))
                 continue
             quality = match_quality(module.identifiers(item), module.WEIGHTS)
             if dest.mode == "dry":
-                delivery.finish(row, SKIPPED, now, policy, reason="dry mode", payload=item, match_quality=quality)
+                done.append(delivery.finishing(row, SKIPPED, now, reason="dry mode", payload=item,
+                                               match_quality=quality))
                 continue
             batch.append((row, item, quality))
+        if done:  # every send of the claim that goes nowhere, in one transaction
+            delivery.record(done, self.config.ip_policy)
+        return batch
+
+    def _deliver(self, dest: Destination, module, batch: list[tuple], now: datetime) -> bool:
+        """Send the batch in as many requests as the platform needs; True = stop (throttled or paused)."""
         requests = split_requests(module, batch)
         for i, request in enumerate(requests):
             if self._send(dest, module, request, now):
@@ -142,35 +155,40 @@ class Dispatcher:
                 delivery.put_back([row for row, _, _ in batch[middle:]], now)
                 return True
             return self._send(dest, module, batch[middle:], now)
-        with database.atomic():
-            for (row, item, quality), outcome in zip(batch, outcomes):
-                self._record(dest, row, item, quality, outcome, now)
+        changes = [self._change(row, item, quality, outcome, now)
+                   for (row, item, quality), outcome in zip(batch, outcomes)]
+        setup = [o for o in outcomes if o.kind == SETUP]
+        with self._turn, writing():
+            delivery.record(changes, self.config.ip_policy)
+            if setup:
+                delivery.pause(dest, setup[-1].error or "setup error", now)
+        if setup:
+            log.warning("destination paused", extra={"destination": dest.key, "error": setup[-1].error})
         return any(o.kind in (THROTTLE, SETUP) for o in outcomes)
 
-    def _record(self, dest: Destination, row: Send, item: dict, quality: dict, outcome: Outcome, now: datetime) -> None:
+    def _change(self, row: Send, item: dict, quality: dict, outcome: Outcome, now: datetime) -> delivery.Change:
+        """What one platform verdict does to its send (SPEC §5's five outcomes)."""
         seen = {"last_status": outcome.status, "last_error": outcome.error,
                 "response_excerpt": outcome.response, "trace_id": outcome.trace_id}
         tried = {**seen, "attempts": row.attempts + 1, "payload": item, "match_quality": quality}
-        policy = self.config.ip_policy
         if outcome.kind == OK:
-            delivery.finish(row, SENT, now, policy, reason=None, **{**tried, "last_error": None})
-        elif outcome.kind == REJECTED:
-            delivery.finish(row, FAILED, now, policy, reason=outcome.error, **tried)
-        elif outcome.kind == RETRY:
+            return delivery.finishing(row, SENT, now, reason=None, **{**tried, "last_error": None})
+        if outcome.kind == REJECTED:
+            return delivery.finishing(row, FAILED, now, reason=outcome.error, **tried)
+        if outcome.kind == RETRY:
             retries = row.retries + 1
             if retries >= self.config.max_attempts:
-                delivery.finish(row, FAILED, now, policy, retries=retries,
-                                reason=f"gave up after {retries} attempts: {outcome.error}", **tried)
-            else:  # a platform that says when to come back (Google's TOO_RECENT_*: 6 h) is heard
-                wait = max(backoff(retries, self.rng), outcome.retry_after or 0)
-                delivery.reschedule(row, now + timedelta(seconds=wait), retries=retries, **tried)
-        elif outcome.kind == THROTTLE:
+                return delivery.finishing(row, FAILED, now, retries=retries,
+                                          reason=f"gave up after {retries} attempts: {outcome.error}", **tried)
+            # a platform that says when to come back (Google's TOO_RECENT_*: 6 h) is heard
+            wait = max(backoff(retries, self.rng), outcome.retry_after or 0)
+            return delivery.rescheduling(row, now + timedelta(seconds=wait), retries=retries, **tried)
+        if outcome.kind == THROTTLE:
             wait = outcome.retry_after if outcome.retry_after is not None else backoff(row.attempts + 1, self.rng)
-            delivery.reschedule(row, now + timedelta(seconds=wait), **tried)
-        elif outcome.kind == SETUP:
-            delivery.reschedule(row, now, **seen)  # waits for the fix; no attempt counted
-            delivery.pause(dest, outcome.error or "setup error", now)
-            log.warning("destination paused", extra={"destination": dest.key, "error": outcome.error})
+            return delivery.rescheduling(row, now + timedelta(seconds=wait), **tried)
+        if outcome.kind == SETUP:
+            return delivery.rescheduling(row, now, **seen)  # waits for the fix; no attempt counted
+        raise ValueError(f"unknown outcome kind {outcome.kind!r}")
 
     def close(self) -> None:
         """Wait for the drains in flight, then stop the worker threads."""

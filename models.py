@@ -1,19 +1,23 @@
 """Storage: the canonical event, its send rows, destination state, and the verbs that write them."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import threading
+from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 from peewee import (
     BooleanField, CharField, DatabaseProxy, DateTimeField, FloatField, ForeignKeyField,
-    IntegerField, IntegrityError, Model, TextField,
+    IntegerField, IntegrityError, Model, SqliteDatabase, TextField,
 )
 from playhouse.db_url import connect
 
 from canonical import CanonicalEvent
 from privacy import reduce_ip
+from writer import GroupWriter
 
 database = DatabaseProxy()
 
@@ -141,8 +145,48 @@ def open_database(url: str):
     else:
         db = connect(url)
     database.initialize(db)
-    db.create_tables(all_models(), safe=True)
+    with write_turn():  # a new file's first connection turns it to WAL, which fails, not waits, if another is busy
+        db.create_tables(all_models(), safe=True)
     return db
+
+
+_turns = threading.local()  # a lock file per thread: a flock excludes other open files, not threads sharing one
+
+
+@contextmanager
+def write_turn():
+    """Wait for this thread's turn to write, behind the other writers of this box (SQLite only).
+
+    SQLite has one writer, and a writer that finds it busy polls with sleeps growing to 100 ms: under
+    load one process takes the lock again and again while another sleeps, for seconds. Writers that
+    take turns through a flock beside the database instead are woken as soon as the last one is done.
+    """
+    db = database.obj
+    if not isinstance(db, SqliteDatabase) or db.database == ":memory:":
+        yield
+        return
+    path = db.database + ".write.lock"
+    handle = getattr(_turns, "handle", None)
+    if handle is None or handle.name != path:
+        if handle is not None:
+            handle.close()
+        handle = _turns.handle = open(path, "a+")
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def writing():
+    """A write transaction, begun once it is this thread's turn (`write_turn`); nested, a savepoint."""
+    if database.in_transaction():
+        with database.atomic():
+            yield
+        return
+    with write_turn(), database.atomic():
+        yield
 
 
 def all_models() -> list[type[BaseModel]]:
@@ -158,21 +202,109 @@ def all_models() -> list[type[BaseModel]]:
 def record_event(event: CanonicalEvent, sends: Iterable[dict], ip_policy: str) -> tuple[Event, bool]:
     """Store an event and its send rows in one transaction; (existing row, False) on a repeat event_id.
 
-    Every ingest path writes through here, so group commit can come without touching the dialects.
+    Every ingest path writes through here. The rows are written by this process's writer thread,
+    together with other requests' (group commit, writer.py); this returns once they have committed.
     """
     sends = list(sends)
     if all(s["status"] in FINAL for s in sends):
         event.ip = reduce_ip(event.ip, ip_policy)  # nothing can go out: no reason to keep the full IP
     fields = {name: getattr(event, name) for name in CanonicalEvent.__dataclass_fields__ if name != "site_id"}
     fields["consent_categories"] = list(event.consent_categories) if event.consent_categories is not None else None
-    try:
-        with database.atomic():
-            row = Event.create(site=event.site_id, **fields)
-            for send in sends:
-                Send.create(event=row, site=event.site_id, next_attempt_at=event.received_at, **send)
-    except IntegrityError:
+    row = Event(site=event.site_id, **fields)  # with the model's defaults, as Event.create would store it
+    send_defaults = Send._meta.get_default_dict()
+    rows = _Rows((event.site_id, event.event_id), _params(_EVENT_COLUMNS, row.__data__), [
+        _params(_SEND_COLUMNS, {**send_defaults, "site": event.site_id, "next_attempt_at": event.received_at, **send})
+        for send in sends])
+    row.id = WRITER.run(rows)
+    if row.id is None:
         existing = Event.get_or_none((Event.site == event.site_id) & (Event.event_id == event.event_id))
-        if existing is None:
-            raise
+        if existing is None:  # erased between our INSERT and this read
+            raise IntegrityError(f"event {event.event_id!r} of site {event.site_id!r} was stored and is gone")
         return existing, False
     return row, True
+
+
+class _Rows(NamedTuple):
+    """One event's INSERT parameters and its sends', each field's db_value computed by the caller's thread."""
+
+    key: tuple[str, str]  # (site, event_id): stored once
+    event: list
+    sends: list[list]
+
+
+# Column order of those parameters; a send's event id is put first by the writer, once known.
+_EVENT_COLUMNS = [f for f in Event._meta.sorted_fields if f.name != "id"]
+_SEND_COLUMNS = [f for f in Send._meta.sorted_fields if f.name not in ("id", "event")]
+
+
+def _params(columns: list, values: dict) -> list:
+    return [field.db_value(values.get(field.name)) for field in columns]
+
+
+def _insert_events(items: list[_Rows]) -> list[int | None]:
+    """On the writer thread, in one transaction: a group's events and sends in a few multi-row INSERTs.
+
+    Each item's result is its event's new id, or None when its (site, event_id) was stored before or
+    comes earlier in the group.
+    """
+    first: dict[tuple[str, str], _Rows] = {}
+    for item in items:
+        first.setdefault(item.key, item)
+    stored = insert_rows("events", [f.column_name for f in _EVENT_COLUMNS], [item.event for item in first.values()],
+                         " ON CONFLICT (site, event_id) DO NOTHING RETURNING site, event_id, id")
+    ids = {(site, event_id): pk for site, event_id, pk in stored}
+    insert_rows("sends", ["event_id", *(f.column_name for f in _SEND_COLUMNS)],
+                [[ids[key], *send] for key, item in first.items() if key in ids for send in item.sends])
+    return [ids.get(item.key) if first[item.key] is item else None for item in items]
+
+
+WRITER: GroupWriter[_Rows, int | None] = GroupWriter(database, _insert_events, writing)
+
+# Bulk statements: many rows per statement. Each statement gives up the GIL and waits to get it back,
+# which, with SQLite's write lock held, every other writer of the box waits for too.
+MAX_PARAMS = 32766  # per statement: SQLite's default limit (PostgreSQL's is 65535)
+MAX_ROWS = 256
+
+
+def insert_rows(table: str, columns: list[str], rows: list[list], suffix: str = "") -> list[tuple]:
+    """INSERT rows (values as stored: db_value) in few statements; what a RETURNING `suffix` gives back."""
+    returned = []
+    for chunk in _chunks(rows, len(columns)):
+        cursor = database.execute_sql(f"INSERT INTO {table} ({', '.join(columns)}) VALUES {_values(chunk)}{suffix}",
+                                      [value for row in chunk for value in row])
+        returned.extend(cursor.fetchall())
+    return returned
+
+
+def update_rows(table: str, match: list[str], columns: list[str], rows: list[list], where: str = "",
+                params: tuple = ()) -> int:
+    """UPDATE many rows, each to values of its own, in few statements; how many rows changed.
+
+    A row is the values of `match`, then the new values of `columns`: it changes the row of `table`
+    whose `match` columns equal its own, if that also meets `where` (SQL after AND, with `params`).
+    """
+    sets = ", ".join(f"{column} = v.column{len(match) + i}" for i, column in enumerate(columns, 1))
+    conditions = [f"{table}.{column} = v.column{i}" for i, column in enumerate(match, 1)] + ([where] if where else [])
+    changed = 0
+    for chunk in _chunks(rows, len(match) + len(columns)):
+        cursor = database.execute_sql(
+            f"UPDATE {table} SET {sets} FROM (VALUES {_values(chunk)}) AS v WHERE {' AND '.join(conditions)}",
+            [*(value for row in chunk for value in row), *params])
+        changed += cursor.rowcount
+    return changed
+
+
+def _chunks(rows: list[list], width: int):
+    """Slices of a power-of-two length up to MAX_ROWS: few statements, and few shapes of them for the driver to
+    prepare and keep (each size is a statement of its own in its cache, a big one weighing megabytes)."""
+    most = min(MAX_ROWS, 1 << (MAX_PARAMS // width).bit_length() - 1)
+    start = 0
+    while start < len(rows):
+        size = min(most, 1 << (len(rows) - start).bit_length() - 1)
+        yield rows[start:start + size]
+        start += size
+
+
+def _values(rows: list[list]) -> str:
+    one = f"({', '.join([database.param] * len(rows[0]))})"
+    return ", ".join([one] * len(rows))

@@ -18,8 +18,8 @@ def reduce_ip(ip: str | None, policy: str) -> str | None:
         address = ipaddress.ip_address(ip)
     except ValueError:
         return None
-    prefix = 24 if address.version == 4 else 48
-    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False).network_address)
+    dropped = address.max_prefixlen - (24 if address.version == 4 else 48)  # the host part's bits
+    return str(type(address)(int(address) >> dropped << dropped))
 
 
 def eraser(function: Eraser) -> Eraser:

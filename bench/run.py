@@ -2,7 +2,7 @@
 
 1. Ingest: wrk POSTs a ~600-byte purchase event with a unique event_id per request (bench/track.lua)
    to Postback under gunicorn with gunicorn.conf.py (what `make run` uses; the dispatcher runs in a
-   worker as in production, draining the example's demo Meta destination, which is in dry mode), and
+   worker as in production, draining the example's destinations, all in dry mode), and
    in the same run to a bare Flask endpoint (bench/bare.py) under the same gunicorn settings
    (bench/gunicorn_bare.conf.py). Runs alternate between the two so drifting load on the shared box
    hits both; every Postback run starts with the dispatcher's backlog empty.
@@ -693,7 +693,7 @@ def dispatch_once(n: int, meta_url: str, folder: Path, fake_pid: int | None = No
                 marks["last"] = time.perf_counter()
                 return stop
 
-        real_claim, real_finish, real_reschedule = delivery.claim, delivery.finish, delivery.reschedule
+        real_claim, real_record = delivery.claim, delivery.record
 
         def claim(*args, **kwargs):
             marks.setdefault("first", time.perf_counter())
@@ -707,7 +707,7 @@ def dispatch_once(n: int, meta_url: str, folder: Path, fake_pid: int | None = No
             return recorded
 
         dispatcher = TimedDispatcher(lambda: config)
-        delivery.claim, delivery.finish, delivery.reschedule = claim, outcome(real_finish), outcome(real_reschedule)
+        delivery.claim, delivery.record = claim, outcome(real_record)
         cpu_before, fake_before, box_before, wall_before = (
             time.process_time(), cpu_ticks(fake_pid) if fake_pid else 0, box_ticks(), time.monotonic())
         try:
@@ -721,7 +721,7 @@ def dispatch_once(n: int, meta_url: str, folder: Path, fake_pid: int | None = No
             }
             cpu["others"] = max(0.0, cpu["box"] - cpu["dispatcher"] - cpu["fake"])
         finally:
-            delivery.claim, delivery.finish, delivery.reschedule = real_claim, real_finish, real_reschedule
+            delivery.claim, delivery.record = real_claim, real_record
             if hasattr(dispatcher, "close"):
                 dispatcher.close()
             else:  # a dispatch.py from before Dispatcher.close()
@@ -798,6 +798,7 @@ def body_bytes() -> int:
 def report(s: Settings, gconf: dict, ing: IngestResult, disp: list[DispatchRun], started: datetime,
            load: tuple[float, float, float], elapsed: float) -> str:
     cores = len(os.sched_getaffinity(0))
+    dry = [d["platform"] for d in example_config()["sites"][0]["destinations"] if d.get("mode") == "dry"]
     lines = [
         f"## make bench — {started:%Y-%m-%d %H:%M} UTC, {git_head()}, took {elapsed:.0f} s",
         "",
@@ -808,9 +809,9 @@ def report(s: Settings, gconf: dict, ing: IngestResult, disp: list[DispatchRun],
         f"for both Postback and the bare Flask endpoint (bench/bare.py).",
         f"- Ingest: {s.runs} run(s) × {s.seconds} s per connection count, Postback and bare alternating, after a "
         f"{s.warmup_seconds} s warm-up each; a {body_bytes()}-byte purchase, unique event_id per request. Postback "
-        f"runs the example config with the database in a temp folder: its Meta destination is in dry mode, so the "
-        f"dispatcher (in the worker holding the lock) builds and records every payload but sends nothing; each "
-        f"Postback run starts with the backlog empty.",
+        f"runs the example config with the database in a temp folder: its {len(dry)} destinations "
+        f"({', '.join(dry)}) are in dry mode, so the dispatcher (in the worker holding the lock) builds and records "
+        f"every payload, {len(dry)} per event, but sends nothing; each Postback run starts with the backlog empty.",
         f"- Dispatch: {s.events:,} events stored straight into a fresh database, a live Meta destination pointed "
         f"at FakeMeta in its own process, Dispatcher.drain_once timed from the first claim to the last recorded "
         f"outcome.",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from config import Config
 from dispatch import Dispatcher, LeaderLock
 from models import DestinationState, Event, Send
 from platforms import meta
+from privacy import reduce_ip
 from tests.conftest import BROWSER, ROOT, SEED_EXAMPLE, build_config, meta_destination, with_destinations
 from tests.fakes.meta import EXPIRED, FakeMeta
 
@@ -638,3 +640,74 @@ def test_the_leader_lock_dies_with_the_process_that_holds_it(tmp_path):
 
 def test_without_a_lock_file_every_dispatcher_may_drain():
     assert LeaderLock(None).acquire() is True
+
+
+@pytest.mark.parametrize("meta_settings", [{"mode": "dry"}])
+def test_the_sends_of_a_claim_that_go_nowhere_are_recorded_together_in_one_transaction(client, dispatcher, monkeypatch):
+    eight_days_ago = (utcnow() - timedelta(days=8)).isoformat()
+    now = track(client, signup("e1"), signup("old", occurred_at=eight_days_ago), signup("e2"))
+    calls, record = [], delivery.record
+
+    def counted(changes, ip_policy):
+        calls.append(len(changes))
+        return record(changes, ip_policy)
+
+    monkeypatch.setattr(delivery, "record", counted)
+
+    assert dispatcher.drain_once(now=now) == {"shop/meta": 3}
+
+    assert calls == [3]
+    assert [(row(i)["status"], row(i)["reason"]) for i in ("e1", "old", "e2")] == [
+        ("skipped", "dry mode"), ("failed", "older than Meta's 7-day window: not sent"), ("skipped", "dry mode")]
+    assert send_of("e2").payload["event_id"] == "e2" and send_of("old").payload is None
+    assert {e.ip for e in Event.select()} == {"203.0.113.0"}
+
+
+def test_a_send_whose_lease_was_lost_is_left_to_its_new_owner(client, fake_meta):
+    now = track(client, signup("e1"))
+    lease = 3 * SECOND
+    [lost] = delivery.claim("shop/meta", meta.BATCH_LIMIT, now, lease)
+    delivery.release_expired(now + lease + SECOND, max_attempts=25, ip_policy="truncate")
+    [taken] = delivery.claim("shop/meta", meta.BATCH_LIMIT, now + lease + SECOND, lease)
+
+    assert delivery.record([delivery.finishing(lost, "sent", now, reason=None)], "truncate") == 0
+
+    assert (row("e1")["status"], send_of("e1").lease_owner) == ("sending", taken.lease_owner)
+    assert Event.get().ip == "203.0.113.7"  # its send is still out
+    assert delivery.record([delivery.finishing(taken, "sent", now, reason=None)], "truncate") == 1
+    assert (row("e1")["status"], Event.get().ip) == ("sent", "203.0.113.0")
+
+
+def test_an_event_keeps_its_full_ip_until_its_last_send_is_final(raw, fake_meta):
+    config = build_config(with_destinations(raw, meta_destination(fake_meta.url),
+                                            meta_destination(fake_meta.url, name="meta2", pixel_id="456")))
+    now = track(create_app(config).test_client(), signup("e1"), signup("e2"))
+    first = delivery.claim("shop/meta", meta.BATCH_LIMIT, now, 3 * SECOND)
+    second = delivery.claim("shop/meta2", meta.BATCH_LIMIT, now, 3 * SECOND)
+
+    assert delivery.record([delivery.finishing(send, "sent", now) for send in first], "truncate") == 2
+    assert {e.ip for e in Event.select()} == {"203.0.113.7"}  # shop/meta2 may still send it
+    assert delivery.record([delivery.finishing(second[0], "failed", now, reason="rejected"),
+                            delivery.rescheduling(second[1], now + SECOND)], "truncate") == 2
+
+    assert [(e.event_id, e.ip) for e in Event.select().order_by(Event.event_id)] == [
+        ("e1", "203.0.113.0"), ("e2", "203.0.113.7")]
+
+
+def test_an_ip_erased_while_its_send_was_out_is_not_written_back(client, fake_meta):
+    now = track(client, signup("e1"))
+    [claimed] = delivery.claim("shop/meta", meta.BATCH_LIMIT, now, 3 * SECOND)
+    Event.update(ip=None).execute()  # a user's erasure, meanwhile
+
+    assert delivery.finish(claimed, "sent", now, "truncate") is True
+
+    assert Event.get().ip is None
+
+
+@pytest.mark.parametrize("ip", ["203.0.113.7", "10.0.0.255", "0.0.0.0", "2001:db8:abcd:12:34::1", "2001:db8::",
+                                "::ffff:192.0.2.1", "fe80::1%eth0"])
+def test_an_ip_is_truncated_to_its_network_address(ip):
+    address = ipaddress.ip_address(ip)
+    prefix = 24 if address.version == 4 else 48
+    assert reduce_ip(ip, "truncate") == str(ipaddress.ip_network(f"{address}/{prefix}", strict=False).network_address)
+    assert reduce_ip(ip, "drop") is None

@@ -1,15 +1,18 @@
-"""Tables for the pure parts of delivery: the backoff schedule and Meta's answer classification."""
+"""Tables for the pure parts of delivery: the backoff schedule, Meta's answer classification, what each verdict does."""
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta, timezone
 
 import pytest
 import requests
 from requests.structures import CaseInsensitiveDict
 
-from dispatch import backoff
+from dispatch import Dispatcher, backoff
+from models import Send
 from platforms import meta
 from platforms.base import REJECTED, RETRY, SENT, SETUP, THROTTLE, Outcome, retry_after_seconds
+from tests.conftest import base_config, build_config
 
 
 @pytest.mark.parametrize("retries, seconds", [
@@ -114,3 +117,40 @@ def test_a_long_answer_is_kept_as_an_excerpt():
     body = {**OK, "messages": ["x" * 5000]}
     [outcome] = meta.classify(answer(200, body), 1)
     assert outcome.response == json.dumps(body)[:2000]
+
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+ITEM, QUALITY = {"event_id": "e1"}, {"score": 2.8, "identifiers": ["external_id"]}
+SEEN = {"last_status": 500, "last_error": "boom", "response_excerpt": "{}", "trace_id": "T1"}
+TRIED = {**SEEN, "attempts": 3, "payload": ITEM, "match_quality": QUALITY}
+
+
+@pytest.mark.parametrize("outcome, status, fields", [
+    (Outcome(SENT, 200, None, "T1", "{}"), "sent",
+     {"finished_at": NOW, "reason": None, **TRIED, "last_status": 200, "last_error": None}),
+    (Outcome(REJECTED, 500, "boom", "T1", "{}"), "failed", {"finished_at": NOW, "reason": "boom", **TRIED}),
+    (Outcome(RETRY, 500, "boom", "T1", "{}"), "pending",
+     {"next_attempt_at": NOW + timedelta(seconds=20), "retries": 2, **TRIED}),  # the 2nd retry: 20 s
+    (Outcome(RETRY, 500, "boom", "T1", "{}", retry_after=6 * 3600), "pending",
+     {"next_attempt_at": NOW + timedelta(hours=6), "retries": 2, **TRIED}),
+    (Outcome(THROTTLE, 429, "boom", "T1", "{}", retry_after=7), "pending",
+     {"next_attempt_at": NOW + timedelta(seconds=7), **TRIED, "last_status": 429}),
+    (Outcome(SETUP, 500, "boom", "T1", "{}"), "pending", {"next_attempt_at": NOW, **SEEN}),
+])
+def test_each_platform_verdict_becomes_one_change_of_its_send(tmp_path, outcome, status, fields):
+    dispatcher = Dispatcher(lambda: build_config(base_config(tmp_path)), rng=lambda: 0.5)
+    send = Send(id=7, attempts=2, retries=1, lease_owner="owner")
+
+    assert dispatcher._change(send, ITEM, QUALITY, outcome, NOW) == (send, {"status": status, **fields})
+    dispatcher.close()
+
+
+def test_a_retry_that_spends_the_last_attempt_fails_the_send(tmp_path):
+    dispatcher = Dispatcher(lambda: build_config(base_config(tmp_path)), rng=lambda: 0.5)
+    send = Send(id=7, attempts=30, retries=24, lease_owner="owner")
+
+    change = dispatcher._change(send, ITEM, QUALITY, Outcome(RETRY, 500, "boom", "T1", "{}"), NOW)
+
+    assert change == (send, {"status": "failed", "finished_at": NOW, "retries": 25,
+                             "reason": "gave up after 25 attempts: boom", **TRIED, "attempts": 31})
+    dispatcher.close()
