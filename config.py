@@ -181,6 +181,9 @@ def parse_config(text: str, env: Mapping[str, str]) -> Config:
         raise ConfigError(problems)
     if env.get("DATABASE_URL"):
         config = replace(config, database=env["DATABASE_URL"])
+    if ":memory:" in config.database:
+        # Each thread would get its own empty database: the group writer's commits would be invisible.
+        raise ConfigError(["storage.database: an in-memory database cannot be shared between threads; use a file"])
     return config
 
 

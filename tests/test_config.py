@@ -288,3 +288,10 @@ def test_check_config_exits_1_with_the_path_named_messages(tmp_path):
         "dispatch.max_attempts: must be a number, got 'many'\n"
         "sites[0].destinations[0].access_token: required in live mode\n"
     ))
+
+
+@pytest.mark.parametrize("database, env", [("sqlite:///:memory:", {}), ("sqlite:///data/x.db", {"DATABASE_URL": "sqlite:///:memory:"})])
+def test_an_in_memory_database_is_refused(database, env):
+    with pytest.raises(ConfigError) as refused:
+        parse_config(dump(raw(site(), storage={"database": database})), env)
+    assert refused.value.problems == ["storage.database: an in-memory database cannot be shared between threads; use a file"]
