@@ -10,7 +10,6 @@ import pytest
 import inspector
 from funnel import Conversion, InviteLink, Lead, TrackingSession, Visit
 from models import Event, Send
-from platforms import meta
 from tests.conftest import RAW_PII
 from tests.fakes.telegram import NOT_ENOUGH_RIGHTS, FakeTelegram, telegram_section
 

@@ -40,7 +40,7 @@ def age(event: Event, days: int) -> None:
 def test_purge_removes_old_final_events_and_keeps_recent_and_still_pending_ones(client, run):
     old_final = post(client, "old-final", consent=False)  # every send skipped: final
     old_pending = post(client, "old-pending")              # its Meta send is still pending
-    recent = post(client, "recent", consent=False)
+    post(client, "recent", consent=False)
     age(old_final, 91)
     age(old_pending, 91)
     client.post("/v1/track", data="{nope", headers=BROWSER)

@@ -70,16 +70,6 @@ def trace(request: dict) -> str:
     return answer["fbtrace_id"] if "fbtrace_id" in answer else answer["error"]["fbtrace_id"]
 
 
-class Live:
-    """The config the dispatcher reads on every pass; a test swaps it the way a reload would."""
-
-    def __init__(self, config: Config):
-        self.config = config
-
-    def __call__(self) -> Config:
-        return self.config
-
-
 @pytest.fixture
 def meta_settings() -> dict:
     return {}
@@ -101,18 +91,6 @@ def raw(raw_config, fake_meta, meta_settings, dispatch_settings) -> dict:
 @pytest.fixture
 def config(raw) -> Config:
     return build_config(raw)
-
-
-@pytest.fixture
-def live(config) -> Live:
-    return Live(config)
-
-
-@pytest.fixture
-def dispatcher(live):
-    dispatcher = Dispatcher(live)
-    yield dispatcher
-    dispatcher.close()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import re
 import runpy
 from datetime import timedelta
 from types import SimpleNamespace
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 import pytest
 from gunicorn.config import Config as GunicornConfig

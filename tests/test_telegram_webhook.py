@@ -23,7 +23,6 @@ from canonical import utcnow
 from dispatch import Dispatcher
 from funnel import Conversion, InviteLink, Lead, Visit
 from models import Event, Send
-from platforms import meta
 from telegram_api import TelegramError, TelegramNotConfigured
 from tests.conftest import RAW_PII, meta_destination, with_destinations
 from tests.fakes.telegram import FakeTelegram, chat_member, join_request, telegram_section
