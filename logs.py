@@ -4,7 +4,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
+
+# Secrets some APIs force into URLs: Snapchat's access_token, GA4's api_secret, Telegram's /bot<token>/.
+_URL_SECRETS = (
+    (re.compile(r"((?:access_token|api_secret)=)[^&\s\"'<>]+"), r"\1***"),
+    (re.compile(r"/bot[^/\s]+/"), "/bot<token>/"),
+)
+_HTTP_CLIENT_LOGGER = "urllib3.connectionpool"  # logs each request line (DEBUG) and retries (WARNING)
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
@@ -39,3 +47,26 @@ def configure() -> None:
     # urllib3 logs full URLs at DEBUG; some platforms' URLs carry a token.
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+
+def redact(text: str) -> str:
+    """Text with every secret a URL may carry replaced."""
+    for pattern, replacement in _URL_SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class _RedactURLSecrets(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, ()
+        return True
+
+
+def mask_url_secrets() -> None:
+    """Mask URL secrets in the HTTP client's own log lines, whatever level a deployment logs at (SPEC §7)."""
+    logger = logging.getLogger(_HTTP_CLIENT_LOGGER)
+    if not any(isinstance(f, _RedactURLSecrets) for f in logger.filters):
+        logger.addFilter(_RedactURLSecrets())

@@ -5,13 +5,13 @@ every failure is re-raised as a TelegramError that names the method, never the a
 """
 from __future__ import annotations
 
-import logging
 import re
 from dataclasses import dataclass
 from typing import Any
 
 import requests
 
+import logs
 from config import Site
 from platforms.base import Http
 
@@ -21,21 +21,9 @@ MAX_LINK_NAME = 32  # createChatInviteLink's `name`: 0–32 characters
 ALLOWED_UPDATES = ("chat_member", "chat_join_request", "my_chat_member")
 SECRET_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,256}")  # setWebhook's secret_token alphabet
 WEBHOOK_PATH = "/telegram/webhook/{site_id}"
-BOT_PATH_RE = re.compile(r"/bot[^/\s]+/")
 
 
-class _HideBotTokens(logging.Filter):
-    """urllib3 logs each request's path at DEBUG; ours carries the token. Masked here, whatever the log level."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(BOT_PATH_RE.sub("/bot<token>/", a) if isinstance(a, str) else a for a in record.args)
-        if isinstance(record.msg, str):
-            record.msg = BOT_PATH_RE.sub("/bot<token>/", record.msg)
-        return True
-
-
-logging.getLogger("urllib3.connectionpool").addFilter(_HideBotTokens())
+logs.mask_url_secrets()  # the token rides in every request's path
 
 
 class TelegramNotConfigured(Exception):

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import re
 from datetime import datetime, timedelta, timezone
 from urllib.parse import quote
 
 import requests
 
+import logs
 from canonical import CanonicalEvent
 from config import Destination
 from platforms.base import (
@@ -68,26 +68,13 @@ _SEPARATORS = re.compile(r"[\s\-.]+")
 # The `_ga` cookie is GA1.<domain depth>.<random>.<first visit>; its client id is the last two numbers.
 GA_COOKIE_RE = re.compile(r"(?:GA\d+\.\d+\.)?([0-9]+\.[0-9]+)")
 SESSION_ID_RE = re.compile(r"[1-9][0-9]{0,18}")
-_SECRET_RE = re.compile(r"(api_secret=)[^&\s\"'<>]+")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
-def masked(text: str) -> str:
-    """Text with every api_secret value replaced by ***."""
-    return _SECRET_RE.sub(r"\1***", text)
+masked = logs.redact  # an answer may echo the URL, api_secret included
 
 
-class _MaskSecret(logging.Filter):
-    """urllib3 logs request URLs (at DEBUG), and GA4's URL carries the api_secret."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if "api_secret=" in message:
-            record.msg, record.args = masked(message), ()
-        return True
-
-
-logging.getLogger("urllib3.connectionpool").addFilter(_MaskSecret())
+logs.mask_url_secrets()  # the api_secret is a query parameter
 
 
 def check_settings(dest: Destination) -> list[tuple[str, str]]:

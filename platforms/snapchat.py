@@ -1,13 +1,13 @@
 """Snapchat Conversions API v3: POST {api_base}/v3/{pixel_id}/events?access_token=… (platforms.md §3)."""
 from __future__ import annotations
 
-import logging
 import re
 from datetime import timedelta
 from typing import Mapping
 
 import requests
 
+import logs
 from canonical import CUSTOM, CanonicalEvent, fold
 from config import Destination
 from identity import HASHED_RE, meta_city, sha256
@@ -60,22 +60,9 @@ HASHED_KEYS = ("em", "ph", "fn", "ln", "ge", "db")
 # token or the pixel is about the destination, not the event: pausing (visible, resumable) beats failing
 # every event for good.
 SETUP_REASON = re.compile(r"access[ _]?token|unauthori[sz]ed|pixel", re.IGNORECASE)
-_TOKEN_IN_URL = re.compile(r"(access_token=)[^&\s\"']+")
 
 
-class _MaskToken(logging.Filter):
-    """urllib3 logs the request line (DEBUG) and retries (WARNING) with the full URL, which carries
-    Snap's token as a query parameter: mask it whatever the log level the deployment chose (SPEC §7)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(_TOKEN_IN_URL.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
-        if isinstance(record.msg, str):
-            record.msg = _TOKEN_IN_URL.sub(r"\1***", record.msg)
-        return True
-
-
-logging.getLogger("urllib3.connectionpool").addFilter(_MaskToken())
+logs.mask_url_secrets()  # Snap takes its token only as a query parameter
 
 
 def check_settings(dest: Destination) -> list[tuple[str, str]]:
