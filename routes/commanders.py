@@ -43,6 +43,16 @@ def record(reason: str, body: Any = None) -> None:
         inspector.record(commanders.DIALECT, site.id if site else None, reason, body)
 
 
+def read_body(config: Config) -> tuple[Any, tuple[Response, int] | None]:
+    """The JSON body, or the 400 to answer when it is oversize or not JSON."""
+    try:
+        return read_json(request, config.max_body_bytes), None
+    except BodyTooLarge:
+        return None, bad_request("Request body too large")
+    except InvalidJSON:
+        return None, bad_request("Invalid JSON body")
+
+
 def bad_request(message: str) -> tuple[Response, int]:
     """The seed's only non-200 answer: an oversize body or invalid JSON."""
     g.site = current_config().site(request.args.get("tc_s", "").strip())  # unauthenticated, but names where to look
@@ -105,12 +115,9 @@ def events_preflight():
 def events():
     """One event; always `{"status":"ok"}` unless the body is too large or not JSON."""
     config = current_config()
-    try:
-        body = read_json(request, config.max_body_bytes)
-    except BodyTooLarge:
-        return bad_request("Request body too large")
-    except InvalidJSON:
-        return bad_request("Invalid JSON body")
+    body, unreadable = read_body(config)
+    if unreadable:
+        return unreadable
     try:
         site = authenticate(config)
         if not isinstance(body, dict):
@@ -137,12 +144,9 @@ def events():
 def upsert_user():
     """Create or update a user profile, identity hashed at ingest."""
     config = current_config()
-    try:
-        body = read_json(request, config.max_body_bytes)
-    except BodyTooLarge:
-        return bad_request("Request body too large")
-    except InvalidJSON:
-        return bad_request("Invalid JSON body")
+    body, unreadable = read_body(config)
+    if unreadable:
+        return unreadable
     shown = _without_user_id(body)
     try:
         site = authenticate(config)
@@ -182,12 +186,9 @@ def erase_user(user_id: str):
 def upsert_products():
     """Upsert one catalogue item or a list of them; each bad one is refused on its own."""
     config = current_config()
-    try:
-        body = read_json(request, config.max_body_bytes)
-    except BodyTooLarge:
-        return bad_request("Request body too large")
-    except InvalidJSON:
-        return bad_request("Invalid JSON body")
+    body, unreadable = read_body(config)
+    if unreadable:
+        return unreadable
     try:
         site = authenticate(config)
         if not isinstance(body, (dict, list)):
