@@ -7,8 +7,6 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 
-from peewee import fn
-
 from canonical import utcnow
 from config import Destination
 from models import (
@@ -96,13 +94,6 @@ def finish(send: Send, status: str, now: datetime, ip_policy: str, **fields) -> 
     return record([finishing(send, status, now, **fields)], ip_policy) == 1
 
 
-def reschedule(send: Send, at: datetime, **fields) -> bool:
-    """Put a claimed send back to pending until `at`."""
-    updates = _updates([rescheduling(send, at, **fields)])
-    with writing():
-        return _apply(updates) == 1
-
-
 # A claimed send is still this claim's while all three match: a lease that expired meanwhile is left alone.
 CLAIMED = ["id", "lease_owner", "status"]
 
@@ -165,13 +156,6 @@ def replay_failed(send_id: int | None = None, destination: str | None = None, no
     where = Send.status == FAILED
     where &= (Send.id == send_id) if send_id is not None else (Send.destination == destination)
     return query.where(where).execute()
-
-
-def counts_by_status(destination: str) -> dict[str, int]:
-    rows = (Send.select(Send.status, fn.COUNT(Send.id).alias("n"))
-            .where(Send.destination == destination).group_by(Send.status))
-    return {row.status: row.n for row in rows}
-
 
 
 def renew(sends: list[Send], until: datetime) -> None:
