@@ -90,7 +90,7 @@ def check_config(path: str | None):
 @click.argument("destination")
 def resume(destination: str):
     """Resume a paused destination, e.g. `resume shop/meta`."""
-    from delivery import resume_destination
+    from delivery.sends import resume_destination
 
     _open(load_config())
     click.echo(f"{destination}: " + ("resumed" if resume_destination(destination) else "was not paused"))
@@ -101,7 +101,7 @@ def resume(destination: str):
 @click.option("--destination", help="Replay every failed send of a destination, e.g. shop/meta.")
 def replay(send_id: int | None, destination: str | None):
     """Queue failed sends again; the payload is rebuilt from the stored event with the current config."""
-    from delivery import replay_failed
+    from delivery.sends import replay_failed
 
     if (send_id is None) == (destination is None):
         raise click.UsageError("give exactly one of --send or --destination")
@@ -113,7 +113,7 @@ def replay(send_id: int | None, destination: str | None):
 @cli.command("drain")
 def drain():
     """Run one dispatch pass now and print what each destination did."""
-    from dispatch import Dispatcher
+    from delivery.dispatcher import Dispatcher
 
     config = load_config()
     _open(config)
@@ -125,7 +125,7 @@ def drain():
 def purge():
     """Delete events older than storage.retention_days whose sends are final, and old inspector entries."""
     import retention
-    from canonical import utcnow
+    from ingest.canonical import utcnow
 
     config = load_config()
     _open(config)
@@ -151,7 +151,7 @@ def stats():
 @click.argument("site_id")
 def set_webhook(site_id: str):
     """Register the site's Telegram webhook at server.public_url, with its secret and chat_member updates."""
-    import telegram_api
+    from dialects.adtarget import telegram as telegram_api
 
     config = load_config()
     site = config.site(site_id)

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from iso import country_code, currency_code
+from ingest.iso import country_code, currency_code
 
 DEFAULT_PATH = "config.yaml"
 MODES = ("live", "test", "dry")

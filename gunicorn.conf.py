@@ -18,7 +18,7 @@ control_socket_disable = True
 
 def post_worker_init(worker):
     """Every worker runs the scheduler; only the one holding the lock beside the database drains."""
-    from dispatch import Dispatcher, lock_path_for
+    from delivery.dispatcher import Dispatcher, lock_path_for
 
     app = worker.wsgi
     config = app.config["POSTBACK"]

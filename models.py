@@ -15,9 +15,9 @@ from peewee import (
 )
 from playhouse.db_url import connect
 
-from canonical import CanonicalEvent
-from privacy import reduce_ip
-from writer import GroupWriter
+from ingest.canonical import CanonicalEvent
+from ingest.privacy import reduce_ip
+from ingest.writer import GroupWriter
 
 database = DatabaseProxy()
 

@@ -5,9 +5,9 @@ from datetime import datetime, timedelta
 
 from peewee import fn
 
-import funnel
-import inspector
-import pixel_profiles
+from dialects.adtarget import funnel
+from ingest import inspector
+from dialects.pixel import profiles as pixel_profiles
 from models import FINAL, Event, Send, database
 
 

@@ -633,11 +633,11 @@ class DispatchRun:
 
 def seed(n: int, config) -> None:
     """One event through the real parse and models.record_event, then n - 1 copies of it in SQL."""
-    from canonical import utcnow
-    from dialects import channelstack
+    from ingest.canonical import utcnow
+    from dialects.channelstack import parse as channelstack
     from dialects.common import ClientContext
     from models import database, record_event
-    from routing import plan_sends
+    from ingest.fanout import plan_sends
 
     site = config.site_for_key(API_KEY)
     body = {**PURCHASE, "event_id": "seed"}
@@ -662,10 +662,10 @@ def seed(n: int, config) -> None:
 
 
 def dispatch_once(n: int, meta_url: str, folder: Path, fake_pid: int | None = None) -> tuple[DispatchRun, dict]:
-    import delivery
-    from canonical import utcnow
+    from delivery import sends as delivery
+    from ingest.canonical import utcnow
     from config import parse_config
-    from dispatch import Dispatcher
+    from delivery.dispatcher import Dispatcher
     from models import database, open_database
 
     import yaml

@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 
 from user_agents import parse as parse_user_agent
 
-from canonical import fold
-from iso import currency_code
+from ingest.canonical import fold
+from ingest.iso import currency_code
 
 MAX_ID_CHARS = 255
 # `fb.<subdomain index>.<creation ms>.<value>` (https://developers.facebook.com/docs/marketing-api/conversions-api/parameters/fbp-and-fbc/)

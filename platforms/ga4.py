@@ -10,7 +10,7 @@ from urllib.parse import quote
 import requests
 
 import logs
-from canonical import CanonicalEvent
+from ingest.canonical import CanonicalEvent
 from config import Destination
 from platforms.base import (
     REJECTED, RETRY, SENT, SETUP, THROTTLE, Http, Outcome, Skip, everyone, excerpt, missing_settings, network_failure,

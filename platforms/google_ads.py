@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 
 import requests
 
-from canonical import CUSTOM, CanonicalEvent, fold
+from ingest.canonical import CUSTOM, CanonicalEvent, fold
 from config import Destination
 from platforms.base import (
     REJECTED, RETRY, SENT, SETUP, THROTTLE, Http, Outcome, Skip, everyone, excerpt, missing_settings,

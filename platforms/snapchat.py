@@ -8,9 +8,9 @@ from typing import Mapping
 import requests
 
 import logs
-from canonical import CUSTOM, CanonicalEvent, fold
+from ingest.canonical import CUSTOM, CanonicalEvent, fold
 from config import Destination
-from identity import HASHED_RE, meta_city, sha256
+from ingest.identity import HASHED_RE, meta_city, sha256
 from platforms.base import (
     REJECTED, RETRY, SENT, SETUP, THROTTLE, Http, Outcome, Skip, everyone, excerpt, missing_settings,
     network_failure, retry_after_seconds,

@@ -5,9 +5,9 @@ from datetime import timedelta
 
 import requests
 
-from canonical import CanonicalEvent
+from ingest.canonical import CanonicalEvent
 from config import Destination
-from identity import HASHED_RE, sha256
+from ingest.identity import HASHED_RE, sha256
 from platforms.base import (
     REJECTED, RETRY, SENT, SETUP, THROTTLE, Http, Outcome, Skip, everyone, excerpt, missing_settings,
     network_failure, retry_after_seconds,

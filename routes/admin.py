@@ -9,8 +9,8 @@ from functools import wraps
 from flask import Blueprint, jsonify, request
 from peewee import CharField
 
-import inspector
-from canonical import utcnow
+from ingest import inspector
+from ingest.canonical import utcnow
 from models import BaseModel, UTCDateTimeField
 from routes.common import current_config
 

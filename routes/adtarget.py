@@ -9,14 +9,14 @@ import ipaddress
 
 from flask import Blueprint, Response, g, jsonify, request
 
-import funnel
-import inspector
-import telegram_api
-from canonical import utcnow
+from dialects.adtarget import funnel
+from ingest import inspector
+from dialects.adtarget import telegram as telegram_api
+from ingest.canonical import utcnow
 from config import Config, Site
-from dialects import adtarget
+from dialects.adtarget import parse as adtarget
 from dialects.common import ClientContext, FieldError
-from funnel import ConversionResult, FunnelError
+from dialects.adtarget.funnel import ConversionResult, FunnelError
 from routes.common import BodyTooLarge, InvalidJSON, client_context, current_config, read_json
 
 bp = Blueprint("adtarget", __name__, url_prefix="/api/v1")

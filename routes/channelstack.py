@@ -3,13 +3,13 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, g, jsonify, request
 
-import inspector
-from canonical import utcnow
-from dialects import channelstack
+from ingest import inspector
+from ingest.canonical import utcnow
+from dialects.channelstack import parse as channelstack
 from dialects.common import FieldError
-from ingest import accept
+from ingest.accept import accept
 from routes.common import BodyTooLarge, InvalidJSON, allow_origin, client_context, current_config, read_json
-from routing import preview
+from ingest.fanout import preview
 
 bp = Blueprint("channelstack", __name__)
 

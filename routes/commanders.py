@@ -8,16 +8,16 @@ from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
 
-import catalog
-import inspector
-import profiles
-from canonical import utcnow
+from dialects.commanders import catalog
+from ingest import inspector
+from dialects.commanders import profiles
+from ingest.canonical import utcnow
 from config import Config, Site
-from dialects import commanders
+from dialects.commanders import parse as commanders
 from dialects.common import MAX_ID_CHARS, FieldError
-from ingest import accept
+from ingest.accept import accept
 from routes.common import BodyTooLarge, InvalidJSON, allow_origin, client_context, current_config, read_json
-from routing import preview
+from ingest.fanout import preview
 
 bp = Blueprint("commanders", __name__)
 OK = {"status": "ok"}

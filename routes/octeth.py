@@ -9,16 +9,16 @@ from typing import Sequence
 
 from flask import Blueprint, Response, g, jsonify, request
 
-import inspector
-import octeth_store
-from canonical import utcnow
+from ingest import inspector
+from dialects.octeth import store as octeth_store
+from ingest.canonical import utcnow
 from config import Config, Site
-from dialects import octeth
-from dialects.octeth import Refused, body_problem
-from ingest import accept
+from dialects.octeth import parse as octeth
+from dialects.octeth.parse import Refused, body_problem
+from ingest.accept import accept
 from routes.admin import valid_session
 from routes.common import BodyTooLarge, allow_origin, client_context, current_config, read_body
-from routing import preview
+from ingest.fanout import preview
 
 bp = Blueprint("octeth", __name__)
 EVENT_URL = "/api/v1/event"

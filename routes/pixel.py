@@ -7,13 +7,13 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 from peewee import DatabaseError
 
-import inspector
-import pixel_profiles
-from canonical import utcnow
+from ingest import inspector
+from dialects.pixel import profiles as pixel_profiles
+from ingest.canonical import utcnow
 from config import Config, Site
-from dialects import pixel
+from dialects.pixel import parse as pixel
 from dialects.common import FieldError
-from ingest import accept
+from ingest.accept import accept
 from models import Event, Send
 from routes.common import client_context, current_config, reached_over_https
 

@@ -11,11 +11,11 @@ import logging
 
 from flask import Blueprint, jsonify, request
 
-import funnel
-from canonical import utcnow
+from dialects.adtarget import funnel
+from ingest.canonical import utcnow
 from config import Site
-from dialects import adtarget
-from dialects.adtarget import Ignored
+from dialects.adtarget import parse as adtarget
+from dialects.adtarget.parse import Ignored
 from routes.common import BodyTooLarge, InvalidJSON, current_config, read_json
 
 log = logging.getLogger(__name__)

@@ -15,15 +15,15 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Response, g, jsonify, redirect, request
 from markupsafe import escape
 
-import funnel
-import inspector
-import telegram_api
-from canonical import utcnow
+from dialects.adtarget import funnel
+from ingest import inspector
+from dialects.adtarget import telegram as telegram_api
+from ingest.canonical import utcnow
 from config import Channel, Config, Site
-from dialects import adtarget
-from dialects.adtarget import VisitInput
+from dialects.adtarget import parse as adtarget
+from dialects.adtarget.parse import VisitInput
 from dialects.common import ClientContext, FieldError, clean_url, present, read_id
-from funnel import SESSION_COOKIE, SESSION_COOKIE_MAX_AGE, TEMP_COOKIE, TEMP_COOKIE_MAX_AGE, FunnelError
+from dialects.adtarget.funnel import SESSION_COOKIE, SESSION_COOKIE_MAX_AGE, TEMP_COOKIE, TEMP_COOKIE_MAX_AGE, FunnelError
 from routes.common import BodyTooLarge, InvalidJSON, client_context, current_config, reached_over_https, read_json
 
 bp = Blueprint("tracker", __name__, url_prefix="/track")

@@ -11,7 +11,7 @@ import yaml
 
 from app import create_app
 from config import Config, parse_config
-from dispatch import Dispatcher
+from delivery.dispatcher import Dispatcher
 from models import database
 from tests.fakes.meta import FakeMeta
 

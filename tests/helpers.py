@@ -10,7 +10,7 @@ from pathlib import Path
 import requests
 from requests.structures import CaseInsensitiveDict
 
-from canonical import utcnow
+from ingest.canonical import utcnow
 from models import Event, Send
 from tests.conftest import BROWSER
 

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-import inspector
-from funnel import Conversion, InviteLink, Lead, TrackingSession, Visit
+from ingest import inspector
+from dialects.adtarget.funnel import Conversion, InviteLink, Lead, TrackingSession, Visit
 from models import Event, Send
 from tests.conftest import RAW_PII
 from tests.fakes.telegram import NOT_ENOUGH_RIGHTS, FakeTelegram, telegram_section

@@ -7,9 +7,9 @@ from datetime import timedelta
 
 import pytest
 
-from canonical import CanonicalEvent, utcnow
+from ingest.canonical import CanonicalEvent, utcnow
 from config import Destination
-from dispatch import Dispatcher
+from delivery.dispatcher import Dispatcher
 from models import Send
 from platforms import REGISTRY
 from platforms.base import RETRY, THROTTLE, Http, Skip

@@ -9,8 +9,8 @@ import yaml
 from click.testing import CliRunner
 
 from app import cli
-from canonical import utcnow
-from inspector import Refusal
+from ingest.canonical import utcnow
+from ingest.inspector import Refusal
 from models import Event, Send
 from tests.conftest import BROWSER, SEED_EXAMPLE
 

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-import delivery
-from canonical import utcnow
-from catalog import Product
-from dispatch import Dispatcher
-from inspector import Refusal
+from delivery import sends as delivery
+from ingest.canonical import utcnow
+from dialects.commanders.catalog import Product
+from delivery.dispatcher import Dispatcher
+from ingest.inspector import Refusal
 from models import Event, Send, database
 from platforms import meta
-from profiles import Profile
+from dialects.commanders.profiles import Profile
 from tests.conftest import BROWSER, RAW_PII, build_config, meta_destination, with_destinations
 
 AUTH = {"Authorization": "Bearer key_demo_123"}

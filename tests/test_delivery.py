@@ -15,14 +15,14 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-import delivery
+from delivery import sends as delivery
 from app import cli, create_app
-from canonical import utcnow
+from ingest.canonical import utcnow
 from config import Config
-from dispatch import Dispatcher, LeaderLock
+from delivery.dispatcher import Dispatcher, LeaderLock
 from models import DestinationState, Event, Send
 from platforms import meta
-from privacy import reduce_ip
+from ingest.privacy import reduce_ip
 from tests.conftest import BROWSER, ROOT, SEED_EXAMPLE, build_config, meta_destination, with_destinations
 from tests.fakes.meta import EXPIRED, FakeMeta
 
@@ -601,7 +601,7 @@ def test_only_one_leader_lock_holder_at_a_time_in_one_process(tmp_path):
 def test_the_leader_lock_dies_with_the_process_that_holds_it(tmp_path):
     path = str(tmp_path / "postback.db.dispatch.lock")
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from dispatch import LeaderLock; lock = LeaderLock(sys.argv[1]); "
+        [sys.executable, "-c", "import sys; from delivery.dispatcher import LeaderLock; lock = LeaderLock(sys.argv[1]); "
                                "print(lock.acquire(), flush=True); sys.stdin.read()", path],
         cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:

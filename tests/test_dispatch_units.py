@@ -8,7 +8,7 @@ import pytest
 import requests
 from requests.structures import CaseInsensitiveDict
 
-from dispatch import Dispatcher, backoff
+from delivery.dispatcher import Dispatcher, backoff
 from models import Send
 from platforms import meta
 from platforms.base import REJECTED, RETRY, SENT, SETUP, THROTTLE, Outcome, retry_after_seconds

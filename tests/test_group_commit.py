@@ -13,11 +13,11 @@ import pytest
 from peewee import IntegrityError, SqliteDatabase
 
 import models
-from canonical import CanonicalEvent, utcnow
-from ingest import accept
+from ingest.canonical import CanonicalEvent, utcnow
+from ingest.accept import accept
 from models import Event, Send, database
 from tests.conftest import ROOT
-from writer import GroupWriter
+from ingest.writer import GroupWriter
 
 
 def purchase(event_id: str, **fields) -> CanonicalEvent:

@@ -4,7 +4,7 @@ import hashlib
 
 import pytest
 
-from identity import HASHED_RE, Identity, meta_city, normalize_identity, sha256
+from ingest.identity import HASHED_RE, Identity, meta_city, normalize_identity, sha256
 
 HEX = "9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08"  # sha256("test"), upper
 

@@ -5,8 +5,8 @@ import base64
 
 import pytest
 
-import inspector
-from inspector import Refusal
+from ingest import inspector
+from ingest.inspector import Refusal
 from tests.conftest import BROWSER, SEED_EXAMPLE
 
 PASSWORD = "s3cret-admin"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from canonical import CanonicalEvent, utcnow
+from ingest.canonical import CanonicalEvent, utcnow
 from config import Destination
 from platforms import meta
 

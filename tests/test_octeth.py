@@ -8,12 +8,12 @@ from datetime import datetime, timezone
 
 import pytest
 
-import octeth_store
-from canonical import utcnow
-from dispatch import Dispatcher
-from inspector import Refusal
+from dialects.octeth import store as octeth_store
+from ingest.canonical import utcnow
+from delivery.dispatcher import Dispatcher
+from ingest.inspector import Refusal
 from models import Event, Send
-from octeth_store import OctethProperty, OctethSubscriber
+from dialects.octeth.store import OctethProperty, OctethSubscriber
 from tests.conftest import BROWSER, RAW_PII, build_config, meta_destination, with_destinations
 
 EVENT_URL = "/api/v1/event"

@@ -18,13 +18,13 @@ from peewee import OperationalError
 from werkzeug.exceptions import NotFound
 from werkzeug.test import EnvironBuilder
 
-import inspector
-import pixel_profiles
-from canonical import utcnow
-from dispatch import Dispatcher
-from inspector import Refusal
+from ingest import inspector
+from dialects.pixel import profiles as pixel_profiles
+from ingest.canonical import utcnow
+from delivery.dispatcher import Dispatcher
+from ingest.inspector import Refusal
 from models import Event, Send
-from pixel_profiles import PixelProfile
+from dialects.pixel.profiles import PixelProfile
 from routes.pixel import COOKIE, GIF
 from tests.conftest import BROWSER, RAW_PII, ROOT, build_config, meta_destination, with_destinations
 
@@ -653,7 +653,7 @@ def test_a_profile_that_cannot_be_written_still_leaves_the_event_stored_and_the_
     def locked(*args, **kwargs):
         raise OperationalError("database is locked")
 
-    monkeypatch.setattr("pixel_profiles.remember", locked)
+    monkeypatch.setattr("dialects.pixel.profiles.remember", locked)
     assert_gif(hit(client, query=SEED_SIGNUP.split("?")[1]))
     assert stored() == (1, 1, 0)
 

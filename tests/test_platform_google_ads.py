@@ -8,7 +8,7 @@ from functools import partial
 import pytest
 import requests
 
-from canonical import CanonicalEvent, utcnow
+from ingest.canonical import CanonicalEvent, utcnow
 from config import Config, ConfigError, Destination
 from models import DestinationState, Event, Send
 from platforms import google_ads

@@ -10,7 +10,7 @@ from functools import partial
 import pytest
 import requests
 
-from canonical import CanonicalEvent, utcnow
+from ingest.canonical import CanonicalEvent, utcnow
 from config import ConfigError, Destination
 from models import DestinationState, Event
 from platforms import REGISTRY, snapchat

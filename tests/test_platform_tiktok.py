@@ -10,10 +10,10 @@ from functools import partial
 import pytest
 import requests
 
-import delivery
-from canonical import CanonicalEvent, utcnow
+from delivery import sends as delivery
+from ingest.canonical import CanonicalEvent, utcnow
 from config import Config, ConfigError
-from ingest import accept
+from ingest.accept import accept
 from models import DestinationState, Event, Send
 from platforms import tiktok
 from platforms.base import REJECTED, RETRY, SENT, SETUP, THROTTLE, Http, Outcome, Skip

@@ -15,15 +15,15 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-import funnel
+from dialects.adtarget import funnel
 from app import cli
-import inspector
-import telegram_api
-from canonical import utcnow
-from dispatch import Dispatcher
-from funnel import Conversion, InviteLink, Lead, Visit
+from ingest import inspector
+from dialects.adtarget import telegram as telegram_api
+from ingest.canonical import utcnow
+from delivery.dispatcher import Dispatcher
+from dialects.adtarget.funnel import Conversion, InviteLink, Lead, Visit
 from models import Event, Send
-from telegram_api import TelegramError, TelegramNotConfigured
+from dialects.adtarget.telegram import TelegramError, TelegramNotConfigured
 from tests.conftest import RAW_PII, meta_destination, with_destinations
 from tests.fakes.telegram import FakeTelegram, chat_member, join_request, telegram_section
 

@@ -12,10 +12,10 @@ import re
 import pytest
 from markupsafe import escape
 
-import inspector
-from canonical import utcnow
-from dispatch import Dispatcher
-from funnel import InviteLink, TrackingSession, Visit
+from ingest import inspector
+from ingest.canonical import utcnow
+from delivery.dispatcher import Dispatcher
+from dialects.adtarget.funnel import InviteLink, TrackingSession, Visit
 from models import Event, Send
 from platforms import meta
 from tests.conftest import BROWSER, RAW_PII, meta_destination, with_destinations

@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Mapping
 
-from canonical import CanonicalEvent, standard_name
+from ingest.canonical import CanonicalEvent, standard_name
 from config import Site
 from dialects.common import (
     CLICK_ID_KEYS, ClientContext, FieldError, clean_click_ids, clean_url, custom_properties, is_bot,
     new_event_id, present, read_bool, read_currency, read_id,
 )
-from identity import normalize_identity
+from ingest.identity import normalize_identity
 
 DIALECT = "pixel"
 CATEGORIES = ("event", "revenue")

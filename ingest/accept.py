@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import logging
 
-from canonical import CanonicalEvent
+from ingest.canonical import CanonicalEvent
 from config import Config, Site
 from models import Event, record_event
-from routing import plan_sends
+from ingest.fanout import plan_sends
 
 log = logging.getLogger(__name__)
 

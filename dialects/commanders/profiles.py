@@ -7,7 +7,7 @@ from datetime import datetime
 
 from peewee import OP, CharField, Expression, SqliteDatabase, Value
 
-import privacy
+from ingest import privacy
 from models import FINAL, PENDING, SENDING, SKIPPED, BaseModel, Event, JSONField, Send, UTCDateTimeField, database
 
 log = logging.getLogger(__name__)

@@ -9,8 +9,8 @@ from datetime import datetime, timedelta
 
 from peewee import CharField
 
-import privacy
-from canonical import utcnow
+from ingest import privacy
+from ingest.canonical import utcnow
 from models import BaseModel, JSONField, UTCDateTimeField
 
 

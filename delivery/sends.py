@@ -7,12 +7,12 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 
-from canonical import utcnow
+from ingest.canonical import utcnow
 from config import Destination
 from models import (
     FAILED, FINAL, PENDING, SENDING, DestinationState, Event, Send, database, update_rows, writing,
 )
-from privacy import reduce_ip
+from ingest.privacy import reduce_ip
 
 
 def claim(destination: str, limit: int, now: datetime, lease: timedelta) -> list[Send]:

@@ -9,7 +9,7 @@ from typing import Any
 
 from peewee import AutoField, CharField, TextField
 
-from canonical import fold, utcnow
+from ingest.canonical import fold, utcnow
 from dialects.common import PII_PROPERTY_KEYS
 from models import BaseModel, JSONField, UTCDateTimeField
 

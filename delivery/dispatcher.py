@@ -12,12 +12,12 @@ from typing import Callable
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-import delivery
-from canonical import utcnow
+from delivery import sends as delivery
+from ingest.canonical import utcnow
 from config import Config, Destination
 from models import FAILED, SENT, SKIPPED, Send, writing
 from platforms import REGISTRY
-from routing import past_window
+from ingest.fanout import past_window
 from platforms.base import REJECTED, RETRY, SENT as OK, SETUP, THROTTLE, Http, Outcome, Skip, match_quality
 
 log = logging.getLogger(__name__)

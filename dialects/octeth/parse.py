@@ -15,13 +15,13 @@ from urllib.parse import urlsplit
 
 from user_agents import parse as parse_user_agent
 
-from canonical import CUSTOM, CanonicalEvent, fold, standard_name
+from ingest.canonical import CUSTOM, CanonicalEvent, fold, standard_name
 from config import Site
 from dialects.common import (
     CLICK_ID_KEYS, PII_PROPERTY_KEYS, ClientContext, FieldError, clean_click_ids, clean_url,
     custom_properties, is_bot, present, read_currency, read_id, read_value,
 )
-from identity import normalize_identity
+from ingest.identity import normalize_identity
 
 DIALECT = "octeth"
 CONVERSION, IDENTIFY = "conversion", "identify"

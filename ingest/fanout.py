@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from canonical import CanonicalEvent
+from ingest.canonical import CanonicalEvent
 from config import Destination, Site
 from models import PENDING, SKIPPED
 from platforms import REGISTRY

@@ -9,13 +9,13 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping
 
-from canonical import CanonicalEvent, standard_name
+from ingest.canonical import CanonicalEvent, standard_name
 from config import Site
 from dialects.common import (
     MAX_ID_CHARS, ClientContext, FieldError, clean_click_ids, clean_url, custom_properties, is_bot,
     new_event_id, present, read_currency, read_id, read_value,
 )
-from identity import HASHED_RE, normalize_identity
+from ingest.identity import HASHED_RE, normalize_identity
 
 DIALECT = "commanders"
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

@@ -17,7 +17,7 @@ from functools import cache
 import phonenumbers
 import pycountry
 
-from iso import country_code
+from ingest.iso import country_code
 from email_validator import EmailNotValidError, validate_email
 
 HASHED_RE = re.compile(r"\A[0-9a-fA-F]{64}\Z")

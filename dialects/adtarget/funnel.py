@@ -17,16 +17,16 @@ from peewee import (
     AutoField, BooleanField, CharField, FloatField, ForeignKeyField, IntegerField, IntegrityError, TextField, fn,
 )
 
-import inspector
-from canonical import CUSTOM, CanonicalEvent, standard_name
+from ingest import inspector
+from ingest.canonical import CUSTOM, CanonicalEvent, standard_name
 from config import Channel, Config, Site
-from dialects.adtarget import DIALECT, Attribution, ConversionInput, Ignored, Join, ValueInput, VisitInput
+from dialects.adtarget.parse import DIALECT, Attribution, ConversionInput, Ignored, Join, ValueInput, VisitInput
 from dialects.common import is_bot
-from identity import Identity
-from ingest import accept
+from ingest.identity import Identity
+from ingest.accept import accept
 from models import FAILED, PENDING, SENDING, SENT, BaseModel, Event, JSONField, Send, UTCDateTimeField, database
-from routing import plan_sends, preview
-from telegram_api import BotApi, TelegramError, TelegramNotConfigured
+from ingest.fanout import plan_sends, preview
+from dialects.adtarget.telegram import BotApi, TelegramError, TelegramNotConfigured
 
 log = logging.getLogger(__name__)
 

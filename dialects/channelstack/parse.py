@@ -4,13 +4,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Mapping
 
-from canonical import CanonicalEvent, standard_name
+from ingest.canonical import CanonicalEvent, standard_name
 from config import Site
 from dialects.common import (
     ClientContext, FieldError, clean_click_ids, clean_url, custom_properties, is_bot, new_event_id,
     read_bool, read_currency, read_id, read_text, read_timestamp, read_value,
 )
-from identity import normalize_identity
+from ingest.identity import normalize_identity
 
 DIALECT = "channelstack"
 IDENTITY_FIELDS = ("email", "phone", "first_name", "last_name", "city", "state", "zip", "country", "gender", "date_of_birth")

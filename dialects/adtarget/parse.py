@@ -16,7 +16,7 @@ from dialects.common import (
     CLICK_ID_KEYS, OPAQUE_ID_RE, ClientContext, FieldError, clean_click_ids, clean_url, custom_properties, mint_fbc,
     present, read_currency, read_id, read_value,
 )
-from identity import Identity, normalize_identity
+from ingest.identity import Identity, normalize_identity
 
 DIALECT = "adtarget"
 EVENT_TYPES = ("Lead", "Purchase", "CompleteRegistration", "Subscribe", "Custom")

@@ -1,0 +1,1 @@
+"""The adtarget dialect: its pure parser and its own stores."""

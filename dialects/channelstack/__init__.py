@@ -1,0 +1,1 @@
+"""The channelstack dialect: its pure parser and its own stores."""

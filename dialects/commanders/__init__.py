@@ -1,0 +1,1 @@
+"""The commanders dialect: its pure parser and its own stores."""

@@ -1,0 +1,1 @@
+"""The octeth dialect: its pure parser and its own stores."""

@@ -1,0 +1,1 @@
+"""The pixel dialect: its pure parser and its own stores."""
