@@ -18,7 +18,8 @@ from config import Config, Destination
 from models import FAILED, SENT, SKIPPED, Send, writing
 from platforms import REGISTRY
 from ingest.fanout import past_window
-from platforms.base import REJECTED, RETRY, SENT as OK, SETUP, THROTTLE, Http, Outcome, Skip, match_quality
+from outbound import Http
+from platforms.base import REJECTED, RETRY, SENT as OK, SETUP, THROTTLE, Outcome, Skip, match_quality
 
 log = logging.getLogger(__name__)
 

@@ -1,11 +1,12 @@
-"""What every platform module shares: the five outcomes, Skip, match quality, the HTTP seam."""
+"""What every platform module shares: the five outcomes, Skip, match quality, the HTTP seam (from outbound)."""
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import Mapping
 
 import requests
+
+from outbound import Http  # noqa: F401 - re-exported: every platform sends through it
 
 SENT, RETRY, THROTTLE, SETUP, REJECTED = "sent", "retry", "throttle", "setup", "rejected"
 EXCERPT_CHARS = 2000
@@ -63,23 +64,6 @@ def match_quality(identifiers: list[str], weights: Mapping[str, float]) -> dict:
     """Score 0–10: the sum of the platform's weights for the identifiers present, capped at 10."""
     score = min(10.0, sum(weights.get(name, 0.0) for name in identifiers))
     return {"score": round(score, 1), "identifiers": identifiers}
-
-
-class Http:
-    """The one outbound-HTTP seam: a session per thread and an explicit timeout on every call."""
-
-    def __init__(self, timeout: float):
-        self.timeout = timeout
-        self._local = threading.local()
-
-    @property
-    def session(self) -> requests.Session:
-        if not hasattr(self._local, "session"):
-            self._local.session = requests.Session()
-        return self._local.session
-
-    def post(self, url: str, **kwargs) -> requests.Response:
-        return self.session.post(url, timeout=self.timeout, **kwargs)
 
 
 def network_failure(exc: requests.RequestException, count: int, timeout: float) -> list[Outcome]:

@@ -17,7 +17,7 @@ from config import Config, Site
 from dialects.adtarget import parse as adtarget
 from dialects.common import ClientContext, FieldError
 from dialects.adtarget.funnel import ConversionResult, FunnelError
-from routes.common import BodyTooLarge, InvalidJSON, client_context, current_config, read_json
+from routes.common import BodyTooLarge, InvalidJSON, client_context, current_config, outbound_http, read_json
 
 bp = Blueprint("adtarget", __name__, url_prefix="/api/v1")
 FORWARDED_IP = "X-Adtarget-Client-IP"
@@ -147,7 +147,8 @@ def invite():
     except FieldError as exc:
         raise invalid(exc) from None
     link = funnel.invite_link(site, channel_ref, temp_id, client_session_id,
-                              lambda: telegram_api.bot_for(site, config.timeout_seconds), utcnow(), dry_run=dry_run())
+                              lambda: telegram_api.bot_for(site, config.timeout_seconds, outbound_http()), utcnow(),
+                              dry_run=dry_run())
     return jsonify({"inviteLink": link, "dry_run": True} if dry_run() else {"inviteLink": link})
 
 

@@ -9,6 +9,7 @@ from flask import Request, Response, current_app
 
 from config import Config, Site
 from dialects.common import ClientContext
+from outbound import Http
 
 OVERRIDE_IP = "X-Postback-Client-IP"
 OVERRIDE_UA = "X-Postback-Client-User-Agent"
@@ -24,6 +25,11 @@ class InvalidJSON(Exception):
 
 def current_config() -> Config:
     return current_app.config["POSTBACK"]
+
+
+def outbound_http() -> Http:
+    """The app's Http for the calls a request makes (Telegram's Bot API): its sessions outlive the request."""
+    return current_app.extensions.setdefault("postback.outbound", Http(current_config().timeout_seconds))
 
 
 def read_body(request: Request, limit: int) -> bytes:

@@ -24,7 +24,7 @@ from dialects.adtarget import parse as adtarget
 from dialects.adtarget.parse import VisitInput
 from dialects.common import ClientContext, FieldError, clean_url, present, read_id
 from dialects.adtarget.funnel import SESSION_COOKIE, SESSION_COOKIE_MAX_AGE, TEMP_COOKIE, TEMP_COOKIE_MAX_AGE, FunnelError
-from routes.common import BodyTooLarge, InvalidJSON, client_context, current_config, reached_over_https, read_json
+from routes.common import BodyTooLarge, InvalidJSON, client_context, current_config, outbound_http, reached_over_https, read_json
 
 bp = Blueprint("tracker", __name__, url_prefix="/track")
 DIALECT = "tracker"
@@ -139,7 +139,7 @@ def invite():
         temp_id, session_id = started.temp_id, started.client_session_id
         g.visitor = (temp_id, session_id)  # kept even if Telegram then fails: a retry is the same visitor
     link = funnel.invite_link(site, channel.id, temp_id, session_id,
-                              lambda: telegram_api.bot_for(site, config.timeout_seconds), now)
+                              lambda: telegram_api.bot_for(site, config.timeout_seconds, outbound_http()), now)
     response = redirect(link, 302)
     response.headers["Cache-Control"] = "no-store"  # each visitor has its own link: no cache may share one
     return keep_visitor(response, temp_id, session_id)

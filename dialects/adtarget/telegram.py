@@ -11,9 +11,8 @@ from typing import Any
 
 import requests
 
-import logs
 from config import Site
-from platforms.base import Http
+from outbound import Http
 
 DEFAULT_TIMEOUT = 10.0
 MAX_LINK_NAME = 32  # createChatInviteLink's `name`: 0–32 characters
@@ -21,9 +20,6 @@ MAX_LINK_NAME = 32  # createChatInviteLink's `name`: 0–32 characters
 ALLOWED_UPDATES = ("chat_member", "chat_join_request", "my_chat_member")
 SECRET_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,256}")  # setWebhook's secret_token alphabet
 WEBHOOK_PATH = "/telegram/webhook/{site_id}"
-
-
-logs.mask_url_secrets()  # the token rides in every request's path
 
 
 class TelegramNotConfigured(Exception):
@@ -44,20 +40,23 @@ class TelegramError(Exception):
 
 @dataclass
 class BotApi:
-    """One bot's Bot API: `POST {api_base}/bot<token>/<method>` with a JSON body."""
+    """One bot's Bot API: `POST {api_base}/bot<token>/<method>` with a JSON body, through `http`."""
 
     token: str
     api_base: str = "https://api.telegram.org"
     timeout: float = DEFAULT_TIMEOUT
-    http: Http | None = None
+    http: Http | None = None  # without one the bot has its own
+
+    def __post_init__(self):
+        if self.http is None:
+            self.http = Http(self.timeout)
 
     def call(self, method: str, params: dict[str, Any]) -> Any:
         """The method's `result`; raises TelegramError on any refusal, timeout or garbled answer."""
-        http = self.http or _shared_http()
         failure = None
         try:
-            response = http.session.post(f"{self.api_base.rstrip('/')}/bot{self.token}/{method}", json=params,
-                                         timeout=self.timeout)
+            response = self.http.post(f"{self.api_base.rstrip('/')}/bot{self.token}/{method}", json=params,
+                                      timeout=self.timeout)
         except requests.Timeout:
             failure = f"no answer within {self.timeout:g} s"
         except requests.RequestException as exc:
@@ -77,12 +76,12 @@ class BotApi:
                                              "allowed_updates": list(allowed_updates)}))
 
 
-def bot_for(site: Site, timeout: float = DEFAULT_TIMEOUT) -> BotApi:
-    """The site's bot, or TelegramNotConfigured naming what is missing."""
+def bot_for(site: Site, timeout: float = DEFAULT_TIMEOUT, http: Http | None = None) -> BotApi:
+    """The site's bot, calling through `http` when given, or TelegramNotConfigured naming what is missing."""
     telegram = site.telegram
     if telegram is None or not telegram.bot_token:
         raise TelegramNotConfigured(f"Site {site.id!r} has no Telegram bot_token (sites[].telegram.bot_token)")
-    return BotApi(telegram.bot_token, telegram.api_base, timeout)
+    return BotApi(telegram.bot_token, telegram.api_base, timeout, http)
 
 
 def webhook_url(site: Site, public_url: str) -> str:
@@ -121,13 +120,3 @@ def _result(method: str, response: requests.Response) -> Any:
     description = answer.get("description") if isinstance(answer.get("description"), str) else "no description"
     raise TelegramError(method, description, status, retry_after if isinstance(retry_after, (int, float)) else None)
 
-
-_HTTP: Http | None = None
-
-
-def _shared_http() -> Http:
-    """One thread-local session pool for every bot; each call passes its own timeout."""
-    global _HTTP
-    if _HTTP is None:
-        _HTTP = Http(DEFAULT_TIMEOUT)
-    return _HTTP
