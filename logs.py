@@ -39,6 +39,7 @@ class _StderrHandler(logging.StreamHandler):
 
 
 def configure() -> None:
+    """JSON lines on stderr at LOG_LEVEL, URL secrets masked in the HTTP client's own lines."""
     handler = _StderrHandler()
     handler.setFormatter(JSONFormatter())
     root = logging.getLogger()
@@ -47,6 +48,7 @@ def configure() -> None:
     # urllib3 logs full URLs at DEBUG; some platforms' URLs carry a token.
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    mask_url_secrets()
 
 
 def redact(text: str) -> str:
@@ -66,7 +68,7 @@ class _RedactURLSecrets(logging.Filter):
 
 
 def mask_url_secrets() -> None:
-    """Mask URL secrets in the HTTP client's own log lines, whatever level a deployment logs at (SPEC §7)."""
+    """Mask URL secrets in the HTTP client's own log lines, whatever level a deployment logs at; once per process."""
     logger = logging.getLogger(_HTTP_CLIENT_LOGGER)
     if not any(isinstance(f, _RedactURLSecrets) for f in logger.filters):
         logger.addFilter(_RedactURLSecrets())

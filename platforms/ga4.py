@@ -74,9 +74,6 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 masked = logs.redact  # an answer may echo the URL, api_secret included
 
 
-logs.mask_url_secrets()  # the api_secret is a query parameter
-
-
 def check_settings(dest: Destination) -> list[tuple[str, str]]:
     problems = []
     s = dest.settings

@@ -7,7 +7,6 @@ from typing import Mapping
 
 import requests
 
-import logs
 from ingest.canonical import CUSTOM, CanonicalEvent, fold
 from config import Destination
 from ingest.identity import HASHED_RE, meta_city, sha256
@@ -60,9 +59,6 @@ HASHED_KEYS = ("em", "ph", "fn", "ln", "ge", "db")
 # token or the pixel is about the destination, not the event: pausing (visible, resumable) beats failing
 # every event for good.
 SETUP_REASON = re.compile(r"access[ _]?token|unauthori[sz]ed|pixel", re.IGNORECASE)
-
-
-logs.mask_url_secrets()  # Snap takes its token only as a query parameter
 
 
 def check_settings(dest: Destination) -> list[tuple[str, str]]:

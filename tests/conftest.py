@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import logs
 from app import create_app
 from config import Config, parse_config
 from delivery.dispatcher import Dispatcher
@@ -140,6 +141,12 @@ def with_destinations(raw: dict, *destinations: dict) -> dict:
 
 def at(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def url_secrets_masked():
+    """The HTTP client's log lines are masked here as logs.configure() masks them in every Postback process."""
+    logs.mask_url_secrets()
 
 
 @pytest.fixture(scope="session", autouse=True)

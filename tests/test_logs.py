@@ -26,3 +26,16 @@ def test_the_http_clients_log_lines_are_masked_by_one_filter(caplog):
     with caplog.at_level(logging.DEBUG, logger="urllib3.connectionpool"):
         logger.debug('%s "%s %s"', "http://127.0.0.1:1", "POST", "/x?access_token=tok123")
     assert caplog.messages == ['http://127.0.0.1:1 "POST /x?access_token=***"']
+
+
+def test_configure_installs_the_mask_on_the_http_clients_log_lines(monkeypatch):
+    logger = logging.getLogger("urllib3.connectionpool")
+    monkeypatch.setattr(logger, "filters", [])
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
+    levels = {name: logging.getLogger(name).level for name in ("", "urllib3", "apscheduler")}
+    try:
+        logs.configure()
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+    assert [type(f) for f in logger.filters] == [logs._RedactURLSecrets]
