@@ -6,6 +6,7 @@ import logging
 import os
 import random
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Callable
@@ -49,11 +50,13 @@ class Dispatcher:
     """Drains every destination with its own worker, so a slow platform holds no other."""
 
     def __init__(self, config_source: Callable[[], Config], clock: Callable[[], datetime] = utcnow,
-                 rng: Callable[[], float] = random.random):
+                 rng: Callable[[], float] = random.random, monotonic: Callable[[], float] = time.monotonic):
         self.config_source = config_source
         self.clock = clock
         self.rng = rng
+        self.monotonic = monotonic  # the per-destination caches of platforms count their ages in it
         self.http = Http(config_source().timeout_seconds)
+        self._caches: dict[tuple[str, str], object] = {}
         self._pool = ThreadPoolExecutor(MAX_DRAIN_THREADS, thread_name_prefix="drain")
         self._running: dict[str, Future] = {}
         # Drains take turns at their Python work (claim, build, record): the GIL runs one at a time anyway, and in
@@ -149,7 +152,7 @@ class Dispatcher:
         """POST one batch; a batch rejected as a whole for one event is split until that event is found."""
         # From the clock, not `now` (the claim's time): a split's later requests start later.
         delivery.renew([row for row, _, _ in batch], max(now, self.clock()) + self.lease)
-        outcomes = module.send([item for _, item, _ in batch], dest, self.http)
+        outcomes = self._platform_send(dest, module, [item for _, item, _ in batch])
         if len(batch) > 1 and any(o.kind == REJECTED and o.whole_batch for o in outcomes):
             middle = len(batch) // 2
             if self._send(dest, module, batch[:middle], now):
@@ -166,6 +169,14 @@ class Dispatcher:
         if setup:
             log.warning("destination paused", extra={"destination": dest.key, "error": setup[-1].error})
         return any(o.kind in (THROTTLE, SETUP) for o in outcomes)
+
+    def _platform_send(self, dest: Destination, module, items: list[dict]) -> list[Outcome]:
+        """The platform's send, given the cache it keeps for this destination between sends if it keeps one."""
+        if not hasattr(module, "cache"):
+            return module.send(items, dest, self.http)
+        key = (dest.key, dest.platform)
+        cache = self._caches.get(key) or self._caches.setdefault(key, module.cache(self.monotonic))
+        return module.send(items, dest, self.http, cache=cache)
 
     def _change(self, row: Send, item: dict, quality: dict, outcome: Outcome, now: datetime) -> delivery.Change:
         """What one platform verdict does to its send (SPEC §5's five outcomes)."""

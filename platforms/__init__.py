@@ -3,6 +3,8 @@
 Every module has one shape: NAME, LABEL, BATCH_LIMIT, MAX_AGE, WEIGHTS, ATTRIBUTION_KEYS, check_settings(dest),
 url(dest) (secrets masked), build(event, dest) -> item (raises Skip), identifiers(item),
 request_key(item) (items with different keys never share a request), send(items, dest, http).
+A platform that keeps something per destination between sends (Google Ads: its access token) also has
+cache(clock) -> that keeper; the dispatcher makes one per destination and passes it as send(..., cache=).
 """
 from importlib import import_module
 

@@ -7,6 +7,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import Callable
 
 import requests
 
@@ -54,8 +55,6 @@ SETUP_STATUSES = {"UNAUTHENTICATED", "PERMISSION_DENIED", "NOT_FOUND"}
 RETRY_STATUSES = {"INTERNAL", "UNAVAILABLE", "DEADLINE_EXCEEDED"}
 # https://developers.google.com/identity/protocols/oauth2/web-server#exchange-errors
 TOKEN_SETUP_ERRORS = {"invalid_grant", "invalid_client", "unauthorized_client", "invalid_request", "invalid_scope"}
-
-clock = time.monotonic  # tests move it to see a token age
 
 
 def check_settings(dest: Destination) -> list[tuple[str, str]]:
@@ -157,12 +156,13 @@ def identifiers(item: dict) -> list[str]:
     return [key for key in WEIGHTS if key in present]
 
 
-# --- OAuth2: one access token per destination and credentials, shared by every drain thread ---
+# --- OAuth2: one access token per destination and credentials, shared by its drain threads ---
 
 @dataclass(frozen=True)
 class _Token:
     value: str
     fresh_until: float
+    credentials: tuple  # what it was made for: new credentials need a new token
 
 
 class _NoToken(Exception):
@@ -173,46 +173,44 @@ class _NoToken(Exception):
         self.outcome = outcome
 
 
-_tokens: dict[tuple, _Token] = {}
-_locks: dict[tuple, threading.Lock] = {}
-_guard = threading.Lock()
+class AccessTokens:
+    """One destination's access token, kept by the dispatcher between sends; `clock` counts seconds (monotonic)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self._token: _Token | None = None
+        self._lock = threading.Lock()
+
+    def get(self, dest: Destination, http: Http, stale: str | None = None) -> str:
+        """The kept token, refreshed when it is near expiry, was made for other credentials, or is `stale` (a 401)."""
+        credentials = _credentials(dest)
+        with self._lock:  # one refresh at a time; the other drain threads wait and reuse it
+            token = self._token
+            if token and token.credentials == credentials and token.value != stale and self.clock() < token.fresh_until:
+                return token.value
+            self._token = _refresh(dest, http, self.clock(), credentials)
+            return self._token.value
 
 
-def forget_tokens() -> None:
-    """Drop every cached access token (tests; a process restart does the same)."""
-    with _guard:
-        _tokens.clear()
+def cache(clock: Callable[[], float]) -> AccessTokens:
+    """What the dispatcher keeps for one destination between sends: its access token."""
+    return AccessTokens(clock)
 
 
-def _token_key(dest: Destination) -> tuple:
+def _credentials(dest: Destination) -> tuple:
     s = dest.settings
     secrets = "\0".join(str(s.get(k) or "") for k in ("client_id", "client_secret", "refresh_token"))
-    return dest.key, _token_url(dest), hashlib.sha256(secrets.encode()).hexdigest()
+    return _token_url(dest), hashlib.sha256(secrets.encode()).hexdigest()
 
 
 def _token_url(dest: Destination) -> str:
     return str(dest.settings.get("token_url") or DEFAULT_TOKEN_URL)
 
 
-def _access_token(dest: Destination, http: Http, stale: str | None = None) -> str:
-    """A cached access token, refreshed when it is near expiry or is `stale` (just refused with a 401)."""
-    key = _token_key(dest)
-    with _guard:
-        lock = _locks.setdefault(key, threading.Lock())
-    with lock:  # one refresh per destination at a time; the others wait and reuse it
-        token = _tokens.get(key)
-        if token and token.value != stale and clock() < token.fresh_until:
-            return token.value
-        token = _refresh(dest, http)
-        _tokens[key] = token
-        return token.value
-
-
-def _refresh(dest: Destination, http: Http) -> _Token:
+def _refresh(dest: Destination, http: Http, started: float, credentials: tuple) -> _Token:
     s = dest.settings
     form = {"grant_type": "refresh_token", "client_id": s.get("client_id"),
             "client_secret": s.get("client_secret"), "refresh_token": s.get("refresh_token")}
-    started = clock()
     try:
         response = http.post(_token_url(dest), data=form)
     except requests.RequestException as exc:
@@ -223,7 +221,7 @@ def _refresh(dest: Destination, http: Http) -> _Token:
         answer = None
     if response.status_code == 200 and isinstance(answer, dict) and answer.get("access_token"):
         lifetime = float(answer.get("expires_in") or 3600)
-        return _Token(answer["access_token"], started + lifetime - TOKEN_MARGIN)
+        return _Token(answer["access_token"], started + lifetime - TOKEN_MARGIN, credentials)
     raise _NoToken(classify_token(response))
 
 
@@ -249,13 +247,17 @@ def classify_token(response: requests.Response) -> Outcome:
 
 # --- Upload ---
 
-def send(items: list[dict], dest: Destination, http: Http) -> list[Outcome]:
-    """POST one batch with a Bearer token; a 401 refreshes the token once and tries again."""
+def send(items: list[dict], dest: Destination, http: Http, cache: AccessTokens | None = None) -> list[Outcome]:
+    """POST one batch with a Bearer token; a 401 refreshes the token once and tries again.
+
+    `cache` keeps the token between sends (the dispatcher's, one per destination); without it one is fetched.
+    """
+    tokens = cache or AccessTokens()
     try:
-        token = _access_token(dest, http)
+        token = tokens.get(dest, http)
         response = _upload(items, dest, http, token)
         if response.status_code == 401 and not _developer_token_refused(response):
-            response = _upload(items, dest, http, _access_token(dest, http, stale=token))
+            response = _upload(items, dest, http, tokens.get(dest, http, stale=token))
     except _NoToken as failure:
         return everyone(failure.outcome, len(items))
     except requests.RequestException as exc:

@@ -10,6 +10,7 @@ import requests
 
 from ingest.canonical import CanonicalEvent, utcnow
 from config import Config, ConfigError, Destination
+from delivery.dispatcher import Dispatcher
 from models import DestinationState, Event, Send
 from platforms import google_ads
 from platforms.base import REJECTED, RETRY, SENT, SETUP, THROTTLE, Outcome, Skip
@@ -29,14 +30,6 @@ OCCURRED = "2026-03-01T12:00:00Z"  # five minutes before the frozen ingest
 SEED_PURCHASE = {**SEED_EXAMPLE, "gclid": GCLID, "occurred_at": OCCURRED}
 LEAD_EMAILS = ["lead.one@example.org", "Jane.Roe@GoogleMail.com", "buyer.two@example.org"]
 RAW_PII.extend(LEAD_EMAILS)
-
-
-@pytest.fixture(autouse=True)
-def fresh_tokens():
-    """Access tokens are cached per process; every test starts without one."""
-    google_ads.forget_tokens()
-    yield
-    google_ads.forget_tokens()
 
 
 @pytest.fixture
@@ -530,9 +523,9 @@ def test_one_token_serves_two_drains(client, fake, dispatcher):
     assert received(fake) == ["ord-p1", "ord-p2"]
 
 
-def test_the_token_is_refreshed_five_minutes_before_it_expires(client, fake, dispatcher, monkeypatch):
+def test_the_token_is_refreshed_five_minutes_before_it_expires(client, fake, live):
     moment = [1000.0]
-    monkeypatch.setattr(google_ads, "clock", lambda: moment[0])
+    dispatcher = Dispatcher(live, monotonic=lambda: moment[0])
     dispatcher.drain_once(now=track(client, purchase("p1")))  # expires_in 3599 s: fresh until 1000 + 3299
 
     moment[0] = 1000 + 3299 - 1
@@ -541,8 +534,19 @@ def test_the_token_is_refreshed_five_minutes_before_it_expires(client, fake, dis
 
     moment[0] = 1000 + 3299
     dispatcher.drain_once(now=track(client, purchase("p3")))
+    dispatcher.close()
     assert len(fake.token_requests) == 2
     assert received(fake) == ["ord-p1", "ord-p2", "ord-p3"]
+
+
+def test_each_dispatcher_keeps_its_own_token(client, fake, live, dispatcher):
+    dispatcher.drain_once(now=track(client, purchase("p1")))
+    other = Dispatcher(live)
+    other.drain_once(now=track(client, purchase("p2")))
+    other.close()
+
+    assert len(fake.token_requests) == 2
+    assert received(fake) == ["ord-p1", "ord-p2"]
 
 
 def test_a_revoked_refresh_token_pauses_with_googles_message_until_the_config_changes(client, fake, raw, live, dispatcher):
