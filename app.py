@@ -12,6 +12,7 @@ from werkzeug.exceptions import HTTPException
 import logs
 from config import Config, ConfigError, load_config
 from models import open_database
+from platforms import REGISTRY
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def serve() -> Flask:
     """gunicorn's entry (`app:serve()`): load the config named by POSTBACK_CONFIG and build the app."""
     logs.configure()
     try:
-        config = load_config()
+        config = load_config(platforms=REGISTRY)
     except ConfigError as exc:
         for problem in exc.problems:
             log.error("config: %s", problem)
@@ -77,7 +78,7 @@ def cli():
 def check_config(path: str | None):
     """Validate a config file without starting anything."""
     try:
-        config = load_config(path)
+        config = load_config(path, platforms=REGISTRY)
     except ConfigError as exc:
         for problem in exc.problems:
             click.echo(problem, err=True)
@@ -92,7 +93,7 @@ def resume(destination: str):
     """Resume a paused destination, e.g. `resume shop/meta`."""
     from delivery.sends import resume_destination
 
-    _open(load_config())
+    _open(load_config(platforms=REGISTRY))
     click.echo(f"{destination}: " + ("resumed" if resume_destination(destination) else "was not paused"))
 
 
@@ -105,7 +106,7 @@ def replay(send_id: int | None, destination: str | None):
 
     if (send_id is None) == (destination is None):
         raise click.UsageError("give exactly one of --send or --destination")
-    _open(load_config())
+    _open(load_config(platforms=REGISTRY))
     count = replay_failed(send_id=send_id, destination=destination)
     click.echo(f"{count} send(s) queued again")
 
@@ -115,7 +116,7 @@ def drain():
     """Run one dispatch pass now and print what each destination did."""
     from delivery.dispatcher import Dispatcher
 
-    config = load_config()
+    config = load_config(platforms=REGISTRY)
     _open(config)
     for key, count in sorted(Dispatcher(lambda: config).drain_once().items()):
         click.echo(f"{key}: {count} send(s) processed")
@@ -127,7 +128,7 @@ def purge():
     import retention
     from ingest.canonical import utcnow
 
-    config = load_config()
+    config = load_config(platforms=REGISTRY)
     _open(config)
     removed = retention.purge(config.retention_days, utcnow())
     click.echo(f"removed {removed['events']} event(s), {removed['sends']} send(s), {removed['refusals']} inspector entr(ies), "
@@ -139,7 +140,7 @@ def stats():
     """Events per site and sends per destination and status."""
     import retention
 
-    _open(load_config())
+    _open(load_config(platforms=REGISTRY))
     counts = retention.stats()
     for site, n in sorted(counts["events"].items()):
         click.echo(f"site {site}: {n} event(s)")
@@ -153,7 +154,7 @@ def set_webhook(site_id: str):
     """Register the site's Telegram webhook at server.public_url, with its secret and chat_member updates."""
     from dialects.adtarget import telegram as telegram_api
 
-    config = load_config()
+    config = load_config(platforms=REGISTRY)
     site = config.site(site_id)
     if site is None:
         raise click.UsageError(f"no site {site_id!r} in {config.path}")

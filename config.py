@@ -1,4 +1,8 @@
-"""Load and validate Postback's YAML config (SPEC §3): parse, substitute ${ENV}, check, freeze."""
+"""Load and validate Postback's YAML config: parse, substitute ${ENV}, check, freeze.
+
+Each destination's section is judged by its platform, from the registry the caller passes in
+(`platforms.REGISTRY`): the platforms import this module, so it imports none of them.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -7,7 +11,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any, Mapping, Protocol
 
 import yaml
 
@@ -134,6 +138,12 @@ class Config:
         return next((d for d in self.destinations() if d.key == key), None)
 
 
+class Platform(Protocol):
+    """What the config needs of a platform module: the problems of a destination's section, as (key, message)."""
+
+    def check_settings(self, dest: Destination) -> list[tuple[str, str]]: ...
+
+
 class _Loader(yaml.SafeLoader):
     """YAML 1.2-ish scalars: only true/false are booleans and 0123 stays text.
 
@@ -154,8 +164,9 @@ def config_path(env: Mapping[str, str] | None = None) -> str:
     return env.get("POSTBACK_CONFIG") or DEFAULT_PATH
 
 
-def load_config(path: str | None = None, env: Mapping[str, str] | None = None) -> Config:
-    """The one way to read the config: parse the file, substitute ${ENV}, validate."""
+def load_config(path: str | None = None, env: Mapping[str, str] | None = None, *,
+                platforms: Mapping[str, Platform]) -> Config:
+    """The one way to read the config: parse the file, substitute ${ENV}, validate against `platforms`."""
     env = dict(os.environ if env is None else env)
     path = path or config_path(env)
     try:
@@ -163,10 +174,11 @@ def load_config(path: str | None = None, env: Mapping[str, str] | None = None) -
             text = fh.read()
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from None
-    return replace(parse_config(text, env), path=path)
+    return replace(parse_config(text, env, platforms=platforms), path=path)
 
 
-def parse_config(text: str, env: Mapping[str, str]) -> Config:
+def parse_config(text: str, env: Mapping[str, str], *, platforms: Mapping[str, Platform]) -> Config:
+    """A Config from YAML text; ConfigError lists every problem, each destination judged by its platform."""
     try:
         raw = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
     except yaml.YAMLError as exc:
@@ -176,7 +188,7 @@ def parse_config(text: str, env: Mapping[str, str]) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(["(top level): must be a mapping"])
     # A key whose variable is unset was already reported; "required" on top would say it twice.
-    config = _Validator(problems, quiet={p.split(": ", 1)[0] for p in problems}).config(raw)
+    config = _Validator(problems, platforms, quiet={p.split(": ", 1)[0] for p in problems}).config(raw)
     if problems:
         raise ConfigError(problems)
     if env.get("DATABASE_URL"):
@@ -222,8 +234,9 @@ def _join(path: str, key: object) -> str:
 class _Validator:
     """Reads the raw mapping into a Config, appending one message per problem."""
 
-    def __init__(self, problems: list[str], quiet: set[str] | None = None):
+    def __init__(self, problems: list[str], platforms: Mapping[str, Platform], quiet: set[str] | None = None):
         self.problems = problems
+        self.platforms = platforms
         self.quiet = quiet or set()
 
     def fail(self, path: str, message: str) -> None:
@@ -392,8 +405,6 @@ class _Validator:
         )
 
     def destinations(self, raw: Any, path: str, site_id: str) -> tuple[Destination, ...]:
-        from platforms import REGISTRY
-
         if not isinstance(raw, list):
             self.fail(path, "must be a list")
             return ()
@@ -408,9 +419,9 @@ class _Validator:
                 self.fail(f"{dpath}.name", f"duplicate destination name {name!r}")
             names.add(name)
             platform = self.text(item, "platform", dpath, required=True) or ""
-            module = REGISTRY.get(platform)
+            module = self.platforms.get(platform)
             if platform and module is None:
-                self.fail(f"{dpath}.platform", f"unknown platform {platform!r}; built: {', '.join(sorted(REGISTRY))}")
+                self.fail(f"{dpath}.platform", f"unknown platform {platform!r}; built: {', '.join(sorted(self.platforms))}")
             mode = self.choice(item, "mode", dpath, MODES, "live")
             if item.get("mode", "live") not in MODES:
                 mode = "dry"  # reported above; credentials judged against a guessed mode would add a false second message

@@ -415,10 +415,11 @@ def write_config(raw: dict, path: Path) -> Path:
     import yaml
 
     from config import ConfigError, parse_config
+    from platforms import REGISTRY
 
     text = yaml.safe_dump(raw, sort_keys=False)
     try:
-        parse_config(text, {})
+        parse_config(text, {}, platforms=REGISTRY)
     except ConfigError as exc:
         raise BenchError(f"bench config invalid: {exc.problems}") from None
     path.write_text(text)
@@ -667,6 +668,7 @@ def dispatch_once(n: int, meta_url: str, folder: Path, fake_pid: int | None = No
     from config import parse_config
     from delivery.dispatcher import Dispatcher
     from models import database, open_database
+    from platforms import REGISTRY
 
     import yaml
 
@@ -677,7 +679,7 @@ def dispatch_once(n: int, meta_url: str, folder: Path, fake_pid: int | None = No
     example_meta = next(d for d in raw["sites"][0]["destinations"] if d["platform"] == "meta")
     raw["sites"][0]["destinations"] = [{**copy.deepcopy(example_meta), "mode": "live", "access_token": META_TOKEN,
                                         "api_base": meta_url}]
-    config = parse_config(yaml.safe_dump(raw), {})
+    config = parse_config(yaml.safe_dump(raw), {}, platforms=REGISTRY)
     open_database(config.database)
     try:
         started = time.perf_counter()

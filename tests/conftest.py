@@ -14,6 +14,7 @@ from app import create_app
 from config import Config, parse_config
 from delivery.dispatcher import Dispatcher
 from models import database
+from platforms import REGISTRY
 from tests.fakes.meta import FakeMeta
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,7 +62,7 @@ def base_config(tmp_path: Path, all_destinations: bool = False) -> dict:
 
 
 def build_config(raw: dict, env: dict | None = None) -> Config:
-    return parse_config(yaml.safe_dump(raw), env or {})
+    return parse_config(yaml.safe_dump(raw), env or {}, platforms=REGISTRY)
 
 
 @pytest.fixture

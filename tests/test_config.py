@@ -37,7 +37,7 @@ def meta(**overrides) -> dict:
 
 def problems(text: str, env: dict | None = None) -> list[str]:
     with pytest.raises(ConfigError) as caught:
-        parse_config(text, env or {})
+        parse_config(text, env or {}, platforms=REGISTRY)
     return caught.value.problems
 
 
@@ -46,7 +46,7 @@ def dump(data: dict) -> str:
 
 
 def test_the_shipped_example_loads_as_it_is():
-    config = load_config(str(EXAMPLE), env={})
+    config = load_config(str(EXAMPLE), env={}, platforms=REGISTRY)
     assert (config.path, config.database, config.admin_password) == (str(EXAMPLE), "sqlite:///data/postback.db", "")
     assert dict(config.server) == {"public_url": "http://127.0.0.1:8000", "max_body_bytes": 32768, "trusted_proxies": 0}
     assert (config.retention_days, config.ip_policy, config.consent_default) == (90, "truncate", "granted")
@@ -184,23 +184,23 @@ def test_an_empty_variable_counts_as_absent():
 ])
 def test_a_variable_is_substituted_inside_a_string_or_falls_back(env, expected):
     data = raw(server={"public_url": "https://${HOST:-fallback.example}:8000/t"})
-    assert parse_config(dump(data), env).server["public_url"] == expected
+    assert parse_config(dump(data), env, platforms=REGISTRY).server["public_url"] == expected
 
 
 @pytest.mark.parametrize("env, expected", [({}, 7), ({"MAX_ATTEMPTS": "12"}, 12), ({"MAX_ATTEMPTS": ""}, 7)])
 def test_a_substituted_number_is_read_as_a_number(env, expected):
     data = raw(dispatch={"max_attempts": "${MAX_ATTEMPTS:-7}"})
-    assert parse_config(dump(data), env).max_attempts == expected
+    assert parse_config(dump(data), env, platforms=REGISTRY).max_attempts == expected
 
 
 def test_an_empty_fallback_leaves_a_number_at_its_default():
     data = raw(dispatch={"max_attempts": "${MAX_ATTEMPTS:-}"})
-    assert parse_config(dump(data), {}).max_attempts == 25
+    assert parse_config(dump(data), {}, platforms=REGISTRY).max_attempts == 25
 
 
 def test_a_substituted_token_reaches_the_destination():
     data = raw(site(destinations=[meta(mode="live", access_token="${META_TOKEN}")]))
-    [dest] = parse_config(dump(data), {"META_TOKEN": "secret-1"}).destinations()
+    [dest] = parse_config(dump(data), {"META_TOKEN": "secret-1"}, platforms=REGISTRY).destinations()
     assert (dest.mode, dest.settings["access_token"]) == ("live", "secret-1")
 
 
@@ -226,7 +226,7 @@ sites:
 
 
 def test_bare_words_keep_their_text_and_ids_compare_as_strings():
-    config = parse_config(BARE, {})
+    config = parse_config(BARE, {}, platforms=REGISTRY)
     [shop] = config.sites
     assert (shop.id, shop.keys, shop.pixel_token, shop.default_country) == ("7", ("123", "key_a"), "0123", "NO")
     assert config.site_for_key("123") is shop
@@ -249,20 +249,20 @@ def test_a_yaml_1_1_boolean_word_is_not_a_boolean(word):
     ({"DATABASE_URL": "sqlite:////var/lib/postback/events.db"}, "sqlite:////var/lib/postback/events.db"),
 ])
 def test_database_url_in_the_environment_overrides_storage_database(env, expected):
-    assert load_config(str(EXAMPLE), env=env).database == expected
+    assert load_config(str(EXAMPLE), env=env, platforms=REGISTRY).database == expected
 
 
 def test_postback_config_names_the_file(tmp_path):
     path = tmp_path / "elsewhere.yaml"
     path.write_text(dump(raw(site(id="elsewhere"))))
-    config = load_config(env={"POSTBACK_CONFIG": str(path)})
+    config = load_config(env={"POSTBACK_CONFIG": str(path)}, platforms=REGISTRY)
     assert (config.path, [s.id for s in config.sites]) == (str(path), ["elsewhere"])
 
 
 def test_a_missing_file_is_one_message(tmp_path):
     path = tmp_path / "nope.yaml"
     with pytest.raises(ConfigError) as caught:
-        load_config(str(path), env={})
+        load_config(str(path), env={}, platforms=REGISTRY)
     assert caught.value.problems == [f"{path}: cannot read (No such file or directory)"]
 
 
@@ -293,5 +293,5 @@ def test_check_config_exits_1_with_the_path_named_messages(tmp_path):
 @pytest.mark.parametrize("database, env", [("sqlite:///:memory:", {}), ("sqlite:///data/x.db", {"DATABASE_URL": "sqlite:///:memory:"})])
 def test_an_in_memory_database_is_refused(database, env):
     with pytest.raises(ConfigError) as refused:
-        parse_config(dump(raw(site(), storage={"database": database})), env)
+        parse_config(dump(raw(site(), storage={"database": database})), env, platforms=REGISTRY)
     assert refused.value.problems == ["storage.database: an in-memory database cannot be shared between threads; use a file"]
