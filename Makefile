@@ -24,14 +24,14 @@ config.yaml:
 	cp config.example.yaml $@
 
 run: $(VENV)/.installed $(CONFIG_FILE)
-	$(PY) app.py check-config
+	$(PY) cli.py check-config
 	$(VENV)/bin/gunicorn -c gunicorn.conf.py
 
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 check-config: $(VENV)/.installed
-	$(PY) app.py check-config
+	$(PY) cli.py check-config
 
 # Ingest (wrk vs a bare Flask endpoint), dispatch and footprint on this box: one Markdown table on
 # stdout and in bench/out/last.md. Knobs (BENCH_RUNS, BENCH_SECONDS, BENCH_EVENTS, ...): bench/run.py.

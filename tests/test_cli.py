@@ -1,18 +1,21 @@
-"""The command line: purge (retention), stats, generate-key."""
+"""The command line: purge (retention), stats, generate-key, check-config; run as a script too."""
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from datetime import timedelta
 
 import pytest
 import yaml
 from click.testing import CliRunner
 
-from app import cli
+from cli import cli
 from ingest.canonical import utcnow
 from ingest.inspector import Refusal
 from models import Event, Send
-from tests.conftest import BROWSER, SEED_EXAMPLE
+from tests.conftest import BROWSER, ROOT, SEED_EXAMPLE
 
 
 @pytest.fixture
@@ -71,3 +74,12 @@ def test_check_config_reports_each_problem_with_its_path(raw_config, tmp_path):
     path.write_text(yaml.safe_dump(raw_config))
     result = CliRunner().invoke(cli, ["check-config", str(path)])
     assert (result.exit_code, result.stderr) == (1, "sites[0].destinations[0].pixel_id: required\n")
+
+
+@pytest.mark.parametrize("script", ["cli.py", "app.py"])
+def test_the_command_line_runs_as_a_script_as_make_and_the_readme_run_it(script):
+    result = subprocess.run([sys.executable, script, "check-config", "config.example.yaml"], cwd=ROOT,
+                            capture_output=True, encoding="utf-8", env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+                            timeout=60)
+    assert (result.returncode, result.stdout, result.stderr) == (
+        0, "config.example.yaml: OK — 1 site(s), 5 enabled destination(s)\n", "")

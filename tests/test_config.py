@@ -8,7 +8,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from app import check_config
+from cli import check_config
 from config import ConfigError, load_config, parse_config
 from platforms import REGISTRY
 from tests.conftest import ROOT

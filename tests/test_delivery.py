@@ -16,7 +16,8 @@ import yaml
 from click.testing import CliRunner
 
 from delivery import sends as delivery
-from app import cli, create_app
+from app import create_app
+from cli import cli
 from ingest.canonical import utcnow
 from config import Config
 from delivery.dispatcher import Dispatcher, LeaderLock

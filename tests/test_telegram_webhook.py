@@ -16,7 +16,7 @@ import yaml
 from click.testing import CliRunner
 
 from dialects.adtarget import funnel
-from app import cli
+from cli import cli
 from ingest import inspector
 from dialects.adtarget import telegram as telegram_api
 from ingest.canonical import utcnow
