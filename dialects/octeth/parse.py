@@ -91,7 +91,7 @@ CATALOGUE_LIST_PROBLEMS = ListProblems(
 
 
 @dataclass(frozen=True)
-class Conversion:
+class OctethConversion:
     """What a `conversion` event adds: conversion-id is its order id and dedup key."""
 
     order_id: str
@@ -376,7 +376,7 @@ def _properties(raw: Any, problems: list[Problem]) -> dict[str, Any]:
     return {}
 
 
-def _conversion(props: Mapping[str, Any], problems: list[Problem]) -> Conversion | None:
+def _conversion(props: Mapping[str, Any], problems: list[Problem]) -> OctethConversion | None:
     """A `conversion` event's properties: conversion-id, -name and -value are required."""
     before = len(problems)
     order_id = _required_property(props, "conversion-id", 8, problems, read_id)
@@ -387,7 +387,7 @@ def _conversion(props: Mapping[str, Any], problems: list[Problem]) -> Conversion
     except FieldError as exc:
         problems.append(Problem(13, f"Invalid conversion-currency event property: {exc.why}"))
         currency = None
-    return None if len(problems) > before else Conversion(order_id, name, value, currency)
+    return None if len(problems) > before else OctethConversion(order_id, name, value, currency)
 
 
 def _required_property(props: Mapping[str, Any], key: str, code: int, problems: list[Problem], reader) -> Any:
@@ -441,7 +441,7 @@ def _page_url(custom: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _standard_name(name: str, conversion: Conversion | None, event_map: Mapping[str, str]) -> str:
+def _standard_name(name: str, conversion: OctethConversion | None, event_map: Mapping[str, str]) -> str:
     """`conversion` is a Purchase unless the site's event_map or its conversion-name says otherwise."""
     named = standard_name(name, event_map)
     if conversion is None or named != CUSTOM:
