@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
@@ -20,9 +21,8 @@ from routes.common import client_context, current_config, reached_over_https
 bp = Blueprint("pixel", __name__)
 log = logging.getLogger(__name__)
 
-# GIF89a, 1×1, one transparent pixel: the smallest GIF every browser renders.
-GIF = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff"
-       b"!\xf9\x04\x01\x00\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;")
+# GIF89a, 1×1, one transparent pixel: the smallest GIF every browser renders (also served as /static/pixel.gif).
+GIF = (Path(__file__).resolve().parent.parent / "static" / "pixel.gif").read_bytes()
 COOKIE = "postback_uuid"
 COOKIE_MAX_AGE = 400 * 24 * 3600  # browsers cap cookie lifetimes at 400 days
 NO_STORE = {"Cache-Control": "no-store"}
