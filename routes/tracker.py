@@ -12,8 +12,7 @@ import re
 from datetime import datetime
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, g, jsonify, redirect, request
-from markupsafe import escape
+from flask import Blueprint, Response, g, jsonify, redirect, render_template, request
 
 from dialects.adtarget import funnel
 from ingest import inspector
@@ -295,14 +294,6 @@ def wants_json() -> bool:
 
 def error_page(exc: FunnelError, channel: Channel | None) -> str:
     """A page a person can read; when Telegram fails, the channel's public link still lets them in."""
-    title = TITLES.get(exc.code, "Could not open the Telegram channel")
-    way_out = ""
-    if exc.code.startswith("TELEGRAM") and channel is not None and channel.username:
-        url = f"https://t.me/{channel.username}"
-        name = channel.title or channel.username
-        way_out = f'<p>You can still <a href="{escape(url)}">open {escape(name)} on Telegram</a>.</p>'
-    return ('<!doctype html><html lang="en"><meta charset="utf-8">'
-            '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{escape(title)}</title>"
-            '<body style="font-family: system-ui, sans-serif; max-width: 34rem; margin: 3rem auto; padding: 0 1rem">'
-            f"<h1>{escape(title)}</h1><p>{escape(exc.message)}</p>{way_out}</body></html>\n")
+    way_in = channel if exc.code.startswith("TELEGRAM") and channel is not None and channel.username else None
+    return render_template("tracker_error.html", title=TITLES.get(exc.code, "Could not open the Telegram channel"),
+                           message=exc.message, channel=way_in)

@@ -1,9 +1,12 @@
 """Ingest's one family of refusals, the route helpers every dialect shares, and the assets under static/."""
 from __future__ import annotations
 
+from config import Channel
+from dialects.adtarget.funnel import FunnelError
 from ingest.inspector import Refusal
 from models import Event
 from routes.pixel import GIF
+from routes.tracker import error_page
 
 
 def test_the_static_pixel_gif_is_the_pixels_gif_and_no_pixel_call(client):
@@ -12,3 +15,22 @@ def test_the_static_pixel_gif_is_the_pixels_gif_and_no_pixel_call(client):
     assert (response.status_code, response.content_type, response.data) == (200, "image/gif", GIF)
     response.close()  # a static file is streamed from its open file
     assert (Event.select().count(), Refusal.select().count()) == (0, 0)
+
+
+def test_the_tracker_error_page_escapes_what_it_shows_and_links_the_channel_when_telegram_fails(app):
+    channel = Channel(id="vip", telegram_id="-100", title="<b>VIP</b> & co", username="vipchan", funnel_order=1,
+                      event_type="Lead")
+    failure = FunnelError("TELEGRAM_ERROR", 502, "Telegram said <no>")
+
+    with app.test_request_context("/track/invite"):
+        page = error_page(failure, channel)
+        unknown = error_page(FunnelError("SITE_NOT_FOUND", 404, "No site 'x'"), channel)
+
+    assert page == ('<!doctype html><html lang="en"><meta charset="utf-8">'
+                    '<meta name="viewport" content="width=device-width, initial-scale=1">'
+                    "<title>Could not open the Telegram channel</title>"
+                    '<body style="font-family: system-ui, sans-serif; max-width: 34rem; margin: 3rem auto; '
+                    'padding: 0 1rem"><h1>Could not open the Telegram channel</h1><p>Telegram said &lt;no&gt;</p>'
+                    '<p>You can still <a href="https://t.me/vipchan">open &lt;b&gt;VIP&lt;/b&gt; &amp; co on '
+                    "Telegram</a>.</p></body></html>\n")
+    assert "t.me" not in unknown and "<p>No site &#39;x&#39;</p>" in unknown
