@@ -16,7 +16,7 @@ from config import Config, Site
 from dialects.commanders import parse as commanders
 from dialects.common import MAX_ID_CHARS, FieldError
 from ingest.accept import accept
-from routes.common import BodyTooLarge, InvalidJSON, allow_origin, client_context, current_config, read_json
+from routes.common import CORS_HEADERS, BodyTooLarge, InvalidJSON, allow_origin, client_context, current_config, read_json
 from ingest.fanout import preview
 
 bp = Blueprint("commanders", __name__)
@@ -99,10 +99,7 @@ def cors(response: Response) -> Response:
         return response
     config = current_config()
     site = g.get("site") or config.site(request.args.get("tc_s", "").strip())
-    allow_origin(response, request.headers.get("Origin"), site, config)
-    if "Access-Control-Allow-Origin" in response.headers:
-        response.headers["Access-Control-Allow-Headers"] += ", Authorization"
-    return response
+    return allow_origin(response, request.headers.get("Origin"), site, config, headers=(*CORS_HEADERS, "Authorization"))
 
 
 @bp.route("/events", methods=["OPTIONS"])

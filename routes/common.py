@@ -12,6 +12,7 @@ from dialects.common import ClientContext
 
 OVERRIDE_IP = "X-Postback-Client-IP"
 OVERRIDE_UA = "X-Postback-Client-User-Agent"
+CORS_HEADERS = ("Content-Type", OVERRIDE_IP, OVERRIDE_UA)
 
 
 class BodyTooLarge(Exception):
@@ -99,13 +100,16 @@ def _valid_ip(value: str | None) -> str | None:
         return None
 
 
-def allow_origin(response: Response, origin: str | None, site: Site | None, config: Config) -> Response:
+def allow_origin(response: Response, origin: str | None, site: Site | None, config: Config,
+                 headers: tuple[str, ...] = CORS_HEADERS, credentials: bool = False) -> Response:
     """CORS for browser calls: the key's site decides; before the key is known, any site may."""
     sites = [site] if site else config.sites
     if origin and any(s.allows_origin(origin) for s in sites):
         response.headers["Access-Control-Allow-Origin"] = origin
+        if credentials:  # cookies ride along; browsers then refuse `*`, hence the exact origin
+            response.headers["Access-Control-Allow-Credentials"] = "true"
         response.headers["Access-Control-Allow-Methods"] = "POST, OPTIONS"
-        response.headers["Access-Control-Allow-Headers"] = f"Content-Type, {OVERRIDE_IP}, {OVERRIDE_UA}"
+        response.headers["Access-Control-Allow-Headers"] = ", ".join(headers)
         response.headers["Access-Control-Max-Age"] = "600"
         response.vary.add("Origin")
     return response

@@ -23,7 +23,7 @@ from dialects.adtarget import parse as adtarget
 from dialects.adtarget.parse import VisitInput
 from dialects.common import ClientContext, FieldError, clean_url, present, read_id
 from dialects.adtarget.funnel import SESSION_COOKIE, SESSION_COOKIE_MAX_AGE, TEMP_COOKIE, TEMP_COOKIE_MAX_AGE, FunnelError
-from routes.common import BodyTooLarge, InvalidJSON, client_context, current_config, reached_over_https, read_json
+from routes.common import BodyTooLarge, InvalidJSON, allow_origin, client_context, current_config, reached_over_https, read_json
 
 bp = Blueprint("tracker", __name__, url_prefix="/track")
 DIALECT = "tracker"
@@ -70,15 +70,8 @@ def cors(response: Response) -> Response:
     """CORS with credentials for /track/init: the exact origin echoed, never `*` (browsers refuse it with cookies)."""
     if request.endpoint not in ("tracker.init", "tracker.preflight"):
         return response
-    origin = request.headers.get("Origin")
-    site = g.get("site")
-    sites = [site] if site else current_config().sites  # before the site is known, any site may
-    if origin and any(s.allows_origin(origin) for s in sites):
-        response.headers["Access-Control-Allow-Origin"] = origin
-        response.headers["Access-Control-Allow-Credentials"] = "true"
-        response.headers["Access-Control-Allow-Methods"] = "POST, OPTIONS"
-        response.headers["Access-Control-Allow-Headers"] = "Content-Type"
-        response.headers["Access-Control-Max-Age"] = "600"
+    allow_origin(response, request.headers.get("Origin"), g.get("site"), current_config(), headers=("Content-Type",),
+                 credentials=True)
     response.vary.add("Origin")
     return response
 

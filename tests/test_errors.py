@@ -1,10 +1,13 @@
 """Ingest's one family of refusals, the route helpers every dialect shares, and the assets under static/."""
 from __future__ import annotations
 
+from flask import Response
+
 from config import Channel
 from dialects.adtarget.funnel import FunnelError
 from ingest.inspector import Refusal
 from models import Event
+from routes.common import allow_origin
 from routes.pixel import GIF
 from routes.tracker import error_page
 
@@ -34,3 +37,23 @@ def test_the_tracker_error_page_escapes_what_it_shows_and_links_the_channel_when
                     '<p>You can still <a href="https://t.me/vipchan">open &lt;b&gt;VIP&lt;/b&gt; &amp; co on '
                     "Telegram</a>.</p></body></html>\n")
     assert "t.me" not in unknown and "<p>No site &#39;x&#39;</p>" in unknown
+
+
+def test_cors_with_credentials_echoes_the_origin_and_names_only_the_headers_asked_for(config):
+    plain = allow_origin(Response(), "https://shop.example", None, config)
+    with_cookies = allow_origin(Response(), "https://shop.example", None, config, headers=("Content-Type",),
+                                credentials=True)
+    elsewhere = allow_origin(Response(), "https://evil.example", None, config)
+
+    cors = [(k, v) for k, v in plain.headers.items() if k.startswith("Access-Control") or k == "Vary"]
+    assert cors == [
+        ("Access-Control-Allow-Origin", "https://shop.example"),
+        ("Access-Control-Allow-Methods", "POST, OPTIONS"),
+        ("Access-Control-Allow-Headers", "Content-Type, X-Postback-Client-IP, X-Postback-Client-User-Agent"),
+        ("Access-Control-Max-Age", "600"),
+        ("Vary", "Origin"),
+    ]
+    assert (with_cookies.headers["Access-Control-Allow-Credentials"],
+            with_cookies.headers["Access-Control-Allow-Headers"]) == ("true", "Content-Type")
+    assert "Access-Control-Allow-Credentials" not in plain.headers
+    assert not any(k.startswith("Access-Control") or k == "Vary" for k in elsewhere.headers.keys())
