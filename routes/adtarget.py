@@ -17,15 +17,11 @@ from config import Config, Site
 from dialects.adtarget import parse as adtarget
 from dialects.common import ClientContext, FieldError
 from dialects.adtarget.funnel import ConversionResult, FunnelError
-from routes.common import BodyTooLarge, InvalidJSON, client_context, current_config, read_json
+from routes.common import BodyTooLarge, InvalidJSON, client_context, current_config, dry_run, read_json
 
 bp = Blueprint("adtarget", __name__, url_prefix="/api/v1")
 FORWARDED_IP = "X-Adtarget-Client-IP"
 FORWARDED_UA = "X-Adtarget-Client-User-Agent"
-
-
-def dry_run() -> bool:
-    return request.args.get("dry_run") in ("1", "true")
 
 
 @bp.errorhandler(FunnelError)

@@ -8,14 +8,10 @@ from ingest.canonical import utcnow
 from dialects.channelstack import parse as channelstack
 from dialects.common import FieldError
 from ingest.accept import accept
-from routes.common import BodyTooLarge, InvalidJSON, allow_origin, client_context, current_config, read_json
+from routes.common import BodyTooLarge, InvalidJSON, allow_origin, client_context, current_config, dry_run, read_json
 from ingest.fanout import preview
 
 bp = Blueprint("channelstack", __name__)
-
-
-def dry_run() -> bool:
-    return request.args.get("dry_run") in ("1", "true")
 
 
 def error(message: str, status: int, body: object = None) -> tuple[Response, int]:

@@ -16,7 +16,7 @@ from config import Config, Site
 from dialects.commanders import parse as commanders
 from dialects.common import MAX_ID_CHARS, FieldError
 from ingest.accept import accept
-from routes.common import CORS_HEADERS, BodyTooLarge, InvalidJSON, allow_origin, client_context, current_config, read_json
+from routes.common import CORS_HEADERS, BodyTooLarge, InvalidJSON, allow_origin, client_context, current_config, dry_run, read_json
 from ingest.fanout import preview
 
 bp = Blueprint("commanders", __name__)
@@ -29,11 +29,6 @@ class Refused(Exception):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
-
-
-def dry_run() -> bool:
-    """`?dry_run=1`: validate and answer, store nothing."""
-    return request.args.get("dry_run") in ("1", "true")
 
 
 def record(reason: str, body: Any = None) -> None:

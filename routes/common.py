@@ -1,11 +1,11 @@
-"""Request plumbing every dialect's view shares: bounded body reading, client context, CORS."""
+"""Request plumbing every dialect's view shares: dry runs, bounded body reading, client context, CORS."""
 from __future__ import annotations
 
 import ipaddress
 import json
 from typing import Any
 
-from flask import Request, Response, current_app
+from flask import Request, Response, current_app, request
 
 from config import Config, Site
 from dialects.common import ClientContext
@@ -25,6 +25,11 @@ class InvalidJSON(Exception):
 
 def current_config() -> Config:
     return current_app.config["POSTBACK"]
+
+
+def dry_run() -> bool:
+    """`?dry_run=1` (or `true`): validate and answer, store nothing."""
+    return request.args.get("dry_run") in ("1", "true")
 
 
 def read_body(request: Request, limit: int) -> bytes:

@@ -17,16 +17,12 @@ from dialects.octeth import parse as octeth
 from dialects.octeth.parse import Refused, body_problem
 from ingest.accept import accept
 from routes.admin import valid_session
-from routes.common import BodyTooLarge, allow_origin, client_context, current_config, read_body
+from routes.common import BodyTooLarge, allow_origin, client_context, current_config, dry_run, read_body
 from ingest.fanout import preview
 
 bp = Blueprint("octeth", __name__)
 EVENT_URL = "/api/v1/event"
 PROPERTIES_URL = "/api/v1/website_events.properties"
-
-
-def dry_run() -> bool:
-    return request.args.get("dry_run") in ("1", "true")
 
 
 @bp.errorhandler(Refused)

@@ -23,7 +23,7 @@ from dialects.adtarget import parse as adtarget
 from dialects.adtarget.parse import VisitInput
 from dialects.common import ClientContext, FieldError, clean_url, present, read_id
 from dialects.adtarget.funnel import SESSION_COOKIE, SESSION_COOKIE_MAX_AGE, TEMP_COOKIE, TEMP_COOKIE_MAX_AGE, FunnelError
-from routes.common import BodyTooLarge, InvalidJSON, allow_origin, client_context, current_config, reached_over_https, read_json
+from routes.common import BodyTooLarge, InvalidJSON, allow_origin, client_context, current_config, dry_run, reached_over_https, read_json
 
 bp = Blueprint("tracker", __name__, url_prefix="/track")
 DIALECT = "tracker"
@@ -40,14 +40,10 @@ TITLES = {
 }
 
 
-def dry_run() -> bool:
-    return request.endpoint == "tracker.init" and request.args.get("dry_run") in ("1", "true")
-
-
 @bp.errorhandler(FunnelError)
 def refused(exc: FunnelError):
     """JSON for /track/init (AdTarget's error body); a small page for /track/invite, which a person follows."""
-    if not dry_run():
+    if not (request.endpoint == "tracker.init" and dry_run()):  # an invite a person follows is never a dry run
         site = g.get("site")
         step = request.endpoint.rpartition(".")[2] if request.endpoint else "tracker"
         inspector.record(DIALECT, site.id if site else None, f"{step}: {exc.code}: {exc.message}", g.get("body"))
