@@ -9,18 +9,11 @@ from flask import Request, Response, current_app, request
 
 from config import Config, Site
 from dialects.common import ClientContext
+from dialects.errors import BodyTooLarge, InvalidJSON, NotAnObject
 
 OVERRIDE_IP = "X-Postback-Client-IP"
 OVERRIDE_UA = "X-Postback-Client-User-Agent"
 CORS_HEADERS = ("Content-Type", OVERRIDE_IP, OVERRIDE_UA)
-
-
-class BodyTooLarge(Exception):
-    pass
-
-
-class InvalidJSON(Exception):
-    pass
 
 
 def current_config() -> Config:
@@ -35,7 +28,7 @@ def dry_run() -> bool:
 def read_body(request: Request, limit: int) -> bytes:
     """The raw body, refusing anything over `limit` bytes without reading it all into memory."""
     if request.content_length is not None and request.content_length > limit:
-        raise BodyTooLarge()
+        raise BodyTooLarge(limit)
     chunks, size = [], 0
     while size <= limit:  # a WSGI stream may return less than asked for before its end
         chunk = request.stream.read(limit + 1 - size)
@@ -44,7 +37,7 @@ def read_body(request: Request, limit: int) -> bytes:
         chunks.append(chunk)
         size += len(chunk)
     if size > limit:
-        raise BodyTooLarge()
+        raise BodyTooLarge(limit)
     return b"".join(chunks)
 
 
@@ -57,6 +50,14 @@ def read_json(request: Request, limit: int) -> Any:
         raise InvalidJSON() from None
     if b"\\u" in data and _has_lone_surrogate(body):
         raise InvalidJSON()
+    return body
+
+
+def read_object(request: Request, limit: int) -> dict:
+    """A JSON body that must be an object."""
+    body = read_json(request, limit)
+    if not isinstance(body, dict):
+        raise NotAnObject()
     return body
 
 
@@ -74,7 +75,7 @@ def client_context(request: Request, trusted_proxies: int) -> ClientContext:
     user_agent = request.headers.get(OVERRIDE_UA) or request.headers.get("User-Agent")
     language = request.headers.get("Accept-Language", "").split(",")[0].split(";")[0].strip() or None
     return ClientContext(
-        ip=_valid_ip(request.headers.get(OVERRIDE_IP)) or _connection_ip(request, trusted_proxies),
+        ip=valid_ip(request.headers.get(OVERRIDE_IP)) or _connection_ip(request, trusted_proxies),
         user_agent=user_agent or None,
         referrer=request.headers.get("Referer") or None,
         language=language,
@@ -94,11 +95,12 @@ def _connection_ip(request: Request, trusted_proxies: int) -> str | None:
     if trusted_proxies > 0:
         hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
         if len(hops) >= trusted_proxies:
-            return _valid_ip(hops[-trusted_proxies])
-    return _valid_ip(request.remote_addr)
+            return valid_ip(hops[-trusted_proxies])
+    return valid_ip(request.remote_addr)
 
 
-def _valid_ip(value: str | None) -> str | None:
+def valid_ip(value: str | None) -> str | None:
+    """The address in its canonical spelling; None when `value` is not one."""
     try:
         return str(ipaddress.ip_address(value.strip())) if value else None
     except ValueError:

@@ -13,7 +13,7 @@ from dialects.pixel import profiles as pixel_profiles
 from ingest.canonical import utcnow
 from config import Config, Site
 from dialects.pixel import parse as pixel
-from dialects.common import FieldError
+from dialects.errors import Refused
 from ingest.accept import accept
 from models import Event, Send
 from routes.common import client_context, current_config, reached_over_https
@@ -57,11 +57,10 @@ def hit(app_token: str, category: str):
         params = pixel.decode_params(args.get("params"), config.max_body_bytes)
         call = pixel.parse(category, args, params, request.cookies.get(COOKIE),
                            client_context(request, config.trusted_proxies), site, config.consent_default, utcnow())
-    except FieldError as exc:
-        message = f"Missing required field: {exc.field}" if exc.why is None else f"Invalid field: {exc.field} ({exc.why})"
-        inspector.record(pixel.DIALECT, site.id, message, _excerpt(category, args, params))
+    except Refused as exc:
+        inspector.record(pixel.DIALECT, site.id, exc.reason, _excerpt(category, args, params))
         visitor = pixel.valid_visitor_id(request.cookies.get(COOKIE)) or pixel.new_visitor_id()
-        return _answer(visitor, {"accepted": False, "stored": False, "error": message, "uuid": visitor})
+        return _answer(visitor, {"accepted": False, "stored": False, "error": exc.reason, "uuid": visitor})
 
     event = call.event
     known = pixel_profiles.find(site.id, call.uuid)

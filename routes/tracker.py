@@ -21,9 +21,10 @@ from ingest.canonical import utcnow
 from config import Channel, Config, Site
 from dialects.adtarget import parse as adtarget
 from dialects.adtarget.parse import VisitInput
-from dialects.common import ClientContext, FieldError, clean_url, present, read_id
+from dialects.common import ClientContext, clean_url, present, read_id
+from dialects.errors import FieldError, Refused
 from dialects.adtarget.funnel import SESSION_COOKIE, SESSION_COOKIE_MAX_AGE, TEMP_COOKIE, TEMP_COOKIE_MAX_AGE, FunnelError
-from routes.common import BodyTooLarge, InvalidJSON, allow_origin, client_context, current_config, dry_run, reached_over_https, read_json
+from routes.common import allow_origin, client_context, current_config, dry_run, reached_over_https, read_object
 
 bp = Blueprint("tracker", __name__, url_prefix="/track")
 DIALECT = "tracker"
@@ -40,17 +41,18 @@ TITLES = {
 }
 
 
-@bp.errorhandler(FunnelError)
-def refused(exc: FunnelError):
+@bp.errorhandler(Refused)
+def refused(exc: Refused):
     """JSON for /track/init (AdTarget's error body); a small page for /track/invite, which a person follows."""
+    exc = FunnelError.of(exc)
     if not (request.endpoint == "tracker.init" and dry_run()):  # an invite a person follows is never a dry run
         site = g.get("site")
         step = request.endpoint.rpartition(".")[2] if request.endpoint else "tracker"
-        inspector.record(DIALECT, site.id if site else None, f"{step}: {exc.code}: {exc.message}", g.get("body"))
+        inspector.record(DIALECT, site.id if site else None, f"{step}: {exc.code}: {exc.reason}", g.get("body"))
     if request.endpoint == "tracker.invite" and not wants_json():
         response = Response(error_page(exc, g.get("channel")), status=exc.status, mimetype="text/html")
     else:
-        response = jsonify({"error": exc.code, "message": exc.message})
+        response = jsonify({"error": exc.code, "message": exc.reason})
         response.status_code = exc.status
     if exc.retry_after is not None:
         response.headers["Retry-After"] = str(int(exc.retry_after))
@@ -85,14 +87,11 @@ def preflight():
 def init():
     """Record a landing-page visit (as `POST /api/v1/events/visit`) and keep the visitor's ids in cookies."""
     config = current_config()
-    body = read_object(config)
+    body = g.body = read_object(request, config.max_body_bytes)
     site = site_named(config, site_of(body))
     check_origin(site)
     now = utcnow()
-    try:
-        given = parse_init(body, client_context(request, config.trusted_proxies), site, now)
-    except FieldError as exc:
-        raise invalid(exc) from None
+    given = parse_init(body, client_context(request, config.trusted_proxies), site, now)
     result = funnel.start_visit(site, given, now, dry_run=dry_run())
     if given.notes and not dry_run():
         inspector.record(DIALECT, site.id, "init: partly accepted: " + "; ".join(given.notes), body)
@@ -111,7 +110,7 @@ def invite():
     site = site_named(config, request.args.get("site"))
     channel_ref = request.args.get("channel", "").strip()
     if not channel_ref:
-        raise FunnelError("VALIDATION_ERROR", 400, "Missing required field: channel")
+        raise FieldError("channel")
     channel = g.channel = channel_named(site, channel_ref)
     if request.method == "HEAD":  # link checkers probe with HEAD: only a real visit may record one or ask Telegram
         return Response(status=200, headers={"Cache-Control": "no-store"})
@@ -119,10 +118,7 @@ def invite():
     temp_id = cookie_id(TEMP_COOKIE) or valid_id(request.args.get("tempId"))
     session_id = cookie_id(SESSION_COOKIE)
     if temp_id is None or from_ad() or funnel.latest_visit(site, temp_id) is None:
-        try:
-            given = landing_visit(client_context(request, config.trusted_proxies), temp_id, session_id, site, now)
-        except FieldError as exc:
-            raise invalid(exc) from None
+        given = landing_visit(client_context(request, config.trusted_proxies), temp_id, session_id, site, now)
         started = funnel.start_visit(site, given, now)
         temp_id, session_id = started.temp_id, started.client_session_id
         g.visitor = (temp_id, session_id)  # kept even if Telegram then fails: a retry is the same visitor
@@ -136,37 +132,21 @@ def invite():
 # --- the request --------------------------------------------------------------------------------------------
 
 
-def read_object(config: Config) -> dict:
-    """The body as a JSON object (text/plain too: a page may post without a preflight), bounded by max_body_bytes."""
-    try:
-        body = read_json(request, config.max_body_bytes)
-    except BodyTooLarge:
-        raise FunnelError("PAYLOAD_TOO_LARGE", 413,
-                          f"Request body is larger than {config.max_body_bytes} bytes") from None
-    except InvalidJSON:
-        raise FunnelError("INVALID_JSON", 400, "Request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise FunnelError("INVALID_JSON", 400, "Request body must be a JSON object")
-    g.body = body
-    return body
-
-
 def site_of(body: dict) -> object:
     """`site` from the query string or the body (taken out of the body: it is not a visit field)."""
     in_body = body.pop("site", None)
     in_query = request.args.get("site")
     if present(in_query) and present(in_body) and in_body != in_query:
-        raise FunnelError("VALIDATION_ERROR", 400, "Invalid field: site (the query string and the body name "
-                                                   "different sites)")
+        raise FieldError("site", "the query string and the body name different sites")
     return in_query if present(in_query) else in_body
 
 
 def site_named(config: Config, name: object) -> Site:
     """The site a page names by its id."""
     if not present(name):
-        raise FunnelError("VALIDATION_ERROR", 400, "Missing required field: site")
+        raise FieldError("site")
     if not isinstance(name, str):
-        raise FunnelError("VALIDATION_ERROR", 400, "Invalid field: site (must be a string)")
+        raise FieldError("site", "must be a string")
     site = config.site(name.strip())
     if site is None:
         raise FunnelError("SITE_NOT_FOUND", 404, f"No site {name.strip()[:100]!r} (sites[].id)")
@@ -252,12 +232,6 @@ def valid_id(value: str | None) -> str | None:
     return value if value and COOKIE_ID_RE.fullmatch(value) else None
 
 
-def invalid(exc: FieldError) -> FunnelError:
-    if exc.why is None:
-        return FunnelError("VALIDATION_ERROR", 400, f"Missing required field: {exc.field}")
-    return FunnelError("VALIDATION_ERROR", 400, f"Invalid field: {exc.field} ({exc.why})")
-
-
 # --- the answer ---------------------------------------------------------------------------------------------
 
 
@@ -285,4 +259,4 @@ def error_page(exc: FunnelError, channel: Channel | None) -> str:
     """A page a person can read; when Telegram fails, the channel's public link still lets them in."""
     way_in = channel if exc.code.startswith("TELEGRAM") and channel is not None and channel.username else None
     return render_template("tracker_error.html", title=TITLES.get(exc.code, "Could not open the Telegram channel"),
-                           message=exc.message, channel=way_in)
+                           message=exc.reason, channel=way_in)
