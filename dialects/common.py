@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from user_agents import parse as parse_user_agent
 
+from dialects.errors import FieldError
 from ingest.canonical import fold
 from ingest.iso import currency_code
 
@@ -26,14 +27,6 @@ PII_PROPERTY_KEYS = frozenset(fold(k) for k in (
     "last_name", "lastname", "full_name", "address", "street", "ip", "ip_address", "birthday", "dob",
     "date_of_birth", "email_address", "emailaddress", "phone_no", "mobile_phone", "cell", "cellphone",
 ))
-
-
-class FieldError(Exception):
-    """A typed field the dialect must refuse; `field` names it, `why` says what is wrong."""
-
-    def __init__(self, field: str, why: str | None = None):
-        super().__init__(f"{field}: {why}" if why else f"{field}: missing")
-        self.field, self.why = field, why
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,6 @@ funnel refuses (404, 409, Telegram's 502/503/429). Errors are `{"error": CODE, "
 """
 from __future__ import annotations
 
-import ipaddress
-
 from flask import Blueprint, Response, g, jsonify, request
 
 from dialects.adtarget import funnel
@@ -15,26 +13,24 @@ from dialects.adtarget import telegram as telegram_api
 from ingest.canonical import utcnow
 from config import Config, Site
 from dialects.adtarget import parse as adtarget
-from dialects.common import ClientContext, FieldError
+from dialects.common import ClientContext
+from dialects.errors import BadCredentials, Refused
 from dialects.adtarget.funnel import ConversionResult, FunnelError
-from routes.common import BodyTooLarge, InvalidJSON, client_context, current_config, outbound_http, read_json
+from routes.common import client_context, current_config, dry_run, outbound_http, read_object, valid_ip
 
 bp = Blueprint("adtarget", __name__, url_prefix="/api/v1")
 FORWARDED_IP = "X-Adtarget-Client-IP"
 FORWARDED_UA = "X-Adtarget-Client-User-Agent"
 
 
-def dry_run() -> bool:
-    return request.args.get("dry_run") in ("1", "true")
-
-
-@bp.errorhandler(FunnelError)
-def refused(exc: FunnelError):
-    """The seed's error body; the refusal is kept for the inspector (a dry run keeps nothing)."""
+@bp.errorhandler(Refused)
+def refused(exc: Refused):
+    """`{"error": CODE, "message"}`; the refusal is kept for the inspector (a dry run keeps nothing)."""
+    exc = FunnelError.of(exc)
     if not dry_run():
         site = g.get("site")
-        inspector.record(adtarget.DIALECT, site.id if site else None, f"{exc.code}: {exc.message}", g.get("body"))
-    response = jsonify({"error": exc.code, "message": exc.message})
+        inspector.record(adtarget.DIALECT, site.id if site else None, f"{exc.code}: {exc.reason}", g.get("body"))
+    response = jsonify({"error": exc.code, "message": exc.reason})
     if exc.status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="Postback"'
     if exc.retry_after is not None:
@@ -46,50 +42,27 @@ def authenticate(config: Config) -> Site:
     """The site whose key is in `Authorization: Bearer <key>`."""
     header = request.headers.get("Authorization", "").strip()
     if not header:
-        raise FunnelError("UNAUTHORIZED", 401, "Missing Authorization header: send Authorization: Bearer <API key>")
+        raise BadCredentials("Missing Authorization header: send Authorization: Bearer <API key>")
     scheme, _, key = header.partition(" ")
     site = config.site_for_key(key.strip()) if scheme.lower() == "bearer" else None
     if site is None:
-        raise FunnelError("UNAUTHORIZED", 401, "Invalid API key")
+        raise BadCredentials("Invalid API key")
     g.site = site
     return site
-
-
-def read_object(config: Config) -> dict:
-    """The body as a JSON object, bounded by max_body_bytes."""
-    try:
-        body = read_json(request, config.max_body_bytes)
-    except BodyTooLarge:
-        raise FunnelError("PAYLOAD_TOO_LARGE", 413, f"Request body is larger than {config.max_body_bytes} bytes") from None
-    except InvalidJSON:
-        raise FunnelError("INVALID_JSON", 400, "Request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise FunnelError("INVALID_JSON", 400, "Request body must be a JSON object")
-    g.body = body
-    return body
 
 
 def authenticated_body() -> tuple[Config, Site, dict]:
     """Key first, then the body: the checks every POST makes, in order."""
     config = current_config()
     site = authenticate(config)
-    return config, site, read_object(config)
-
-
-def invalid(exc: FieldError) -> FunnelError:
-    """A refused field as VALIDATION_ERROR, naming it."""
-    if exc.why is None:
-        return FunnelError("VALIDATION_ERROR", 400, f"Missing required field: {exc.field}")
-    return FunnelError("VALIDATION_ERROR", 400, f"Invalid field: {exc.field} ({exc.why})")
+    body = g.body = read_object(request, config.max_body_bytes)
+    return config, site, body
 
 
 def forwarded() -> ClientContext:
     """The end user's IP and UA as a proxy forwards them; they win over the body's clientIp/userAgent."""
-    try:
-        ip = str(ipaddress.ip_address(request.headers.get(FORWARDED_IP, "").strip()))
-    except ValueError:
-        ip = None
-    return ClientContext(ip=ip, user_agent=request.headers.get(FORWARDED_UA, "").strip() or None)
+    return ClientContext(ip=valid_ip(request.headers.get(FORWARDED_IP)),
+                         user_agent=request.headers.get(FORWARDED_UA, "").strip() or None)
 
 
 def partly_accepted(site: Site, notes: list[str], body: dict) -> None:
@@ -99,11 +72,8 @@ def partly_accepted(site: Site, notes: list[str], body: dict) -> None:
 
 
 def telegram_user(value: str) -> str:
-    """The `{telegramUserId}` of a path, or VALIDATION_ERROR."""
-    try:
-        return adtarget.read_telegram_user_id(value, "telegramUserId")
-    except FieldError as exc:
-        raise invalid(exc) from None
+    """The `{telegramUserId}` of a path."""
+    return adtarget.read_telegram_user_id(value, "telegramUserId")
 
 
 @bp.post("/events/visit")
@@ -111,10 +81,7 @@ def visit():
     """Record a landing-page visit (AdTarget's mirror of the tracker's /track/init)."""
     config, site, body = authenticated_body()
     now = utcnow()
-    try:
-        given = adtarget.parse_visit(body, forwarded(), client_context(request, config.trusted_proxies), site, now)
-    except FieldError as exc:
-        raise invalid(exc) from None
+    given = adtarget.parse_visit(body, forwarded(), client_context(request, config.trusted_proxies), site, now)
     result = funnel.start_visit(site, given, now, dry_run=dry_run())
     partly_accepted(site, given.notes, body)
     answer = {"visitId": result.visit_id, "sessionId": result.session_id, "tempId": result.temp_id,
@@ -126,10 +93,7 @@ def visit():
 def update_fbp():
     """Set fbp on the visitor's latest visit."""
     _, site, body = authenticated_body()
-    try:
-        temp_id, fbp = adtarget.parse_update_fbp(body)
-    except FieldError as exc:
-        raise invalid(exc) from None
+    temp_id, fbp = adtarget.parse_update_fbp(body)
     if dry_run():
         return jsonify({"success": funnel.latest_visit(site, temp_id) is not None, "dry_run": True})
     success = funnel.update_fbp(site, temp_id, fbp)
@@ -142,10 +106,7 @@ def update_fbp():
 def invite():
     """The visitor's own invite link to a channel, as JSON (no redirect)."""
     config, site, body = authenticated_body()
-    try:
-        temp_id, client_session_id, channel_ref = adtarget.parse_invite(body)
-    except FieldError as exc:
-        raise invalid(exc) from None
+    temp_id, client_session_id, channel_ref = adtarget.parse_invite(body)
     link = funnel.invite_link(site, channel_ref, temp_id, client_session_id,
                               lambda: telegram_api.bot_for(site, config.timeout_seconds, outbound_http()), utcnow(),
                               dry_run=dry_run())
@@ -157,10 +118,7 @@ def conversion():
     """A conversion of a Telegram user: warm or cold, dispatched or not (the seed's answer)."""
     config, site, body = authenticated_body()
     now = utcnow()
-    try:
-        given = adtarget.parse_conversion(body, forwarded(), site, now)
-    except FieldError as exc:
-        raise invalid(exc) from None
+    given = adtarget.parse_conversion(body, forwarded(), site, now)
     result = funnel.convert(site, config, given, now, dry_run=dry_run())
     partly_accepted(site, given.notes, body)
     return conversion_answer(result, site)
@@ -172,10 +130,7 @@ def lead_event(telegram_user_id: str):
     config, site, body = authenticated_body()
     user = telegram_user(telegram_user_id)
     now = utcnow()
-    try:
-        given = adtarget.parse_conversion(body, forwarded(), site, now, telegram_user_id=user)
-    except FieldError as exc:
-        raise invalid(exc) from None
+    given = adtarget.parse_conversion(body, forwarded(), site, now, telegram_user_id=user)
     result = funnel.convert_lead(site, config, given, now, dry_run=dry_run())
     partly_accepted(site, given.notes, body)
     return conversion_answer(result, site)
@@ -186,10 +141,7 @@ def conversion_value(telegram_user_id: str, conversion_id: str):
     """Give a waiting Purchase its value; it is dispatched now."""
     config, site, body = authenticated_body()
     user = telegram_user(telegram_user_id)
-    try:
-        given = adtarget.parse_value(body, site)
-    except FieldError as exc:
-        raise invalid(exc) from None
+    given = adtarget.parse_value(body, site)
     result = funnel.submit_value(site, config, user, conversion_id, given, utcnow(), dry_run=dry_run())
     partly_accepted(site, given.identity.dropped, body)
     if dry_run():

@@ -6,24 +6,22 @@ from flask import Blueprint, Response, g, jsonify, request
 from ingest import inspector
 from ingest.canonical import utcnow
 from dialects.channelstack import parse as channelstack
-from dialects.common import FieldError
+from dialects.errors import BadCredentials, BodyTooLarge, NotAnObject, Refused
 from ingest.accept import accept
-from routes.common import BodyTooLarge, InvalidJSON, allow_origin, client_context, current_config, read_json
+from routes.common import allow_origin, client_context, current_config, dry_run, read_json
 from ingest.fanout import preview
 
 bp = Blueprint("channelstack", __name__)
 
 
-def dry_run() -> bool:
-    return request.args.get("dry_run") in ("1", "true")
-
-
-def error(message: str, status: int, body: object = None) -> tuple[Response, int]:
-    """The seed's error shape; the refusal is kept for the inspector (a dry run keeps nothing)."""
+@bp.errorhandler(Refused)
+def refused(exc: Refused) -> tuple[Response, int]:
+    """`{"error", "code"}`; the refusal is kept for the inspector (a dry run keeps nothing)."""
+    status = 413 if isinstance(exc, BodyTooLarge) else 401 if isinstance(exc, BadCredentials) else 400
     if not dry_run():
         site = g.get("site")
-        inspector.record(channelstack.DIALECT, site.id if site else None, message, body)
-    return jsonify({"error": message, "code": status}), status
+        inspector.record(channelstack.DIALECT, site.id if site else None, exc.reason, g.get("body"))
+    return jsonify({"error": exc.reason, "code": status}), status
 
 
 @bp.after_request
@@ -39,23 +37,13 @@ def preflight():
 @bp.post("/v1/track")
 def track():
     config = current_config()
-    try:
-        body = read_json(request, config.max_body_bytes)
-    except BodyTooLarge:
-        return error("Request body too large", 413)
-    except InvalidJSON:
-        return error("Invalid JSON body", 400)
+    body = g.body = read_json(request, config.max_body_bytes)
     if not isinstance(body, dict):
-        return error("Request body must be a JSON object", 400, body)
+        raise NotAnObject()  # the inspector still shows what came
     site = g.site = config.site_for_key(body.get("api_key"))
     if site is None:
-        return error("Invalid API key", 401, body)
-    try:
-        event = channelstack.parse(body, client_context(request, config.trusted_proxies), site, config.consent_default, utcnow())
-    except FieldError as exc:
-        if exc.why is None:
-            return error(f"Missing required field: {exc.field}", 400, body)
-        return error(f"Invalid field: {exc.field} ({exc.why})", 400, body)
+        raise BadCredentials("Invalid API key")
+    event = channelstack.parse(body, client_context(request, config.trusted_proxies), site, config.consent_default, utcnow())
     if dry_run():
         return jsonify({
             "success": True, "eventId": event.event_id, "message": "Event recorded successfully",

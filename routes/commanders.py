@@ -14,26 +14,30 @@ from dialects.commanders import profiles
 from ingest.canonical import utcnow
 from config import Config, Site
 from dialects.commanders import parse as commanders
-from dialects.common import MAX_ID_CHARS, FieldError
+from dialects.common import MAX_ID_CHARS
+from dialects.errors import BadCredentials, BodyTooLarge, FieldError, InvalidJSON, NotAnObject, Refused
 from ingest.accept import accept
-from routes.common import BodyTooLarge, InvalidJSON, allow_origin, client_context, current_config, read_json
+from routes.common import CORS_HEADERS, allow_origin, client_context, current_config, dry_run, read_json
 from ingest.fanout import preview
 
 bp = Blueprint("commanders", __name__)
 OK = {"status": "ok"}
 
 
-class Refused(Exception):
-    """A request the dialect will not act on; `reason` is what the inspector shows."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
-
-def dry_run() -> bool:
-    """`?dry_run=1`: validate and answer, store nothing."""
-    return request.args.get("dry_run") in ("1", "true")
+@bp.errorhandler(Refused)
+def refused(exc: Refused) -> Response | tuple[Response, int]:
+    """An oversize or non-JSON body is the vendor's only 400; any other refusal still answers 200, the events
+    endpoint silently and the User and Product APIs with a body that tells the truth. The inspector keeps each,
+    with the body the view kept in `g.body`."""
+    if isinstance(exc, (BodyTooLarge, InvalidJSON)):
+        g.site = current_config().site(request.args.get("tc_s", "").strip())  # unauthenticated, but names where to look
+        record(exc.reason)
+        return jsonify({"status": "error", "message": exc.reason}), 400
+    record(exc.reason, g.get("body"))
+    if request.endpoint == "commanders.events":
+        return jsonify({**OK, "dry_run": True, "refused": exc.reason} if dry_run() else OK)
+    answer = {"status": "error", "message": exc.reason}
+    return jsonify({**answer, "dry_run": True} if dry_run() else answer)
 
 
 def record(reason: str, body: Any = None) -> None:
@@ -41,30 +45,6 @@ def record(reason: str, body: Any = None) -> None:
     if not dry_run():
         site = g.get("site")
         inspector.record(commanders.DIALECT, site.id if site else None, reason, body)
-
-
-def read_body(config: Config) -> tuple[Any, tuple[Response, int] | None]:
-    """The JSON body, or the 400 to answer when it is oversize or not JSON."""
-    try:
-        return read_json(request, config.max_body_bytes), None
-    except BodyTooLarge:
-        return None, bad_request("Request body too large")
-    except InvalidJSON:
-        return None, bad_request("Invalid JSON body")
-
-
-def bad_request(message: str) -> tuple[Response, int]:
-    """The seed's only non-200 answer: an oversize body or invalid JSON."""
-    g.site = current_config().site(request.args.get("tc_s", "").strip())  # unauthenticated, but names where to look
-    record(message)
-    return jsonify({"status": "error", "message": message}), 400
-
-
-def field_reason(exc: FieldError) -> str:
-    """The inspector's wording, as ChannelStack's errors say it."""
-    if exc.why is None:
-        return f"Missing required field: {exc.field}"
-    return f"Invalid field: {exc.field} ({exc.why})"
 
 
 def authenticate(config: Config) -> Site:
@@ -77,10 +57,10 @@ def authenticate(config: Config) -> Site:
         raise Refused("Unknown site (tc_s)")
     key = source_key()
     if not key:
-        raise Refused("Missing source key")
+        raise BadCredentials("Missing source key")
     if not any(hmac.compare_digest(key.encode(), known.encode()) for known in site.keys):
         other = config.site_for_key(key)
-        raise Refused("Source key belongs to another site" if other else "Invalid source key")
+        raise BadCredentials("Source key belongs to another site" if other else "Invalid source key")
     return site
 
 
@@ -99,10 +79,7 @@ def cors(response: Response) -> Response:
         return response
     config = current_config()
     site = g.get("site") or config.site(request.args.get("tc_s", "").strip())
-    allow_origin(response, request.headers.get("Origin"), site, config)
-    if "Access-Control-Allow-Origin" in response.headers:
-        response.headers["Access-Control-Allow-Headers"] += ", Authorization"
-    return response
+    return allow_origin(response, request.headers.get("Origin"), site, config, headers=(*CORS_HEADERS, "Authorization"))
 
 
 @bp.route("/events", methods=["OPTIONS"])
@@ -115,22 +92,13 @@ def events_preflight():
 def events():
     """One event; always `{"status":"ok"}` unless the body is too large or not JSON."""
     config = current_config()
-    body, unreadable = read_body(config)
-    if unreadable:
-        return unreadable
-    try:
-        site = authenticate(config)
-        if not isinstance(body, dict):
-            raise Refused("Request body must be a JSON object")
-        try:
-            known = profiles.known(site.id, commanders.user_id(body))
-            event = commanders.parse(body, client_context(request, config.trusted_proxies), site, config.consent_default,
-                                     utcnow(), known)
-        except FieldError as exc:
-            raise Refused(field_reason(exc)) from None
-    except Refused as refused:
-        record(refused.reason, body)
-        return jsonify({**OK, "dry_run": True, "refused": refused.reason} if dry_run() else OK)
+    body = g.body = read_json(request, config.max_body_bytes)
+    site = authenticate(config)
+    if not isinstance(body, dict):
+        raise NotAnObject()
+    known = profiles.known(site.id, commanders.user_id(body))
+    event = commanders.parse(body, client_context(request, config.trusted_proxies), site, config.consent_default,
+                             utcnow(), known)
     event.items = catalog.enrich(event.items, site.id, event.currency)
     if dry_run():
         return jsonify({**OK, "dry_run": True, "notes": event.notes, "destinations": preview(event, site)})
@@ -144,21 +112,12 @@ def events():
 def upsert_user():
     """Create or update a user profile, identity hashed at ingest."""
     config = current_config()
-    body, unreadable = read_body(config)
-    if unreadable:
-        return unreadable
-    shown = _without_user_id(body)
-    try:
-        site = authenticate(config)
-        if not isinstance(body, dict):
-            raise Refused("Request body must be a JSON object")
-        try:
-            user = commanders.parse_profile(body, site)
-        except FieldError as exc:
-            raise Refused(field_reason(exc)) from None
-    except Refused as refused:
-        record(refused.reason, shown)
-        return _error(refused.reason)
+    body = read_json(request, config.max_body_bytes)
+    shown = g.body = _without_user_id(body)
+    site = authenticate(config)
+    if not isinstance(body, dict):
+        raise NotAnObject()
+    user = commanders.parse_profile(body, site)
     if dry_run():
         return jsonify({**OK, "dry_run": True, "notes": user.notes, "identity": sorted(user.hashes), "location": sorted(user.location)})
     profiles.upsert(site.id, user.user_id, user.hashes, user.location, user.anonymous_id, utcnow())
@@ -170,14 +129,9 @@ def upsert_user():
 @bp.delete("/users/<path:user_id>")
 def erase_user(user_id: str):
     """Erase a user's profile and every personal field of their events and sends (GDPR)."""
-    config = current_config()
-    try:
-        site = authenticate(config)
-        if not user_id.strip() or len(user_id) > MAX_ID_CHARS:
-            raise Refused(f"Invalid user id (1 to {MAX_ID_CHARS} characters)")
-    except Refused as refused:
-        record(refused.reason)
-        return _error(refused.reason)
+    site = authenticate(current_config())
+    if not user_id.strip() or len(user_id) > MAX_ID_CHARS:
+        raise Refused(f"Invalid user id (1 to {MAX_ID_CHARS} characters)")
     erased = profiles.erase(site.id, user_id.strip(), utcnow())
     return jsonify({**OK, "erased": {"profile": erased.profile, "events": erased.events, "sends": erased.sends}})
 
@@ -186,22 +140,16 @@ def erase_user(user_id: str):
 def upsert_products():
     """Upsert one catalogue item or a list of them; each bad one is refused on its own."""
     config = current_config()
-    body, unreadable = read_body(config)
-    if unreadable:
-        return unreadable
-    try:
-        site = authenticate(config)
-        if not isinstance(body, (dict, list)):
-            raise Refused("Request body must be a product object or a list of them")
-    except Refused as refused:
-        record(refused.reason, body)
-        return _error(refused.reason)
+    body = g.body = read_json(request, config.max_body_bytes)
+    site = authenticate(config)
+    if not isinstance(body, (dict, list)):
+        raise NotAnObject("Request body must be a product object or a list of them")
     products, rejected, notes = [], [], []
     for index, raw in enumerate(body if isinstance(body, list) else [body]):
         try:
             products.append(commanders.parse_product(raw, notes, f"products[{index}]."))
         except FieldError as exc:
-            rejected.append({"index": index, "message": field_reason(exc)})
+            rejected.append({"index": index, "message": exc.reason})
     upserted = len(products) if dry_run() else catalog.upsert(site.id, products, utcnow())
     if rejected or notes:
         reasons = [f"products[{r['index']}]: {r['message']}" for r in rejected] + notes
@@ -210,12 +158,6 @@ def upsert_products():
     if rejected:
         answer = {"status": "error", "message": f"{len(rejected)} of {len(rejected) + len(products)} products refused",
                   "upserted": upserted, "rejected": rejected}
-    return jsonify({**answer, "dry_run": True} if dry_run() else answer)
-
-
-def _error(reason: str) -> Response:
-    """User and Product API refusals: still 200 as the seed says, but the body tells the truth."""
-    answer = {"status": "error", "message": reason}
     return jsonify({**answer, "dry_run": True} if dry_run() else answer)
 
 

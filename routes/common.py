@@ -1,26 +1,20 @@
-"""Request plumbing every dialect's view shares: bounded body reading, client context, CORS."""
+"""Request plumbing every dialect's view shares: dry runs, bounded body reading, client context, CORS."""
 from __future__ import annotations
 
 import ipaddress
 import json
 from typing import Any
 
-from flask import Request, Response, current_app
+from flask import Request, Response, current_app, request
 
 from config import Config, Site
 from dialects.common import ClientContext
 from outbound import Http
+from dialects.errors import BodyTooLarge, InvalidJSON, NotAnObject
 
 OVERRIDE_IP = "X-Postback-Client-IP"
 OVERRIDE_UA = "X-Postback-Client-User-Agent"
-
-
-class BodyTooLarge(Exception):
-    pass
-
-
-class InvalidJSON(Exception):
-    pass
+CORS_HEADERS = ("Content-Type", OVERRIDE_IP, OVERRIDE_UA)
 
 
 def current_config() -> Config:
@@ -32,10 +26,15 @@ def outbound_http() -> Http:
     return current_app.extensions.setdefault("postback.outbound", Http(current_config().timeout_seconds))
 
 
+def dry_run() -> bool:
+    """`?dry_run=1` (or `true`): validate and answer, store nothing."""
+    return request.args.get("dry_run") in ("1", "true")
+
+
 def read_body(request: Request, limit: int) -> bytes:
     """The raw body, refusing anything over `limit` bytes without reading it all into memory."""
     if request.content_length is not None and request.content_length > limit:
-        raise BodyTooLarge()
+        raise BodyTooLarge(limit)
     chunks, size = [], 0
     while size <= limit:  # a WSGI stream may return less than asked for before its end
         chunk = request.stream.read(limit + 1 - size)
@@ -44,7 +43,7 @@ def read_body(request: Request, limit: int) -> bytes:
         chunks.append(chunk)
         size += len(chunk)
     if size > limit:
-        raise BodyTooLarge()
+        raise BodyTooLarge(limit)
     return b"".join(chunks)
 
 
@@ -57,6 +56,14 @@ def read_json(request: Request, limit: int) -> Any:
         raise InvalidJSON() from None
     if b"\\u" in data and _has_lone_surrogate(body):
         raise InvalidJSON()
+    return body
+
+
+def read_object(request: Request, limit: int) -> dict:
+    """A JSON body that must be an object."""
+    body = read_json(request, limit)
+    if not isinstance(body, dict):
+        raise NotAnObject()
     return body
 
 
@@ -74,7 +81,7 @@ def client_context(request: Request, trusted_proxies: int) -> ClientContext:
     user_agent = request.headers.get(OVERRIDE_UA) or request.headers.get("User-Agent")
     language = request.headers.get("Accept-Language", "").split(",")[0].split(";")[0].strip() or None
     return ClientContext(
-        ip=_valid_ip(request.headers.get(OVERRIDE_IP)) or _connection_ip(request, trusted_proxies),
+        ip=valid_ip(request.headers.get(OVERRIDE_IP)) or _connection_ip(request, trusted_proxies),
         user_agent=user_agent or None,
         referrer=request.headers.get("Referer") or None,
         language=language,
@@ -94,24 +101,28 @@ def _connection_ip(request: Request, trusted_proxies: int) -> str | None:
     if trusted_proxies > 0:
         hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
         if len(hops) >= trusted_proxies:
-            return _valid_ip(hops[-trusted_proxies])
-    return _valid_ip(request.remote_addr)
+            return valid_ip(hops[-trusted_proxies])
+    return valid_ip(request.remote_addr)
 
 
-def _valid_ip(value: str | None) -> str | None:
+def valid_ip(value: str | None) -> str | None:
+    """The address in its canonical spelling; None when `value` is not one."""
     try:
         return str(ipaddress.ip_address(value.strip())) if value else None
     except ValueError:
         return None
 
 
-def allow_origin(response: Response, origin: str | None, site: Site | None, config: Config) -> Response:
+def allow_origin(response: Response, origin: str | None, site: Site | None, config: Config,
+                 headers: tuple[str, ...] = CORS_HEADERS, credentials: bool = False) -> Response:
     """CORS for browser calls: the key's site decides; before the key is known, any site may."""
     sites = [site] if site else config.sites
     if origin and any(s.allows_origin(origin) for s in sites):
         response.headers["Access-Control-Allow-Origin"] = origin
+        if credentials:  # cookies ride along; browsers then refuse `*`, hence the exact origin
+            response.headers["Access-Control-Allow-Credentials"] = "true"
         response.headers["Access-Control-Allow-Methods"] = "POST, OPTIONS"
-        response.headers["Access-Control-Allow-Headers"] = f"Content-Type, {OVERRIDE_IP}, {OVERRIDE_UA}"
+        response.headers["Access-Control-Allow-Headers"] = ", ".join(headers)
         response.headers["Access-Control-Max-Age"] = "600"
         response.vary.add("Origin")
     return response

@@ -14,10 +14,10 @@ from dialects.octeth import store as octeth_store
 from ingest.canonical import utcnow
 from config import Config, Site
 from dialects.octeth import parse as octeth
-from dialects.octeth.parse import Refused, body_problem
+from dialects.errors import BodyTooLarge, Refused
 from ingest.accept import accept
 from routes.admin import valid_session
-from routes.common import BodyTooLarge, allow_origin, client_context, current_config, read_body
+from routes.common import allow_origin, client_context, current_config, dry_run, read_body
 from ingest.fanout import preview
 
 bp = Blueprint("octeth", __name__)
@@ -25,13 +25,11 @@ EVENT_URL = "/api/v1/event"
 PROPERTIES_URL = "/api/v1/website_events.properties"
 
 
-def dry_run() -> bool:
-    return request.args.get("dry_run") in ("1", "true")
-
-
 @bp.errorhandler(Refused)
 def refused(exc: Refused):
     """The vendor's `{"Errors": [...]}`; the refusal is kept for the inspector (a dry run keeps nothing)."""
+    if not isinstance(exc, octeth.ErrorList):  # an unreadable body: Code 0 is outside the vendor's numbered errors
+        exc = octeth.ErrorList(413 if isinstance(exc, BodyTooLarge) else 422, [octeth.Problem(0, exc.reason)])
     if not dry_run():
         site = g.get("site")
         inspector.record(octeth.DIALECT, site.id if site else None, exc.reason, g.get("body"))
@@ -49,12 +47,9 @@ def preflight():
     return Response(status=204)
 
 
-def read_object(config: Config) -> dict:
-    try:
-        data = read_body(request, config.max_body_bytes)
-    except BodyTooLarge:
-        raise body_problem("Request body too large", 413) from None
-    body = g.body = octeth.decode(data)
+def decoded_body(config: Config) -> dict:
+    """The body as a JSON object, read the vendor's lenient way (comments allowed, any Content-Type)."""
+    body = g.body = octeth.decode(read_body(request, config.max_body_bytes))
     return body
 
 
@@ -73,7 +68,7 @@ def authenticate(body: dict, config: Config) -> Sequence[Site]:
 @bp.post(EVENT_URL)
 def track():
     config = current_config()
-    body = read_object(config)
+    body = decoded_body(config)
     sites = authenticate(body, config)
     now = utcnow()
     accepted = octeth.parse_event(body, client_context(request, config.trusted_proxies), sites, config.consent_default, now)
@@ -107,7 +102,7 @@ def success(event_uuid: str, external_id: str | None, identify_event_sent: bool)
 @bp.post(PROPERTIES_URL)
 def properties():
     config = current_config()
-    body = read_object(config)
+    body = decoded_body(config)
     site, list_id = octeth.catalogue_request(body, authenticate(body, config))
     g.site = site
     return jsonify({"ListID": list_id, "Properties": octeth_store.catalogue(site.id, list_id)})

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
@@ -12,7 +13,7 @@ from dialects.pixel import profiles as pixel_profiles
 from ingest.canonical import utcnow
 from config import Config, Site
 from dialects.pixel import parse as pixel
-from dialects.common import FieldError
+from dialects.errors import Refused
 from ingest.accept import accept
 from models import Event, Send
 from routes.common import client_context, current_config, reached_over_https
@@ -20,9 +21,8 @@ from routes.common import client_context, current_config, reached_over_https
 bp = Blueprint("pixel", __name__)
 log = logging.getLogger(__name__)
 
-# GIF89a, 1×1, one transparent pixel: the smallest GIF every browser renders.
-GIF = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff"
-       b"!\xf9\x04\x01\x00\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;")
+# GIF89a, 1×1, one transparent pixel: the smallest GIF every browser renders (also served as /static/pixel.gif).
+GIF = (Path(__file__).resolve().parent.parent / "static" / "pixel.gif").read_bytes()
 COOKIE = "postback_uuid"
 COOKIE_MAX_AGE = 400 * 24 * 3600  # browsers cap cookie lifetimes at 400 days
 NO_STORE = {"Cache-Control": "no-store"}
@@ -57,11 +57,10 @@ def hit(app_token: str, category: str):
         params = pixel.decode_params(args.get("params"), config.max_body_bytes)
         call = pixel.parse(category, args, params, request.cookies.get(COOKIE),
                            client_context(request, config.trusted_proxies), site, config.consent_default, utcnow())
-    except FieldError as exc:
-        message = f"Missing required field: {exc.field}" if exc.why is None else f"Invalid field: {exc.field} ({exc.why})"
-        inspector.record(pixel.DIALECT, site.id, message, _excerpt(category, args, params))
+    except Refused as exc:
+        inspector.record(pixel.DIALECT, site.id, exc.reason, _excerpt(category, args, params))
         visitor = pixel.valid_visitor_id(request.cookies.get(COOKIE)) or pixel.new_visitor_id()
-        return _answer(visitor, {"accepted": False, "stored": False, "error": message, "uuid": visitor})
+        return _answer(visitor, {"accepted": False, "stored": False, "error": exc.reason, "uuid": visitor})
 
     event = call.event
     known = pixel_profiles.find(site.id, call.uuid)

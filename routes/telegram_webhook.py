@@ -16,7 +16,8 @@ from ingest.canonical import utcnow
 from config import Site
 from dialects.adtarget import parse as adtarget
 from dialects.adtarget.parse import Ignored
-from routes.common import BodyTooLarge, InvalidJSON, current_config, read_json
+from dialects.errors import BodyTooLarge, InvalidJSON
+from routes.common import current_config, read_json
 
 log = logging.getLogger(__name__)
 bp = Blueprint("telegram_webhook", __name__)

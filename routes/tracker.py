@@ -12,8 +12,7 @@ import re
 from datetime import datetime
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, g, jsonify, redirect, request
-from markupsafe import escape
+from flask import Blueprint, Response, g, jsonify, redirect, render_template, request
 
 from dialects.adtarget import funnel
 from ingest import inspector
@@ -22,9 +21,10 @@ from ingest.canonical import utcnow
 from config import Channel, Config, Site
 from dialects.adtarget import parse as adtarget
 from dialects.adtarget.parse import VisitInput
-from dialects.common import ClientContext, FieldError, clean_url, present, read_id
+from dialects.common import ClientContext, clean_url, present, read_id
+from dialects.errors import FieldError, Refused
 from dialects.adtarget.funnel import SESSION_COOKIE, SESSION_COOKIE_MAX_AGE, TEMP_COOKIE, TEMP_COOKIE_MAX_AGE, FunnelError
-from routes.common import BodyTooLarge, InvalidJSON, client_context, current_config, outbound_http, reached_over_https, read_json
+from routes.common import allow_origin, client_context, current_config, dry_run, outbound_http, reached_over_https, read_object
 
 bp = Blueprint("tracker", __name__, url_prefix="/track")
 DIALECT = "tracker"
@@ -41,21 +41,18 @@ TITLES = {
 }
 
 
-def dry_run() -> bool:
-    return request.endpoint == "tracker.init" and request.args.get("dry_run") in ("1", "true")
-
-
-@bp.errorhandler(FunnelError)
-def refused(exc: FunnelError):
+@bp.errorhandler(Refused)
+def refused(exc: Refused):
     """JSON for /track/init (AdTarget's error body); a small page for /track/invite, which a person follows."""
-    if not dry_run():
+    exc = FunnelError.of(exc)
+    if not (request.endpoint == "tracker.init" and dry_run()):  # an invite a person follows is never a dry run
         site = g.get("site")
         step = request.endpoint.rpartition(".")[2] if request.endpoint else "tracker"
-        inspector.record(DIALECT, site.id if site else None, f"{step}: {exc.code}: {exc.message}", g.get("body"))
+        inspector.record(DIALECT, site.id if site else None, f"{step}: {exc.code}: {exc.reason}", g.get("body"))
     if request.endpoint == "tracker.invite" and not wants_json():
         response = Response(error_page(exc, g.get("channel")), status=exc.status, mimetype="text/html")
     else:
-        response = jsonify({"error": exc.code, "message": exc.message})
+        response = jsonify({"error": exc.code, "message": exc.reason})
         response.status_code = exc.status
     if exc.retry_after is not None:
         response.headers["Retry-After"] = str(int(exc.retry_after))
@@ -71,15 +68,8 @@ def cors(response: Response) -> Response:
     """CORS with credentials for /track/init: the exact origin echoed, never `*` (browsers refuse it with cookies)."""
     if request.endpoint not in ("tracker.init", "tracker.preflight"):
         return response
-    origin = request.headers.get("Origin")
-    site = g.get("site")
-    sites = [site] if site else current_config().sites  # before the site is known, any site may
-    if origin and any(s.allows_origin(origin) for s in sites):
-        response.headers["Access-Control-Allow-Origin"] = origin
-        response.headers["Access-Control-Allow-Credentials"] = "true"
-        response.headers["Access-Control-Allow-Methods"] = "POST, OPTIONS"
-        response.headers["Access-Control-Allow-Headers"] = "Content-Type"
-        response.headers["Access-Control-Max-Age"] = "600"
+    allow_origin(response, request.headers.get("Origin"), g.get("site"), current_config(), headers=("Content-Type",),
+                 credentials=True)
     response.vary.add("Origin")
     return response
 
@@ -97,14 +87,11 @@ def preflight():
 def init():
     """Record a landing-page visit (as `POST /api/v1/events/visit`) and keep the visitor's ids in cookies."""
     config = current_config()
-    body = read_object(config)
+    body = g.body = read_object(request, config.max_body_bytes)
     site = site_named(config, site_of(body))
     check_origin(site)
     now = utcnow()
-    try:
-        given = parse_init(body, client_context(request, config.trusted_proxies), site, now)
-    except FieldError as exc:
-        raise invalid(exc) from None
+    given = parse_init(body, client_context(request, config.trusted_proxies), site, now)
     result = funnel.start_visit(site, given, now, dry_run=dry_run())
     if given.notes and not dry_run():
         inspector.record(DIALECT, site.id, "init: partly accepted: " + "; ".join(given.notes), body)
@@ -123,7 +110,7 @@ def invite():
     site = site_named(config, request.args.get("site"))
     channel_ref = request.args.get("channel", "").strip()
     if not channel_ref:
-        raise FunnelError("VALIDATION_ERROR", 400, "Missing required field: channel")
+        raise FieldError("channel")
     channel = g.channel = channel_named(site, channel_ref)
     if request.method == "HEAD":  # link checkers probe with HEAD: only a real visit may record one or ask Telegram
         return Response(status=200, headers={"Cache-Control": "no-store"})
@@ -131,10 +118,7 @@ def invite():
     temp_id = cookie_id(TEMP_COOKIE) or valid_id(request.args.get("tempId"))
     session_id = cookie_id(SESSION_COOKIE)
     if temp_id is None or from_ad() or funnel.latest_visit(site, temp_id) is None:
-        try:
-            given = landing_visit(client_context(request, config.trusted_proxies), temp_id, session_id, site, now)
-        except FieldError as exc:
-            raise invalid(exc) from None
+        given = landing_visit(client_context(request, config.trusted_proxies), temp_id, session_id, site, now)
         started = funnel.start_visit(site, given, now)
         temp_id, session_id = started.temp_id, started.client_session_id
         g.visitor = (temp_id, session_id)  # kept even if Telegram then fails: a retry is the same visitor
@@ -148,37 +132,21 @@ def invite():
 # --- the request --------------------------------------------------------------------------------------------
 
 
-def read_object(config: Config) -> dict:
-    """The body as a JSON object (text/plain too: a page may post without a preflight), bounded by max_body_bytes."""
-    try:
-        body = read_json(request, config.max_body_bytes)
-    except BodyTooLarge:
-        raise FunnelError("PAYLOAD_TOO_LARGE", 413,
-                          f"Request body is larger than {config.max_body_bytes} bytes") from None
-    except InvalidJSON:
-        raise FunnelError("INVALID_JSON", 400, "Request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise FunnelError("INVALID_JSON", 400, "Request body must be a JSON object")
-    g.body = body
-    return body
-
-
 def site_of(body: dict) -> object:
     """`site` from the query string or the body (taken out of the body: it is not a visit field)."""
     in_body = body.pop("site", None)
     in_query = request.args.get("site")
     if present(in_query) and present(in_body) and in_body != in_query:
-        raise FunnelError("VALIDATION_ERROR", 400, "Invalid field: site (the query string and the body name "
-                                                   "different sites)")
+        raise FieldError("site", "the query string and the body name different sites")
     return in_query if present(in_query) else in_body
 
 
 def site_named(config: Config, name: object) -> Site:
     """The site a page names by its id."""
     if not present(name):
-        raise FunnelError("VALIDATION_ERROR", 400, "Missing required field: site")
+        raise FieldError("site")
     if not isinstance(name, str):
-        raise FunnelError("VALIDATION_ERROR", 400, "Invalid field: site (must be a string)")
+        raise FieldError("site", "must be a string")
     site = config.site(name.strip())
     if site is None:
         raise FunnelError("SITE_NOT_FOUND", 404, f"No site {name.strip()[:100]!r} (sites[].id)")
@@ -264,12 +232,6 @@ def valid_id(value: str | None) -> str | None:
     return value if value and COOKIE_ID_RE.fullmatch(value) else None
 
 
-def invalid(exc: FieldError) -> FunnelError:
-    if exc.why is None:
-        return FunnelError("VALIDATION_ERROR", 400, f"Missing required field: {exc.field}")
-    return FunnelError("VALIDATION_ERROR", 400, f"Invalid field: {exc.field} ({exc.why})")
-
-
 # --- the answer ---------------------------------------------------------------------------------------------
 
 
@@ -295,14 +257,6 @@ def wants_json() -> bool:
 
 def error_page(exc: FunnelError, channel: Channel | None) -> str:
     """A page a person can read; when Telegram fails, the channel's public link still lets them in."""
-    title = TITLES.get(exc.code, "Could not open the Telegram channel")
-    way_out = ""
-    if exc.code.startswith("TELEGRAM") and channel is not None and channel.username:
-        url = f"https://t.me/{channel.username}"
-        name = channel.title or channel.username
-        way_out = f'<p>You can still <a href="{escape(url)}">open {escape(name)} on Telegram</a>.</p>'
-    return ('<!doctype html><html lang="en"><meta charset="utf-8">'
-            '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{escape(title)}</title>"
-            '<body style="font-family: system-ui, sans-serif; max-width: 34rem; margin: 3rem auto; padding: 0 1rem">'
-            f"<h1>{escape(title)}</h1><p>{escape(exc.message)}</p>{way_out}</body></html>\n")
+    way_in = channel if exc.code.startswith("TELEGRAM") and channel is not None and channel.username else None
+    return render_template("tracker_error.html", title=TITLES.get(exc.code, "Could not open the Telegram channel"),
+                           message=exc.reason, channel=way_in)

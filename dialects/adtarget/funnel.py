@@ -22,6 +22,7 @@ from ingest.canonical import CUSTOM, CanonicalEvent, standard_name
 from config import Channel, Config, Site
 from dialects.adtarget.parse import DIALECT, Attribution, ConversionInput, Ignored, Join, ValueInput, VisitInput
 from dialects.common import is_bot
+from dialects.errors import BadCredentials, BodyTooLarge, InvalidJSON, NotAnObject, Refused
 from ingest.identity import Identity
 from ingest.accept import accept
 from models import FAILED, PENDING, SENDING, SENT, BaseModel, Event, JSONField, Send, UTCDateTimeField, database
@@ -38,12 +39,27 @@ DISPATCHED, AWAITING_VALUE, SKIPPED = "dispatched", "awaiting_value", "skipped"
 SOURCES = ("tracker", "webhook", "api")
 
 
-class FunnelError(Exception):
-    """A request the funnel refuses: a stable `code`, the HTTP status it deserves and a message a person can act on."""
+class FunnelError(Refused):
+    """A request the funnel refuses: a stable `code`, the HTTP status it deserves and a reason a person can act on."""
 
-    def __init__(self, code: str, status: int, message: str, retry_after: float | None = None):
-        super().__init__(message)
-        self.code, self.status, self.message, self.retry_after = code, status, message, retry_after
+    def __init__(self, code: str, status: int, reason: str, retry_after: float | None = None):
+        super().__init__(reason)
+        self.code, self.status, self.retry_after = code, status, retry_after
+
+    @classmethod
+    def of(cls, exc: Refused) -> FunnelError:
+        """Any refusal in the code, status and wording the AdTarget API and the tracker answer it with."""
+        if isinstance(exc, FunnelError):
+            return exc
+        if isinstance(exc, BodyTooLarge):
+            return cls("PAYLOAD_TOO_LARGE", 413, f"Request body is larger than {exc.limit} bytes")
+        if isinstance(exc, InvalidJSON):
+            return cls("INVALID_JSON", 400, "Request body is not valid JSON")
+        if isinstance(exc, NotAnObject):
+            return cls("INVALID_JSON", 400, exc.reason)
+        if isinstance(exc, BadCredentials):
+            return cls("UNAUTHORIZED", 401, exc.reason)
+        return cls("VALIDATION_ERROR", 400, exc.reason)
 
 
 class TrackingSession(BaseModel):

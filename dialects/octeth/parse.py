@@ -21,6 +21,7 @@ from dialects.common import (
     CLICK_ID_KEYS, PII_PROPERTY_KEYS, ClientContext, FieldError, clean_click_ids, clean_url,
     custom_properties, is_bot, present, read_currency, read_id, read_value,
 )
+from dialects.errors import InvalidJSON, NotAnObject, Refused
 from ingest.identity import normalize_identity
 
 DIALECT = "octeth"
@@ -54,25 +55,16 @@ class Problem:
     message: str
 
 
-class Refused(Exception):
-    """A refused request: its HTTP status and every problem found, rendered as `{"Errors": [...]}`."""
+class ErrorList(Refused):
+    """A refused request in the vendor's numbered errors: its HTTP status and every problem found."""
 
     def __init__(self, status: int, problems: Sequence[Problem]):
         self.status = status
         self.problems = sorted(problems, key=lambda p: p.code)
-        super().__init__(self.reason)
-
-    @property
-    def reason(self) -> str:
-        return "; ".join(f"Code {p.code}: {p.message}" for p in self.problems)
+        super().__init__("; ".join(f"Code {p.code}: {p.message}" for p in self.problems))
 
     def body(self) -> dict:
         return {"Errors": [{"Code": p.code, "Message": p.message} for p in self.problems]}
-
-
-def body_problem(message: str, status: int = 422) -> Refused:
-    """A body that cannot be read at all; Code 0 is outside the vendor's numbered field errors."""
-    return Refused(status, [Problem(0, message)])
 
 
 @dataclass(frozen=True)
@@ -91,7 +83,7 @@ CATALOGUE_LIST_PROBLEMS = ListProblems(
 
 
 @dataclass(frozen=True)
-class Conversion:
+class OctethConversion:
     """What a `conversion` event adds: conversion-id is its order id and dedup key."""
 
     order_id: str
@@ -120,17 +112,17 @@ class Accepted:
 # --- the body -----------------------------------------------------------------------------------
 
 def decode(data: bytes) -> dict:
-    """The body as a JSON object, whatever its Content-Type; raises Refused."""
+    """The body as a JSON object, whatever its Content-Type; raises Refused (Code 0 to the vendor)."""
     try:
         body = json.loads(data)
     except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's stack
         body = _loads_commented(data)
     if b"\\u" in data and not _encodable(body):
-        raise body_problem("Invalid JSON body")  # a lone \ud800 escape cannot be hashed or stored
+        raise InvalidJSON()  # a lone \ud800 escape cannot be hashed or stored
     if not isinstance(body, dict):
-        raise body_problem("Request body must be a JSON object")
+        raise NotAnObject()
     if _depth(body) > MAX_DEPTH:
-        raise body_problem(f"Request body nested deeper than {MAX_DEPTH} levels")
+        raise Refused(f"Request body nested deeper than {MAX_DEPTH} levels")
     return body
 
 
@@ -139,7 +131,7 @@ def _loads_commented(data: bytes) -> Any:
     try:
         return json.loads(strip_comments(data.decode("utf-8-sig")))
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
-        raise body_problem("Invalid JSON body") from None
+        raise InvalidJSON() from None
 
 
 def strip_comments(text: str) -> str:
@@ -206,16 +198,16 @@ def lower_keys(raw: Mapping[str, Any]) -> dict[str, Any]:
 # --- credentials and lists ----------------------------------------------------------------------
 
 def credentials(body: Mapping[str, Any]) -> tuple[Any, Any]:
-    """(APIKey, SessionID) as sent; Refused(401, Code 1) when neither is there."""
+    """(APIKey, SessionID) as sent; ErrorList(401, Code 1) when neither is there."""
     fields = lower_keys(body)
     api_key, session_id = fields.get("apikey"), fields.get("sessionid")
     if not present(api_key) and not present(session_id):
-        raise Refused(401, [Problem(1, MISSING_CREDENTIALS)])
+        raise ErrorList(401, [Problem(1, MISSING_CREDENTIALS)])
     return api_key, session_id
 
 
-def invalid_credentials() -> Refused:
-    return Refused(401, [Problem(2, INVALID_CREDENTIALS)])
+def invalid_credentials() -> ErrorList:
+    return ErrorList(401, [Problem(2, INVALID_CREDENTIALS)])
 
 
 def list_key(value: Any) -> str | None:
@@ -246,10 +238,10 @@ def resolve_list(body: Mapping[str, Any], sites: Sequence[Site], problems: ListP
 
 
 def catalogue_request(body: Mapping[str, Any], sites: Sequence[Site]) -> tuple[Site, str]:
-    """The site and ListID whose properties catalogue is asked for; raises Refused (Codes 1–3)."""
+    """The site and ListID whose properties catalogue is asked for; raises ErrorList (Codes 1–3)."""
     site, key, problem = resolve_list(body, sites, CATALOGUE_LIST_PROBLEMS)
     if problem:
-        raise Refused(422, [problem])
+        raise ErrorList(422, [problem])
     return site, key
 
 
@@ -265,7 +257,7 @@ def new_uuid() -> str:
 
 def parse_event(body: Mapping[str, Any], client: ClientContext, sites: Sequence[Site],
                 consent_default: str, now: datetime) -> Accepted:
-    """Read an /api/v1/event body; raises Refused(422) listing every problem found."""
+    """Read an /api/v1/event body; raises ErrorList(422) listing every problem found."""
     fields = lower_keys(body)
     problems: list[Problem] = []
     site, list_id, list_problem = resolve_list(body, sites, EVENT_LIST_PROBLEMS)
@@ -285,7 +277,7 @@ def parse_event(body: Mapping[str, Any], client: ClientContext, sites: Sequence[
     if email is not None and "em" not in identity.hashes:
         problems.append(Problem(7, "Invalid email parameter."))
     if problems:
-        raise Refused(422, problems)
+        raise ErrorList(422, problems)
     notes[:0] = [note for note in identity.dropped if not note.startswith("email:")]
 
     click_ids, click_notes = clean_click_ids({CLICK_ID_ALIASES[k.lower()]: v for k, v in rest.items() if k.lower() in CLICK_ID_ALIASES})
@@ -376,7 +368,7 @@ def _properties(raw: Any, problems: list[Problem]) -> dict[str, Any]:
     return {}
 
 
-def _conversion(props: Mapping[str, Any], problems: list[Problem]) -> Conversion | None:
+def _conversion(props: Mapping[str, Any], problems: list[Problem]) -> OctethConversion | None:
     """A `conversion` event's properties: conversion-id, -name and -value are required."""
     before = len(problems)
     order_id = _required_property(props, "conversion-id", 8, problems, read_id)
@@ -387,7 +379,7 @@ def _conversion(props: Mapping[str, Any], problems: list[Problem]) -> Conversion
     except FieldError as exc:
         problems.append(Problem(13, f"Invalid conversion-currency event property: {exc.why}"))
         currency = None
-    return None if len(problems) > before else Conversion(order_id, name, value, currency)
+    return None if len(problems) > before else OctethConversion(order_id, name, value, currency)
 
 
 def _required_property(props: Mapping[str, Any], key: str, code: int, problems: list[Problem], reader) -> Any:
@@ -441,7 +433,7 @@ def _page_url(custom: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _standard_name(name: str, conversion: Conversion | None, event_map: Mapping[str, str]) -> str:
+def _standard_name(name: str, conversion: OctethConversion | None, event_map: Mapping[str, str]) -> str:
     """`conversion` is a Purchase unless the site's event_map or its conversion-name says otherwise."""
     named = standard_name(name, event_map)
     if conversion is None or named != CUSTOM:
