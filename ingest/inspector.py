@@ -9,8 +9,10 @@ from typing import Any
 
 from peewee import AutoField, CharField, TextField
 
-from ingest.canonical import fold, utcnow
+import dialects
 from dialects.common import PII_PROPERTY_KEYS
+from ingest.canonical import fold, utcnow
+from ingest.identity import FIELDS as IDENTITY_FIELDS
 from models import BaseModel, JSONField, UTCDateTimeField
 
 KEEP_PER_REASON = 200
@@ -18,17 +20,17 @@ KEEP_PER_SITE = 5000  # reasons can name keys, so junk traffic could mint many; 
 EXCERPT_TEXT_CHARS = 80
 EXCERPT_KEYS = 40
 EXCERPT_DEPTH = 4
+
+
+def declared(name: str) -> frozenset[str]:
+    """The keys every dialect declares under `name` (in its package), folded."""
+    return frozenset(fold(key) for package in dialects.packages() for key in getattr(package, name, ()))
+
+
 # Values safe to show: they name an event, not a person. Everything else shows only its type.
-SAFE_KEYS = frozenset(fold(k) for k in (
-    "event", "event_name", "event_id", "order_id", "value", "currency", "occurred_at", "consent",
-    "event_token", "category", "listid", "list_id", "revenue", "amount", "eventtype", "tc_s", "id",
-    "type", "channel", "eventtime", "source", "conversionid", "conversionname", "conversionvalue",
-))
-SECRET_KEYS = frozenset(fold(k) for k in ("api_key", "apikey", "access_token", "token", "sessionid", "key", "secret"))
-IDENTITY_KEYS = PII_PROPERTY_KEYS | frozenset(fold(k) for k in (
-    "first_name", "last_name", "gender", "date_of_birth", "city", "state", "zip", "country",
-    "distinct_id", "user_id", "email", "phone", "pii", "params", "cookie", "user",
-))
+SAFE_KEYS = declared("SAFE_FIELDS")
+SECRET_KEYS = declared("SECRET_FIELDS") | {"key", "secret"}  # so named, a credential whatever the dialect
+IDENTITY_KEYS = PII_PROPERTY_KEYS | frozenset(fold(k) for k in IDENTITY_FIELDS) | declared("PERSONAL_FIELDS")
 
 
 class Refusal(BaseModel):
@@ -69,6 +71,7 @@ def listing(site: str | None = None, dialect: str | None = None, limit: int = 10
 
 
 def purge(older_than: timedelta, now: datetime | None = None) -> int:
+    """Drop entries older than the retention period."""
     return Refusal.delete().where(Refusal.created_at < (now or utcnow()) - older_than).execute()
 
 
