@@ -1,0 +1,25 @@
+"""Admin login sessions: the admin API's bearer tokens, also Octeth's `SessionID` credential."""
+from __future__ import annotations
+
+from peewee import CharField
+
+from ingest.canonical import utcnow
+from models import BaseModel, UTCDateTimeField
+
+
+class AdminSession(BaseModel):
+    """A login session; Octeth's `SessionID` credential is one of these."""
+
+    id = CharField(primary_key=True)
+    expires_at = UTCDateTimeField()
+
+    class Meta:
+        table_name = "admin_sessions"
+
+
+def valid_session(session_id: object) -> bool:
+    """True for the id of a session that has not expired."""
+    if not isinstance(session_id, str) or not session_id:
+        return False
+    session = AdminSession.get_or_none(AdminSession.id == session_id)
+    return session is not None and session.expires_at > utcnow()
