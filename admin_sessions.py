@@ -1,10 +1,13 @@
 """Admin login sessions: the admin API's bearer tokens, also Octeth's `SessionID` credential."""
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 from peewee import CharField
 
 from ingest.canonical import utcnow
 from models import BaseModel, UTCDateTimeField
+from stores import Store
 
 
 class AdminSession(BaseModel):
@@ -23,3 +26,11 @@ def valid_session(session_id: object) -> bool:
         return False
     session = AdminSession.get_or_none(AdminSession.id == session_id)
     return session is not None and session.expires_at > utcnow()
+
+
+def purge(older_than: timedelta, now: datetime) -> int:
+    """Drop sessions that expired longer ago than the retention period."""
+    return AdminSession.delete().where(AdminSession.expires_at < now - older_than).execute()
+
+
+STORE = Store("admin_sessions", (AdminSession,), purge=purge, impersonal="random tokens and when they expire")

@@ -33,10 +33,9 @@ def create_app(config: Config) -> Flask:
     """Assemble the app around a loaded, validated config: bind the database, register routes. Starts nothing."""
     app = Flask(__name__)
     app.config["POSTBACK"] = config
-    blueprints = [import_module(name).bp for name in BLUEPRINTS]  # imported first: their tables get created
     open_database(config.database)
-    for blueprint in blueprints:
-        app.register_blueprint(blueprint)
+    for name in BLUEPRINTS:
+        app.register_blueprint(import_module(name).bp)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
@@ -123,20 +122,19 @@ def drain():
 
 @cli.command()
 def purge():
-    """Delete events older than storage.retention_days whose sends are final, and old inspector entries."""
+    """Delete what every store keeps past storage.retention_days (events once their sends are final)."""
     import retention
     from ingest.canonical import utcnow
 
     config = load_config()
     _open(config)
     removed = retention.purge(config.retention_days, utcnow())
-    click.echo(f"removed {removed['events']} event(s), {removed['sends']} send(s), {removed['refusals']} inspector entr(ies), "
-               f"{removed['funnel']} funnel row(s), {removed['profiles']} visitor profile(s)")
+    click.echo("removed " + ", ".join(f"{table} {n}" for table, n in removed.items()))
 
 
 @cli.command()
 def stats():
-    """Events per site and sends per destination and status."""
+    """Events per site, sends per destination and status, and the rows of every table."""
     import retention
 
     _open(load_config())
@@ -145,6 +143,7 @@ def stats():
         click.echo(f"site {site}: {n} event(s)")
     for destination, by_status in sorted(counts["sends"].items()):
         click.echo(f"{destination}: " + ", ".join(f"{status} {n}" for status, n in sorted(by_status.items())))
+    click.echo("rows: " + ", ".join(f"{table} {n}" for table, n in counts["rows"].items()))
 
 
 @cli.command("set-webhook")

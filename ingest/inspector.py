@@ -14,6 +14,7 @@ from dialects.common import PII_PROPERTY_KEYS
 from ingest.canonical import fold, utcnow
 from ingest.identity import FIELDS as IDENTITY_FIELDS
 from models import BaseModel, JSONField, UTCDateTimeField
+from stores import Store
 
 KEEP_PER_REASON = 200
 KEEP_PER_SITE = 5000  # reasons can name keys, so junk traffic could mint many; the site's total is bounded too
@@ -95,3 +96,7 @@ def _value(key: str, value: Any, depth: int) -> Any:
     if folded in SAFE_KEYS and isinstance(value, (str, int, float, bool)) or value is None:
         return value[:EXCERPT_TEXT_CHARS] if isinstance(value, str) else value
     return f"<{type(value).__name__}>"
+
+
+STORE = Store("inspector", (Refusal,), purge=purge,
+              impersonal="reasons and excerpts that show types, not values, where a value could name a person")
