@@ -33,10 +33,9 @@ def create_app(config: Config) -> Flask:
     """Assemble the app around a loaded, validated config: bind the database, register routes. Starts nothing."""
     app = Flask(__name__)
     app.config["POSTBACK"] = config
-    blueprints = [import_module(name).bp for name in BLUEPRINTS]  # imported first: their tables get created
     open_database(config.database)
-    for blueprint in blueprints:
-        app.register_blueprint(blueprint)
+    for name in BLUEPRINTS:
+        app.register_blueprint(import_module(name).bp)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

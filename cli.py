@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import sys
+from importlib import import_module
+from importlib.util import find_spec
 
 import click
 
+import dialects
 import logs
 from config import Config, ConfigError, load_config
 from models import open_database
@@ -68,20 +71,19 @@ def drain():
 
 @cli.command()
 def purge():
-    """Delete events older than storage.retention_days whose sends are final, and old inspector entries."""
+    """Delete what every store keeps past storage.retention_days (events once their sends are final)."""
     import retention
     from ingest.canonical import utcnow
 
     config = _load()
     _open(config)
     removed = retention.purge(config.retention_days, utcnow())
-    click.echo(f"removed {removed['events']} event(s), {removed['sends']} send(s), {removed['refusals']} inspector entr(ies), "
-               f"{removed['funnel']} funnel row(s), {removed['profiles']} visitor profile(s)")
+    click.echo("removed " + ", ".join(f"{table} {n}" for table, n in removed.items()))
 
 
 @cli.command()
 def stats():
-    """Events per site and sends per destination and status."""
+    """Events per site, sends per destination and status, and the rows of every table."""
     import retention
 
     _open(_load())
@@ -90,24 +92,7 @@ def stats():
         click.echo(f"site {site}: {n} event(s)")
     for destination, by_status in sorted(counts["sends"].items()):
         click.echo(f"{destination}: " + ", ".join(f"{status} {n}" for status, n in sorted(by_status.items())))
-
-
-@cli.command("set-webhook")
-@click.argument("site_id")
-def set_webhook(site_id: str):
-    """Register the site's Telegram webhook at server.public_url, with its secret and chat_member updates."""
-    from dialects.adtarget import telegram as telegram_api
-
-    config = _load()
-    site = config.site(site_id)
-    if site is None:
-        raise click.UsageError(f"no site {site_id!r} in {config.path}")
-    try:
-        url = telegram_api.set_webhook(site, config.server["public_url"], timeout=config.timeout_seconds)
-    except (telegram_api.TelegramError, telegram_api.TelegramNotConfigured) as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(1)
-    click.echo(f"webhook set: {url}")
+    click.echo("rows: " + ", ".join(f"{table} {n}" for table, n in counts["rows"].items()))
 
 
 @cli.command("generate-key")
@@ -125,6 +110,17 @@ def _load(path: str | None = None) -> Config:
 
 def _open(config: Config) -> None:
     open_database(config.database)
+
+
+def _dialect_commands() -> None:
+    """A dialect adds its own commands in `dialects/<name>/commands.py` (a COMMANDS tuple)."""
+    for package in dialects.packages():
+        if find_spec(f"{package.__name__}.commands") is not None:
+            for command in import_module(f"{package.__name__}.commands").COMMANDS:
+                cli.add_command(command)
+
+
+_dialect_commands()
 
 
 if __name__ == "__main__":

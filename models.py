@@ -3,21 +3,24 @@ from __future__ import annotations
 
 import fcntl
 import json
+import operator
 import os
 import threading
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from functools import reduce
 from typing import Iterable, NamedTuple
 
 from peewee import (
-    BooleanField, CharField, DatabaseProxy, DateTimeField, FloatField, ForeignKeyField,
-    IntegerField, IntegrityError, Model, SqliteDatabase, TextField,
+    OP, SQL, BooleanField, CharField, DatabaseProxy, DateTimeField, Expression, Field, FloatField, ForeignKeyField,
+    IntegerField, IntegrityError, Model, SqliteDatabase, TextField, Value, fn,
 )
 from playhouse.db_url import connect
 
 from ingest.canonical import CanonicalEvent
 from ingest.privacy import reduce_ip
 from ingest.writer import GroupWriter
+from stores import Person, Store, tables
 
 database = DatabaseProxy()
 
@@ -146,7 +149,7 @@ def open_database(url: str):
         db = connect(url)
     database.initialize(db)
     with write_turn():  # a new file's first connection turns it to WAL, which fails, not waits, if another is busy
-        db.create_tables(all_models(), safe=True)
+        db.create_tables(tables(), safe=True)
     return db
 
 
@@ -187,16 +190,6 @@ def writing():
         return
     with write_turn(), database.atomic():
         yield
-
-
-def all_models() -> list[type[BaseModel]]:
-    """Every table: ours, and those of feature modules imported so far (they subclass BaseModel)."""
-    found, stack = [], list(BaseModel.__subclasses__())
-    while stack:
-        model = stack.pop(0)
-        found.append(model)
-        stack.extend(model.__subclasses__())
-    return found
 
 
 def record_event(event: CanonicalEvent, sends: Iterable[dict], ip_policy: str) -> tuple[Event, bool]:
@@ -308,3 +301,92 @@ def _chunks(rows: list[list], width: int):
 def _values(rows: list[list]) -> str:
     one = f"({', '.join([database.param] * len(rows[0]))})"
     return ", ".join([one] * len(rows))
+
+
+# --- retention and erasure of events and their sends --------------------------------------------------------
+
+# Flavours that name one person; names, gender, birth date or zip are shared by many and never link events.
+PERSONAL_KEYS = ("em", "em_google", "ph", "ph_e164")
+CHUNK = 500  # ids per IN (...): well under SQLite's bound-variable limit
+
+
+def purge_events(older_than: timedelta, now: datetime) -> dict[str, int]:
+    """Delete events older than the period whose sends are all final, with those sends."""
+    still_open = Send.select(Send.event).where(Send.status.not_in(FINAL))
+    old = Event.select(Event.id).where((Event.received_at < now - older_than) & Event.id.not_in(still_open))
+    with database.atomic():
+        sends = Send.delete().where(Send.event.in_(old)).execute()
+        events = Event.delete().where(Event.id.in_(old)).execute()
+    return {"events": events, "sends": sends}
+
+
+def erase_events(person: Person, now: datetime) -> dict[str, int]:
+    """Empty every personal field of the person's events and of their sends; tell `person` what those events name.
+
+    Their events are those with one of their user ids or anonymous ids, or one of their email/phone hashes —
+    followed transitively, so an event linked only by an email seen on another of their events is found too.
+    Sends that could still go out end `skipped`; no send keeps a payload.
+    """
+    events = _events_of(person.site, frozenset(person.external_ids), frozenset(person.anonymous_ids), person.hashes)
+    person.anonymous_ids |= {e.anonymous_id for e in events if e.anonymous_id}
+    person.external_ids |= {e.external_id for e in events if e.external_id}
+    for event in events:
+        (Event.update(identity={}, location={}, external_id=None, anonymous_id=None, click_ids={}, ip=None,
+                      notes=[*event.notes, f"personal data erased at the user's request ({person.requested_by})"])
+         .where(Event.id == event.id).execute())
+    sends = 0
+    ids = [event.id for event in events]
+    for chunk in (ids[i:i + CHUNK] for i in range(0, len(ids), CHUNK)):
+        sends += (Send.update(payload=None, response_excerpt=None)
+                  .where(Send.event.in_(chunk) & Send.status.in_(FINAL)).execute())
+        # A dispatcher mid-send finds its row no longer `sending`, so it records nothing back.
+        sends += (Send.update(status=SKIPPED, reason=f"user erased ({person.requested_by}): not sent", finished_at=now,
+                              lease_owner=None, lease_until=None, payload=None, response_excerpt=None)
+                  .where(Send.event.in_(chunk) & Send.status.in_((PENDING, SENDING))).execute())
+    return {"events": len(events), "sends": sends}
+
+
+def personal_hashes(identity: dict) -> set[str]:
+    """The hashes of an identity that name one person (email, phone)."""
+    return {identity[key] for key in PERSONAL_KEYS if identity.get(key)}
+
+
+def any_of(conditions: Iterable[Expression]) -> Expression:
+    """The conditions OR-ed together; with none, one that no row meets."""
+    return reduce(operator.or_, conditions, SQL("0 = 1"))
+
+
+def holding(column: Field, digests: Iterable[str]) -> list[Expression]:
+    """Conditions that a JSON text column holds one of these hashes (a 64-hex digest cannot occur in it by accident)."""
+    return [Expression(column, OP.ILIKE, Value(f"%{digest}%", converter=False)) for digest in digests]
+
+
+def _events_of(site: str, external_ids: frozenset[str], anonymous_ids: frozenset[str], hashes: set[str]) -> list[Event]:
+    """Every event of the site that belongs to the person, following their email/phone hashes to a fixed point."""
+    found: dict[int, Event] = {}
+    while True:
+        linked = any_of([Event.external_id.in_(list(external_ids)), Event.anonymous_id.in_(list(anonymous_ids)),
+                         *holding(Event.identity, hashes)])
+        query = Event.select().where((Event.site == site) & linked)
+        if found:
+            query = query.where(Event.id.not_in(list(found)))
+        new = [e for e in query if e.external_id in external_ids or e.anonymous_id in anonymous_ids
+               or personal_hashes(e.identity) & hashes]
+        if not new:
+            return list(found.values())
+        for event in new:
+            found[event.id] = event
+            hashes |= personal_hashes(event.identity)
+
+
+def event_counts() -> dict[str, dict]:
+    """Events per site, and sends per destination and status."""
+    sends: dict[str, dict[str, int]] = {}
+    for row in Send.select(Send.destination, Send.status, fn.COUNT(Send.id).alias("n")).group_by(Send.destination, Send.status):
+        sends.setdefault(row.destination, {})[row.status] = row.n
+    events = {row.site: row.n for row in Event.select(Event.site, fn.COUNT(Event.id).alias("n")).group_by(Event.site)}
+    return {"events": events, "sends": sends}
+
+
+STORE = Store("events", (Event, Send, DestinationState), purge=purge_events, erase=erase_events, links=True,
+              stats=event_counts)

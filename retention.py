@@ -1,36 +1,73 @@
-"""Retention: events past `storage.retention_days` go, once none of their sends can still go out."""
+"""Retention and erasure: what every registered store (stores.py) forgets past `storage.retention_days`, or of a person."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from datetime import datetime, timedelta
+from typing import Iterator
 
-from peewee import fn
+from peewee import SqliteDatabase
 
-from dialects.adtarget import funnel
-from ingest import inspector
-from dialects.pixel import profiles as pixel_profiles
-from models import FINAL, Event, Send, database
+from models import database
+from stores import Person, Rows, Store, registered
 
 
 def purge(retention_days: int, now: datetime) -> dict[str, int]:
-    """Delete old events whose sends are all final (with those sends), old inspector entries, and
-    funnel visits and visitor profiles past the period (they keep IPs, user agents and hashes)."""
-    cutoff = now - timedelta(days=retention_days)
-    still_open = Send.select(Send.event).where(Send.status.not_in(FINAL))
-    old = Event.select(Event.id).where((Event.received_at < cutoff) & Event.id.not_in(still_open))
-    with database.atomic():
-        sends = Send.delete().where(Send.event.in_(old)).execute()
-        events = Event.delete().where(Event.id.in_(old)).execute()
-    period = timedelta(days=retention_days)
-    refusals = inspector.purge(period, now)
-    funnel_rows = sum(funnel.purge(period, now).values())
-    profiles = pixel_profiles.purge(period, now)
-    return {"events": events, "sends": sends, "refusals": refusals, "funnel": funnel_rows, "profiles": profiles}
+    """Each store forgets what is older than the period (events only once none of their sends can still go out);
+    rows removed per table."""
+    removed: dict[str, int] = {}
+    for store in registered():
+        if store.purge is not None:
+            removed.update(_per_table(store, store.purge(timedelta(days=retention_days), now)))
+    return removed
 
 
-def stats() -> dict[str, dict[str, int]]:
-    """Sends per destination and status, and events per site."""
-    sends: dict[str, dict[str, int]] = {}
-    for row in Send.select(Send.destination, Send.status, fn.COUNT(Send.id).alias("n")).group_by(Send.destination, Send.status):
-        sends.setdefault(row.destination, {})[row.status] = row.n
-    events = {row.site: row.n for row in Event.select(Event.site, fn.COUNT(Event.id).alias("n")).group_by(Event.site)}
-    return {"events": events, "sends": sends}
+def erase(person: Person, now: datetime) -> dict[str, int]:
+    """Erase a person (GDPR) from every store, in one transaction; rows erased per table.
+
+    Stores that link more of the person (their events' other hashes and ids) come first, so the others erase
+    what those name too.
+    """
+    erased: dict[str, int] = {}
+    with erasing():
+        for store in registered():
+            if store.erase is not None:
+                erased.update(_per_table(store, store.erase(person, now)))
+    return erased
+
+
+def _per_table(store: Store, rows: Rows) -> dict[str, int]:
+    """A purge's or an erasure's rows per table name (a count alone is of the store's first table)."""
+    return {store.tables[0]._meta.table_name: rows} if isinstance(rows, int) else dict(rows)
+
+
+@contextmanager
+def erasing() -> Iterator[None]:
+    """One transaction for an erasure; nested, a savepoint.
+
+    On SQLite what it frees is zeroed and, once it is committed, the WAL emptied, so the old values leave the
+    files too.
+    """
+    db = database.obj
+    if database.in_transaction() or not isinstance(db, SqliteDatabase):
+        with database.atomic():
+            yield
+        return
+    before = db.execute_sql("PRAGMA secure_delete").fetchone()[0]
+    db.execute_sql("PRAGMA secure_delete = ON")
+    try:
+        with database.atomic():
+            yield
+    finally:
+        db.execute_sql(f"PRAGMA secure_delete = {int(before)}")
+    db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")  # best effort: a reader elsewhere may hold it
+
+
+def stats() -> dict[str, dict]:
+    """What the stores report of themselves (events per site, sends per destination and status), and the rows
+    of every table."""
+    found: dict[str, dict] = {}
+    for store in registered():
+        if store.stats is not None:
+            found.update(store.stats())
+    found["rows"] = {table._meta.table_name: table.select().count() for store in registered() for table in store.tables}
+    return found

@@ -9,26 +9,29 @@ from typing import Any
 
 from peewee import AutoField, CharField, TextField
 
-from ingest.canonical import fold, utcnow
+import dialects
 from dialects.common import PII_PROPERTY_KEYS
+from ingest.canonical import fold, utcnow
+from ingest.identity import FIELDS as IDENTITY_FIELDS
 from models import BaseModel, JSONField, UTCDateTimeField
+from stores import Store
 
 KEEP_PER_REASON = 200
 KEEP_PER_SITE = 5000  # reasons can name keys, so junk traffic could mint many; the site's total is bounded too
 EXCERPT_TEXT_CHARS = 80
 EXCERPT_KEYS = 40
 EXCERPT_DEPTH = 4
+
+
+def declared(name: str) -> frozenset[str]:
+    """The keys every dialect declares under `name` (in its package), folded."""
+    return frozenset(fold(key) for package in dialects.packages() for key in getattr(package, name, ()))
+
+
 # Values safe to show: they name an event, not a person. Everything else shows only its type.
-SAFE_KEYS = frozenset(fold(k) for k in (
-    "event", "event_name", "event_id", "order_id", "value", "currency", "occurred_at", "consent",
-    "event_token", "category", "listid", "list_id", "revenue", "amount", "eventtype", "tc_s", "id",
-    "type", "channel", "eventtime", "source", "conversionid", "conversionname", "conversionvalue",
-))
-SECRET_KEYS = frozenset(fold(k) for k in ("api_key", "apikey", "access_token", "token", "sessionid", "key", "secret"))
-IDENTITY_KEYS = PII_PROPERTY_KEYS | frozenset(fold(k) for k in (
-    "first_name", "last_name", "gender", "date_of_birth", "city", "state", "zip", "country",
-    "distinct_id", "user_id", "email", "phone", "pii", "params", "cookie", "user",
-))
+SAFE_KEYS = declared("SAFE_FIELDS")
+SECRET_KEYS = declared("SECRET_FIELDS") | {"key", "secret"}  # so named, a credential whatever the dialect
+IDENTITY_KEYS = PII_PROPERTY_KEYS | frozenset(fold(k) for k in IDENTITY_FIELDS) | declared("PERSONAL_FIELDS")
 
 
 class Refusal(BaseModel):
@@ -69,6 +72,7 @@ def listing(site: str | None = None, dialect: str | None = None, limit: int = 10
 
 
 def purge(older_than: timedelta, now: datetime | None = None) -> int:
+    """Drop entries older than the retention period."""
     return Refusal.delete().where(Refusal.created_at < (now or utcnow()) - older_than).execute()
 
 
@@ -92,3 +96,7 @@ def _value(key: str, value: Any, depth: int) -> Any:
     if folded in SAFE_KEYS and isinstance(value, (str, int, float, bool)) or value is None:
         return value[:EXCERPT_TEXT_CHARS] if isinstance(value, str) else value
     return f"<{type(value).__name__}>"
+
+
+STORE = Store("inspector", (Refusal,), purge=purge,
+              impersonal="reasons and excerpts that show types, not values, where a value could name a person")

@@ -2,12 +2,6 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Callable
-
-# Modules that keep personal data of their own (visitor profiles, …) register here, so a user's
-# erasure reaches them too: eraser(site_id, anonymous_ids, hashes) -> rows removed.
-Eraser = Callable[[str, set, set], int]
-ERASERS: list[Eraser] = []
 
 
 def reduce_ip(ip: str | None, policy: str) -> str | None:
@@ -20,14 +14,3 @@ def reduce_ip(ip: str | None, policy: str) -> str | None:
         return None
     dropped = address.max_prefixlen - (24 if address.version == 4 else 48)  # the host part's bits
     return str(type(address)(int(address) >> dropped << dropped))
-
-
-def eraser(function: Eraser) -> Eraser:
-    """Register a module's eraser (a decorator)."""
-    ERASERS.append(function)
-    return function
-
-
-def erase_elsewhere(site_id: str, anonymous_ids: set[str], hashes: set[str]) -> int:
-    """Let every registered module forget what it holds of this user."""
-    return sum(erase(site_id, anonymous_ids, hashes) for erase in ERASERS)

@@ -7,32 +7,14 @@ from datetime import timedelta
 from functools import wraps
 
 from flask import Blueprint, jsonify, request
-from peewee import CharField
 
+from console.sessions import AdminSession, valid_session
 from ingest import inspector
 from ingest.canonical import utcnow
-from models import BaseModel, UTCDateTimeField
 from routes.common import current_config
 
 bp = Blueprint("admin", __name__, url_prefix="/admin/api")
 SESSION_HOURS = 12
-
-
-class AdminSession(BaseModel):
-    """A login session; Octeth's `SessionID` credential is one of these."""
-
-    id = CharField(primary_key=True)
-    expires_at = UTCDateTimeField()
-
-    class Meta:
-        table_name = "admin_sessions"
-
-
-def valid_session(session_id: object) -> bool:
-    if not isinstance(session_id, str) or not session_id:
-        return False
-    session = AdminSession.get_or_none(AdminSession.id == session_id)
-    return session is not None and session.expires_at > utcnow()
 
 
 def _password_matches(given: str | None) -> bool:

@@ -125,6 +125,19 @@ def test_an_excerpt_keeps_the_shape_and_only_values_that_name_no_one(body, shown
     assert inspector.excerpt(body) == shown
 
 
+def test_the_keys_the_dialects_declare_compose_the_inspectors_lists():
+    fold = inspector.fold
+    assert inspector.SAFE_KEYS == {fold(k) for k in (
+        "event", "event_name", "event_id", "order_id", "value", "currency", "occurred_at", "consent",
+        "event_token", "category", "listid", "list_id", "revenue", "amount", "eventtype", "tc_s", "id",
+        "type", "channel", "eventtime", "source", "conversionid", "conversionname", "conversionvalue")}
+    assert inspector.SECRET_KEYS == {fold(k) for k in (
+        "api_key", "apikey", "access_token", "token", "sessionid", "key", "secret")}
+    assert inspector.IDENTITY_KEYS == inspector.PII_PROPERTY_KEYS | {fold(k) for k in (
+        "first_name", "last_name", "gender", "date_of_birth", "city", "state", "zip", "country",
+        "distinct_id", "user_id", "email", "phone", "pii", "params", "cookie", "user")}
+
+
 def test_an_excerpt_stops_at_four_levels():
     assert inspector.excerpt({"a": {"b": {"c": {"d": {"e": 1}}}}}) == {"a": {"b": {"c": {"d": "<dict>"}}}}
 

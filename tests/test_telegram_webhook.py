@@ -443,14 +443,14 @@ def test_purge_forgets_funnel_data_past_retention_but_keeps_a_waiting_purchase(c
     deliver(client, chat_member(9010, VIP, LEAD_ID, link, now_seconds()))
     api(client, "/events/conversion", {"telegramUserId": 42, "channelId": "vip", "eventType": "Purchase"})
     invited(client, "https://shop.example/other")  # a visitor who never joined
-    tables = {"conversions": Conversion, "invite_links": InviteLink, "visits": Visit, "sessions": funnel.TrackingSession,
-              "leads": Lead}
+    tables = {"funnel_conversions": Conversion, "funnel_invite_links": InviteLink, "funnel_visits": Visit,
+              "funnel_sessions": funnel.TrackingSession, "funnel_leads": Lead}
 
     assert funnel.purge(timedelta(days=90), utcnow()) == dict.fromkeys(tables, 0)
     assert funnel.purge(timedelta(days=90), utcnow() + timedelta(days=91)) == \
-        {"conversions": 1, "invite_links": 2, "visits": 2, "sessions": 2, "leads": 1}
+        {"funnel_conversions": 1, "funnel_invite_links": 2, "funnel_visits": 2, "funnel_sessions": 2, "funnel_leads": 1}
     assert {name: model.select().count() for name, model in tables.items()} == \
-        {"conversions": 1, "invite_links": 0, "visits": 0, "sessions": 0, "leads": 1}
+        {"funnel_conversions": 1, "funnel_invite_links": 0, "funnel_visits": 0, "funnel_sessions": 0, "funnel_leads": 1}
     assert Conversion.get().status == "awaiting_value"
 
 

@@ -1,1 +1,6 @@
 """The adtarget dialect: its pure parser and its own stores."""
+
+# What the inspector may show of a refused request: keys that name an event, not a person.
+SAFE_FIELDS = ("eventType", "eventTime", "occurred_at", "value", "currency", "id", "type", "channel", "source",
+               "conversionId", "conversionName", "conversionValue")
+PERSONAL_FIELDS = ("pii", "user")  # never shown, nor opened when they hold an object

@@ -25,9 +25,12 @@ from dialects.common import is_bot
 from dialects.errors import BadCredentials, BodyTooLarge, InvalidJSON, NotAnObject, Refused
 from ingest.identity import Identity
 from ingest.accept import accept
-from models import FAILED, PENDING, SENDING, SENT, BaseModel, Event, JSONField, Send, UTCDateTimeField, database
+from models import (
+    FAILED, PENDING, SENDING, SENT, BaseModel, Event, JSONField, Send, UTCDateTimeField, any_of, database, holding,
+)
 from ingest.fanout import plan_sends, preview
 from dialects.adtarget.telegram import BotApi, TelegramError, TelegramNotConfigured
+from stores import Person, Store
 
 log = logging.getLogger(__name__)
 
@@ -582,20 +585,49 @@ def purge(older_than: timedelta, now: datetime) -> dict[str, int]:
     """Forget funnel data older than the retention period (a waiting conversion stays until it gets its value)."""
     cutoff = now - older_than
     with database.atomic():
-        removed = {"conversions": Conversion.delete().where(
+        removed = {Conversion: Conversion.delete().where(
             (Conversion.created_at < cutoff) & (Conversion.status != AWAITING_VALUE)).execute()}
-        removed["invite_links"] = InviteLink.delete().where(InviteLink.created_at < cutoff).execute()
+        removed[InviteLink] = InviteLink.delete().where(InviteLink.created_at < cutoff).execute()
         linked = InviteLink.select(InviteLink.visit)
         converted = Conversion.select(Conversion.visit).where(Conversion.visit.is_null(False))
-        removed["visits"] = Visit.delete().where(
+        removed[Visit] = Visit.delete().where(
             (Visit.created_at < cutoff) & Visit.id.not_in(linked) & Visit.id.not_in(converted)).execute()
-        removed["sessions"] = TrackingSession.delete().where(
+        removed[TrackingSession] = TrackingSession.delete().where(
             (TrackingSession.last_seen_at < cutoff) & TrackingSession.id.not_in(Visit.select(Visit.session))).execute()
-        removed["leads"] = Lead.delete().where(
+        removed[Lead] = Lead.delete().where(
             (Lead.last_seen_at < cutoff)
             & ~fn.EXISTS(Conversion.select().where((Conversion.site == Lead.site)
                                                    & (Conversion.telegram_user_id == Lead.telegram_user_id)))).execute()
-    return removed
+    return {model._meta.table_name: rows for model, rows in removed.items()}
+
+
+def erase(person: Person, now: datetime) -> dict[str, int]:
+    """A person's erasure forgets their visits and sessions (by anonymous or user id), their leads (by Telegram or
+    user id, or through a visit of theirs) with every conversion of those, and conversions waiting for a value
+    with one of their hashes."""
+    ids, anonymous = list(person.external_ids), list(person.anonymous_ids)
+    visits = [v.id for v in Visit.select(Visit.id).where(
+        (Visit.site == person.site) & (Visit.temp_id.in_(anonymous) | Visit.external_user_id.in_(ids)))]
+    telegram_ids = person.external_ids | {
+        row.telegram_user_id for row in Conversion.select(Conversion.telegram_user_id).where(Conversion.visit.in_(visits))
+    } | {row.telegram_user_id for row in Lead.select(Lead.telegram_user_id).where(
+        (Lead.site == person.site) & Lead.external_user_id.in_(ids))}
+    with database.atomic():
+        removed = {Conversion: Conversion.delete().where((Conversion.site == person.site) & any_of([
+            Conversion.telegram_user_id.in_(list(telegram_ids)), Conversion.visit.in_(visits),
+            *holding(Conversion.pending_event, person.hashes)])).execute()}
+        removed[Lead] = Lead.delete().where(
+            (Lead.site == person.site) & Lead.telegram_user_id.in_(list(telegram_ids))).execute()
+        removed[InviteLink] = InviteLink.delete().where(
+            (InviteLink.site == person.site) & (InviteLink.temp_id.in_(anonymous) | InviteLink.visit.in_(visits))).execute()
+        removed[Visit] = Visit.delete().where(Visit.id.in_(visits)).execute()
+        removed[TrackingSession] = TrackingSession.delete().where(
+            (TrackingSession.site == person.site)
+            & (TrackingSession.temp_id.in_(anonymous) | TrackingSession.external_user_id.in_(ids))).execute()
+    return {model._meta.table_name: rows for model, rows in removed.items()}
+
+
+STORE = Store("funnel", (TrackingSession, Visit, InviteLink, Lead, Conversion), purge=purge, erase=erase)
 
 
 # --- the webhook ----------------------------------------------------------------------------------------------

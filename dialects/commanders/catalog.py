@@ -7,6 +7,7 @@ from typing import Any, Iterable
 from peewee import CharField, FloatField, TextField
 
 from models import BaseModel, JSONField, UTCDateTimeField, database
+from stores import Store
 
 ENRICHED_TEXT = ("name", "category", "brand")
 COLUMNS = {"name": "name", "price": "price", "currency": "currency", "category": "category",
@@ -68,3 +69,6 @@ def enrich(items: list[dict[str, Any]], site_id: str, currency: str | None) -> l
             filled["price"] = product.price
         enriched.append(filled)
     return enriched
+
+
+STORE = Store("products", (Product,), impersonal="a shop's catalogue: items and their prices, no one's data")

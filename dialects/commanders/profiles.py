@@ -3,20 +3,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from peewee import OP, CharField, Expression, SqliteDatabase, Value
+from peewee import CharField
 
-from ingest import privacy
-from models import FINAL, PENDING, SENDING, SKIPPED, BaseModel, Event, JSONField, Send, UTCDateTimeField, database
+import retention
+from models import BaseModel, JSONField, UTCDateTimeField, any_of, database, holding, personal_hashes
+from stores import Person, Store
 
 log = logging.getLogger(__name__)
-
-# Flavours that name one person; names, gender, birth date or zip are shared by many and never link events.
-PERSONAL_KEYS = ("em", "em_google", "ph", "ph_e164")
-ERASED_NOTE = "personal data erased at the user's request (User API)"
-ERASED_REASON = "user erased (User API): not sent"
-CHUNK = 500  # ids per IN (...): well under SQLite's bound-variable limit
 
 
 class Profile(BaseModel):
@@ -69,84 +64,29 @@ def known(site_id: str, user_id: str | None) -> dict | None:
 
 
 def erase(site_id: str, user_id: str, now: datetime) -> Erasure:
-    """Erase a user (GDPR): the profile, and every personal field of every event of theirs and its sends.
-
-    Their events are those with their user id, the profile's anonymous id, or one of their email/phone
-    hashes — followed transitively, so an event linked only by an email seen on another of their events
-    is found too. Sends that could still go out end `skipped`; no send keeps a payload.
-    """
-    with _secure_delete():
-        with database.atomic():
-            profile = Profile.get_or_none((Profile.site == site_id) & (Profile.user_id == user_id))
-            anonymous_id = profile.anonymous_id if profile else None
-            hashes = _personal(profile.identity) if profile else set()
-            events = _events_of(site_id, user_id, anonymous_id, hashes)  # grows `hashes` as it links events
-            anonymous_ids = {e.anonymous_id for e in events if e.anonymous_id} | ({anonymous_id} - {None})
-            privacy.erase_elsewhere(site_id, anonymous_ids, hashes)
-            for event in events:
-                (Event.update(identity={}, location={}, external_id=None, anonymous_id=None, click_ids={}, ip=None,
-                              notes=[*event.notes, ERASED_NOTE])
-                 .where(Event.id == event.id).execute())
-            sends = 0
-            ids = [event.id for event in events]
-            for chunk in (ids[i:i + CHUNK] for i in range(0, len(ids), CHUNK)):
-                sends += (Send.update(payload=None, response_excerpt=None)
-                          .where(Send.event.in_(chunk) & Send.status.in_(FINAL)).execute())
-                # A dispatcher mid-send finds its row no longer `sending`, so it records nothing back.
-                sends += (Send.update(status=SKIPPED, reason=ERASED_REASON, finished_at=now, lease_owner=None,
-                                      lease_until=None, payload=None, response_excerpt=None)
-                          .where(Send.event.in_(chunk) & Send.status.in_((PENDING, SENDING))).execute())
-            if profile is not None:
-                profile.delete_instance()
-    log.info("user erased", extra={"site": site_id, "events": len(events), "sends": sends})
-    return Erasure(profile=profile is not None, events=len(events), sends=sends)
+    """Erase a user (GDPR) from every store: the profile, every personal field of every event of theirs and its sends,
+    and what other stores keep of them (see `models.erase_events` for how their events are found)."""
+    with retention.erasing():
+        profile = Profile.get_or_none((Profile.site == site_id) & (Profile.user_id == user_id))
+        person = Person(site_id, "User API", {user_id})
+        if profile is not None:
+            person.anonymous_ids |= {profile.anonymous_id} - {None}
+            person.hashes |= personal_hashes(profile.identity)
+        erased = retention.erase(person, now)
+    log.info("user erased", extra={"site": site_id, "events": erased["events"], "sends": erased["sends"]})
+    return Erasure(profile=profile is not None, events=erased["events"], sends=erased["sends"])
 
 
-def _events_of(site_id: str, user_id: str, anonymous_id: str | None, hashes: set[str]) -> list[Event]:
-    """Every event of the site that belongs to the user, following their email/phone hashes to a fixed point."""
-    found: dict[int, Event] = {}
-    while True:
-        linked = (Event.external_id == user_id)
-        if anonymous_id:
-            linked |= Event.anonymous_id == anonymous_id
-        for digest in hashes:
-            # The identity column is JSON text; a 64-hex digest cannot occur in it by accident.
-            linked |= Expression(Event.identity, OP.ILIKE, Value(f"%{digest}%", converter=False))
-        query = Event.select().where((Event.site == site_id) & linked)
-        if found:
-            query = query.where(Event.id.not_in(list(found)))
-        new = [e for e in query if _belongs(e, user_id, anonymous_id, hashes)]
-        if not new:
-            return list(found.values())
-        for event in new:
-            found[event.id] = event
-            hashes |= _personal(event.identity)
+def forget(person: Person, now: datetime) -> int:
+    """The profiles that are the person's: by user id, anonymous id, or a shared email/phone hash."""
+    named = any_of([Profile.user_id.in_(list(person.external_ids)), Profile.anonymous_id.in_(list(person.anonymous_ids)),
+                    *holding(Profile.identity, person.hashes)])
+    return Profile.delete().where((Profile.site == person.site) & named).execute()
 
 
-def _belongs(event: Event, user_id: str, anonymous_id: str | None, hashes: set[str]) -> bool:
-    return (event.external_id == user_id or (anonymous_id is not None and event.anonymous_id == anonymous_id)
-            or bool(_personal(event.identity) & hashes))
+def purge(older_than: timedelta, now: datetime) -> int:
+    """Drop profiles the shop has not updated for longer than the retention period."""
+    return Profile.delete().where(Profile.updated_at < now - older_than).execute()
 
 
-def _personal(identity: dict) -> set[str]:
-    return {identity[key] for key in PERSONAL_KEYS if identity.get(key)}
-
-
-class _secure_delete:
-    """On SQLite, zero what the erasure frees and empty the WAL after it, so the old values leave the files too."""
-
-    def __enter__(self):
-        db = database.obj
-        self.sqlite = isinstance(db, SqliteDatabase)
-        if self.sqlite:
-            self.before = db.execute_sql("PRAGMA secure_delete").fetchone()[0]
-            db.execute_sql("PRAGMA secure_delete = ON")
-        return self
-
-    def __exit__(self, *exc):
-        if self.sqlite:
-            db = database.obj
-            db.execute_sql(f"PRAGMA secure_delete = {int(self.before)}")
-            if exc[0] is None:
-                db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")  # best effort: a reader elsewhere may hold it
-        return False
+STORE = Store("user_profiles", (Profile,), purge=purge, erase=forget)

@@ -4,12 +4,13 @@ Both are keyed by site and ListID; a subscriber by the SHA-256 of the email, nev
 """
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Iterable
 
 from peewee import AutoField, CharField, IntegrityError, fn
 
-from models import BaseModel, UTCDateTimeField, database
+from models import BaseModel, UTCDateTimeField, any_of, database
+from stores import Person, Store
 
 MAX_EVENTS_PER_LIST = 500  # junk traffic must not grow the catalogue without bound
 MAX_KEYS_PER_EVENT = 500
@@ -92,3 +93,21 @@ def catalogue(site: str, list_id: str) -> dict[str, list[str]]:
     for row in rows:
         found.setdefault(row.event, []).append(row.key)
     return {event: sorted(keys) for event, keys in sorted(found.items())}
+
+
+def purge(older_than: timedelta, now: datetime) -> int:
+    """Forget subscribers first seen longer ago than the retention period (seen again, one is first seen again).
+
+    The catalogue stays: property names name no one.
+    """
+    return OctethSubscriber.delete().where(OctethSubscriber.created_at < now - older_than).execute()
+
+
+def erase(person: Person, now: datetime) -> int:
+    """A person's erasure forgets them on every list: by their email hash or their external id."""
+    named = any_of([OctethSubscriber.email_hash.in_(list(person.hashes)),
+                    OctethSubscriber.external_id.in_(list(person.external_ids))])
+    return OctethSubscriber.delete().where((OctethSubscriber.site == person.site) & named).execute()
+
+
+STORE = Store("octeth", (OctethSubscriber, OctethProperty), purge=purge, erase=erase)

@@ -9,9 +9,9 @@ from datetime import datetime, timedelta
 
 from peewee import CharField
 
-from ingest import privacy
 from ingest.canonical import utcnow
-from models import BaseModel, JSONField, UTCDateTimeField
+from models import BaseModel, JSONField, UTCDateTimeField, any_of, holding
+from stores import Person, Store
 
 
 class PixelProfile(BaseModel):
@@ -59,9 +59,10 @@ def purge(older_than: timedelta, now: datetime | None = None) -> int:
     return PixelProfile.delete().where(PixelProfile.updated_at < (now or utcnow()) - older_than).execute()
 
 
-@privacy.eraser
-def erase(site_id: str, anonymous_ids: set[str], hashes: set[str]) -> int:
-    """A user's erasure removes the visitor profiles that are theirs: by uuid, or by a shared email/phone hash."""
-    doomed = [p.id for p in PixelProfile.select().where(PixelProfile.site == site_id)
-              if p.uuid in anonymous_ids or hashes & set(p.identity.values())]
-    return PixelProfile.delete().where(PixelProfile.id.in_(doomed)).execute() if doomed else 0
+def erase(person: Person, now: datetime) -> int:
+    """A person's erasure removes the visitor profiles that are theirs: by uuid, or by a shared email/phone hash."""
+    named = any_of([PixelProfile.uuid.in_(list(person.anonymous_ids)), *holding(PixelProfile.identity, person.hashes)])
+    return PixelProfile.delete().where((PixelProfile.site == person.site) & named).execute()
+
+
+STORE = Store("pixel_profiles", (PixelProfile,), purge=purge, erase=erase)

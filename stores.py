@@ -1,0 +1,81 @@
+"""The store registry: every module that keeps rows declares a `STORE`, and nothing else lists its tables.
+
+A store says what it keeps (its tables, in creation order) and how its rows go: purged past the retention
+period, erased for a person (`retention.py` walks them), or why neither is needed: it holds no personal data.
+Stores are found by walking the application's modules, so one that declares a store cannot be left out.
+"""
+from __future__ import annotations
+
+import pkgutil
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from importlib import import_module
+from pathlib import Path
+from types import ModuleType
+from typing import Callable, Iterator, Mapping
+
+from peewee import Model
+
+ROOT = Path(__file__).resolve().parent
+NOT_APPLICATION = ("tests",)
+
+# Rows removed or emptied: a count of the store's first table, or one per table name.
+Rows = int | Mapping[str, int]
+
+
+@dataclass
+class Person:
+    """Whom an erasure is for, on one site: the user ids, anonymous ids and email/phone hashes that name them.
+
+    A store that `links` adds what it finds tied to the person (their events' other hashes and ids), and
+    erases before the others, so those erase every row of theirs, not only the rows the request named.
+    """
+
+    site: str
+    requested_by: str  # said in what the erasure leaves behind, e.g. "User API"
+    external_ids: set[str] = field(default_factory=set)
+    anonymous_ids: set[str] = field(default_factory=set)
+    hashes: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class Store:
+    """What one module keeps, and how its rows leave: `purge` past the period, `erase` for a person.
+
+    A store that holds no personal data says why in `impersonal` and needs no erase (a purge is optional).
+    """
+
+    name: str
+    tables: tuple[type[Model], ...]
+    purge: Callable[[timedelta, datetime], Rows] | None = None
+    erase: Callable[[Person, datetime], Rows] | None = None
+    impersonal: str = ""
+    links: bool = False  # its erase adds to the person what it finds tied to them: it goes first
+    stats: Callable[[], dict] | None = None
+
+    def __post_init__(self):
+        if not self.impersonal and (self.purge is None or self.erase is None):
+            raise ValueError(f"store {self.name!r} keeps personal data: it needs a purge and an erase")
+
+
+def modules() -> Iterator[ModuleType]:
+    """Every module of the application (its top-level modules and packages, the tests aside), imported."""
+    for info in pkgutil.iter_modules([str(ROOT)]):
+        if info.name in NOT_APPLICATION:
+            continue
+        module = import_module(info.name)
+        yield module
+        if info.ispkg:
+            for sub in pkgutil.walk_packages(module.__path__, f"{info.name}."):
+                yield import_module(sub.name)
+
+
+def registered() -> tuple[Store, ...]:
+    """Every store: those that link a person first (their erasure must come first), then in module order."""
+    found = [module.STORE for module in modules() if isinstance(getattr(module, "STORE", None), Store)]
+    return tuple(sorted(found, key=lambda store: not store.links))
+
+
+def tables() -> list[type[Model]]:
+    """Every table, in creation order: each store's, as it lists them."""
+    return [table for store in registered() for table in store.tables]
