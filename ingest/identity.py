@@ -6,7 +6,6 @@ and the per-platform matrix in the shared docs (platforms.md §9.3).
 
 from __future__ import annotations
 
-import hashlib
 import re
 import unicodedata
 from collections.abc import Callable, Mapping
@@ -17,10 +16,9 @@ from functools import cache
 import phonenumbers
 import pycountry
 
+from ingest.hashing import HASHED_RE, sha256
 from ingest.iso import country_code
 from email_validator import EmailNotValidError, validate_email
-
-HASHED_RE = re.compile(r"\A[0-9a-fA-F]{64}\Z")
 
 FIELDS = ("email", "phone", "first_name", "last_name", "gender", "date_of_birth",
           "city", "state", "zip", "country")
@@ -46,16 +44,6 @@ class Identity:
     hashes: dict[str, str] = field(default_factory=dict)
     location: dict[str, str] = field(default_factory=dict)
     dropped: list[str] = field(default_factory=list)
-
-
-def sha256(text: str) -> str:
-    """Lowercase hex SHA-256 of the UTF-8 bytes of text."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def meta_city(city: str) -> str:
-    """Turn a normalized plain city into Meta's/Snapchat's form, which has no spaces."""
-    return city.replace(" ", "")
 
 
 def normalize_identity(raw: Mapping[str, object], default_country: str | None) -> Identity:
@@ -209,7 +197,7 @@ def _country(text: str) -> str:
 
 
 def _city(text: str, country: str | None) -> str:
-    """City in plain form; meta_city() gives the spaceless form."""
+    """City in plain form, spaces kept."""
     return _required(_plain(text))
 
 

@@ -1,11 +1,17 @@
-"""What every platform module shares: the five outcomes, Skip, match quality, the HTTP seam."""
+"""What every platform module shares: the five outcomes, Skip, match quality, the HTTP seam, and the helpers of
+more than one platform."""
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import requests
+
+from ingest.hashing import hashed, sha256
+
+if TYPE_CHECKING:
+    from ingest.canonical import CanonicalEvent
 
 SENT, RETRY, THROTTLE, SETUP, REJECTED = "sent", "retry", "throttle", "setup", "rejected"
 EXCERPT_CHARS = 2000
@@ -57,6 +63,50 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
         return max(0.0, float(value)) if value is not None else None
     except ValueError:
         return None  # an HTTP date: fall back to our own backoff
+
+
+def json_object(response: requests.Response) -> dict | None:
+    """The answer's body as a JSON object; None for anything else (a proxy's HTML page, a JSON array)."""
+    try:
+        answer = response.json()
+    except ValueError:
+        return None
+    return answer if isinstance(answer, dict) else None
+
+
+def unreadable(response: requests.Response, owner: str, trace_id: str | None = None) -> Outcome:
+    """An answer that is not the platform's JSON, judged by its HTTP status alone; `owner`: "Meta's"."""
+    status = response.status_code
+    common = {"status": status, "error": f"HTTP {status} with a body that is not {owner} JSON", "trace_id": trace_id,
+              "response": excerpt(response.text)}
+    if status == 429:  # a proxy's or CDN's rate limit: waiting helps, pausing would not
+        return Outcome(THROTTLE, retry_after=retry_after_seconds(response.headers), **common)
+    return Outcome(RETRY if status >= 500 else SETUP, **common)
+
+
+def spaceless_city(city: str) -> str:
+    """A normalized plain city in the form Meta and Snapchat hash: without spaces."""
+    return city.replace(" ", "")
+
+
+def hashed_user_data(event: CanonicalEvent) -> dict:
+    """The `user_data` Meta and Snapchat share: hashed identity and location, external id, IP and user agent."""
+    ids, loc = event.identity, event.location
+    data: dict = {key: [ids[key]] for key in ("em", "ph", "fn", "ln", "ge", "db") if key in ids}
+    location = {
+        "ct": ids.get("ct") or (sha256(spaceless_city(loc["city"])) if loc.get("city") else None),
+        "st": ids.get("st") or (sha256(loc["state"]) if loc.get("state") else None),
+        "zp": ids.get("zp") or (sha256(loc["zip"]) if loc.get("zip") else None),
+        "country": ids.get("country") or (sha256(loc["country"]) if loc.get("country") else None),
+    }
+    data.update({key: [value] for key, value in location.items() if value})
+    if event.external_id:
+        data["external_id"] = [hashed(event.external_id)]
+    if event.ip:
+        data["client_ip_address"] = event.ip  # never hashed: both match on the address itself
+    if event.user_agent:
+        data["client_user_agent"] = event.user_agent
+    return data
 
 
 def match_quality(identifiers: list[str], weights: Mapping[str, float]) -> dict:

@@ -13,8 +13,8 @@ import requests
 from ingest.canonical import CUSTOM, CanonicalEvent, fold
 from config import Destination
 from platforms.base import (
-    REJECTED, RETRY, SENT, SETUP, THROTTLE, Http, Outcome, Skip, everyone, excerpt, missing_settings,
-    network_failure, retry_after_seconds,
+    REJECTED, RETRY, SENT, SETUP, THROTTLE, Http, Outcome, Skip, everyone, excerpt, json_object, missing_settings,
+    network_failure, retry_after_seconds, unreadable,
 )
 
 NAME = "google_ads"
@@ -287,16 +287,9 @@ def classify(response: requests.Response, items: list[dict]) -> list[Outcome]:
     """Sort Google's answer into one outcome per conversion: whole-request errors, then partial failures."""
     status, text, count = response.status_code, response.text, len(items)
     trace_id = response.headers.get("request-id")
-    try:
-        answer = response.json()
-    except ValueError:
-        answer = None
-    if not isinstance(answer, dict):
-        error = f"HTTP {status} with a body that is not Google Ads' JSON"
-        common = {"status": status, "error": error, "trace_id": trace_id, "response": excerpt(text)}
-        if status == 429:  # a proxy's rate limit: waiting helps, pausing would not
-            return everyone(Outcome(THROTTLE, retry_after=retry_after_seconds(response.headers), **common), count)
-        return everyone(Outcome(RETRY if status >= 500 else SETUP, **common), count)
+    answer = json_object(response)
+    if answer is None:
+        return everyone(unreadable(response, "Google Ads'", trace_id), count)
     if isinstance(answer.get("error"), dict) or status >= 300:
         return everyone(_whole_request(response, answer.get("error") or {}, trace_id, count), count)
     failure = answer.get("partialFailureError") or {}

@@ -7,10 +7,9 @@ import requests
 
 from ingest.canonical import CanonicalEvent
 from config import Destination
-from ingest.identity import HASHED_RE, meta_city, sha256
 from platforms.base import (
-    REJECTED, RETRY, SENT, SETUP, THROTTLE, Http, Outcome, Skip, everyone, excerpt, missing_settings,
-    network_failure, retry_after_seconds,
+    REJECTED, RETRY, SENT, SETUP, THROTTLE, Http, Outcome, Skip, everyone, excerpt, hashed_user_data, json_object,
+    missing_settings, network_failure, retry_after_seconds, unreadable,
 )
 
 NAME = "meta"
@@ -76,22 +75,7 @@ def build(event: CanonicalEvent, dest: Destination) -> dict:
 
 
 def _user_data(event: CanonicalEvent) -> dict:
-    ids, loc = event.identity, event.location
-    data: dict = {key: [ids[key]] for key in ("em", "ph", "fn", "ln", "ge", "db") if key in ids}
-    hashed_location = {
-        "ct": ids.get("ct") or (sha256(meta_city(loc["city"])) if loc.get("city") else None),
-        "st": ids.get("st") or (sha256(loc["state"]) if loc.get("state") else None),
-        "zp": ids.get("zp") or (sha256(loc["zip"]) if loc.get("zip") else None),
-        "country": ids.get("country") or (sha256(loc["country"]) if loc.get("country") else None),
-    }
-    data.update({key: [value] for key, value in hashed_location.items() if value})
-    if event.external_id:
-        external = event.external_id.strip()
-        data["external_id"] = [external.lower() if HASHED_RE.match(external) else sha256(external)]
-    if event.ip:
-        data["client_ip_address"] = event.ip
-    if event.user_agent:
-        data["client_user_agent"] = event.user_agent
+    data = hashed_user_data(event)
     for key in ("fbc", "fbp", "fb_login_id"):
         if event.click_ids.get(key):
             data[key] = event.click_ids[key]
@@ -148,16 +132,9 @@ def send(items: list[dict], dest: Destination, http: Http) -> list[Outcome]:
 def classify(response: requests.Response, count: int) -> list[Outcome]:
     """Sort Meta's answer into the five outcomes by its error code, not the HTTP status alone."""
     status, text = response.status_code, response.text
-    try:
-        answer = response.json()
-    except ValueError:
-        answer = None
-    if not isinstance(answer, dict):
-        error = f"HTTP {status} with a body that is not Meta's JSON"
-        if status == 429:  # a proxy's or CDN's rate limit: waiting helps, pausing would not
-            return everyone(Outcome(THROTTLE, status, error, response=excerpt(text),
-                                    retry_after=retry_after_seconds(response.headers)), count)
-        return everyone(Outcome(RETRY if status >= 500 else SETUP, status, error, response=excerpt(text)), count)
+    answer = json_object(response)
+    if answer is None:
+        return everyone(unreadable(response, "Meta's"), count)
     if status == 200 and "events_received" in answer:
         return everyone(Outcome(SENT, status, trace_id=answer.get("fbtrace_id"), response=excerpt(text)), count)
     error = answer.get("error") if isinstance(answer.get("error"), dict) else {}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import timedelta
 from typing import Mapping
 
@@ -10,10 +11,9 @@ import requests
 import logs
 from ingest.canonical import CUSTOM, CanonicalEvent, fold
 from config import Destination
-from ingest.identity import HASHED_RE, meta_city, sha256
 from platforms.base import (
-    REJECTED, RETRY, SENT, SETUP, THROTTLE, Http, Outcome, Skip, everyone, excerpt, missing_settings,
-    network_failure, retry_after_seconds,
+    REJECTED, RETRY, SENT, SETUP, THROTTLE, Http, Outcome, Skip, everyone, excerpt, hashed_user_data, json_object,
+    missing_settings, network_failure, retry_after_seconds, unreadable,
 )
 
 NAME = "snapchat"
@@ -54,7 +54,6 @@ STANDARD = {
 # taxonomy" and lists chat-based sales among offline events
 # (https://developers.snap.com/api/marketing-api/Conversions-API/OfflineEvents): the Telegram funnel is OFFLINE.
 WEB, OFFLINE = "WEB", "OFFLINE"
-HASHED_KEYS = ("em", "ph", "fn", "ln", "ge", "db")
 # Snap documents 401/403 for credentials but not its 400 texts
 # (https://developers.snap.com/api/marketing-api/Conversions-API/VerifySetUp). An INVALID that names the
 # token or the pixel is about the destination, not the event: pausing (visible, resumable) beats failing
@@ -133,22 +132,7 @@ def build(event: CanonicalEvent, dest: Destination) -> dict:
 
 
 def _user_data(event: CanonicalEvent) -> dict:
-    ids, loc = event.identity, event.location
-    data: dict = {key: [ids[key]] for key in HASHED_KEYS if key in ids}
-    hashed_location = {
-        "ct": ids.get("ct") or (sha256(meta_city(loc["city"])) if loc.get("city") else None),
-        "st": ids.get("st") or (sha256(loc["state"]) if loc.get("state") else None),
-        "zp": ids.get("zp") or (sha256(loc["zip"]) if loc.get("zip") else None),
-        "country": ids.get("country") or (sha256(loc["country"]) if loc.get("country") else None),
-    }
-    data.update({key: [value] for key, value in hashed_location.items() if value})
-    if event.external_id:
-        external = event.external_id.strip()
-        data["external_id"] = [external.lower() if HASHED_RE.match(external) else sha256(external)]
-    if event.ip:
-        data["client_ip_address"] = event.ip  # never hashed: a hashed IP is INVALID at Snap
-    if event.user_agent:
-        data["client_user_agent"] = event.user_agent
+    data = hashed_user_data(event)  # its IP never hashed: a hashed IP is INVALID at Snap
     if event.click_ids.get("sccid"):
         data["sc_click_id"] = event.click_ids["sccid"]
     if event.click_ids.get("scid"):
@@ -198,23 +182,18 @@ def send(items: list[dict], dest: Destination, http: Http) -> list[Outcome]:
 def classify(response: requests.Response, count: int) -> list[Outcome]:
     """Sort Snap's answer into the five outcomes by its `status`, per-event logs and the HTTP status."""
     status, text = response.status_code, response.text
-    try:
-        answer = response.json()
-    except ValueError:
-        answer = None
-    wait = retry_after_seconds(response.headers) if status == 429 else None
-    if not isinstance(answer, dict):
-        error = f"HTTP {status} with a body that is not Snapchat's JSON"
+    answer = json_object(response)
+    if answer is None:
         if 200 <= status < 300:
             return everyone(Outcome(SENT, status, response=excerpt(text)), count)
         if status == 413:  # a front end's body limit: smaller requests get through
-            return everyone(Outcome(REJECTED, status, error, response=excerpt(text), whole_batch=count > 1), count)
-        kind = THROTTLE if status == 429 else RETRY if status >= 500 else SETUP
-        return everyone(Outcome(kind, status, error, response=excerpt(text), retry_after=wait), count)
+            return everyone(replace(unreadable(response, "Snapchat's"), kind=REJECTED, whole_batch=count > 1), count)
+        return everyone(unreadable(response, "Snapchat's"), count)
     common = {"status": status, "response": excerpt(text)}
     message = _message(status, answer)
     if status == 429:
-        return everyone(Outcome(THROTTLE, error=message, retry_after=wait, **common), count)
+        return everyone(Outcome(THROTTLE, error=message, retry_after=retry_after_seconds(response.headers), **common),
+                        count)
     if status >= 500:
         return everyone(Outcome(RETRY, error=message, **common), count)
     if status in (401, 403, 404) or (status >= 400 and SETUP_REASON.search(str(answer.get("reason") or ""))):

@@ -1,16 +1,17 @@
 """TikTok Events API 2.0: POST {api_base}/open_api/v1.3/event/track/ (platforms.md §2)."""
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 import requests
 
 from ingest.canonical import CanonicalEvent
 from config import Destination
-from ingest.identity import HASHED_RE, sha256
+from ingest.hashing import hashed, sha256
 from platforms.base import (
-    REJECTED, RETRY, SENT, SETUP, THROTTLE, Http, Outcome, Skip, everyone, excerpt, missing_settings,
-    network_failure, retry_after_seconds,
+    REJECTED, RETRY, SENT, SETUP, THROTTLE, Http, Outcome, Skip, everyone, excerpt, json_object, missing_settings,
+    network_failure, retry_after_seconds, unreadable,
 )
 
 NAME = "tiktok"
@@ -92,8 +93,7 @@ def _user(event: CanonicalEvent) -> dict:
     if event.external_id:
         # Hashed as given, trimmed, not lower-cased: what TikTok's own GTM template does, so it
         # matches what the Pixel sends (platforms.md §2.3, DISAGREE with Segment).
-        external = event.external_id.strip()
-        user["external_id"] = external.lower() if HASHED_RE.match(external) else sha256(external)
+        user["external_id"] = hashed(event.external_id)
     for key, flavour in (("first_name", "fn_compact"), ("last_name", "ln_compact")):
         if flavour in ids:
             user[key] = ids[flavour]
@@ -167,12 +167,9 @@ def send(items: list[dict], dest: Destination, http: Http) -> list[Outcome]:
 def classify(response: requests.Response, count: int) -> list[Outcome]:
     """Sort TikTok's answer into the five outcomes by its `code`: errors usually arrive as HTTP 200."""
     status, text = response.status_code, response.text
-    try:
-        answer = response.json()
-    except ValueError:
-        answer = None
+    answer = json_object(response)
     # Errors come as HTTP 200 with a non-zero `code` (https://business-api.tiktok.com/portal/docs?id=1771100865818625).
-    code = answer.get("code") if isinstance(answer, dict) else None
+    code = answer.get("code") if answer is not None else None
     if not isinstance(code, int) or isinstance(code, bool):
         return _not_tiktok(response, count)
     message = f"TikTok error {code}: {answer.get('message') or 'no message'}"
@@ -203,11 +200,7 @@ def _setup(code: int, message: str) -> bool:
 
 def _not_tiktok(response: requests.Response, count: int) -> list[Outcome]:
     """A gateway's or proxy's answer (an HTML 502 page, say): judged by the HTTP status alone."""
-    status = response.status_code
-    common = {"status": status, "error": f"HTTP {status} with a body that is not TikTok's JSON",
-              "response": excerpt(response.text)}
-    if status == 429:
-        return everyone(Outcome(THROTTLE, retry_after=retry_after_seconds(response.headers), **common), count)
-    if 400 <= status < 500:  # a wrong api_base or a proxy refusing us: no event would pass
-        return everyone(Outcome(SETUP, **common), count)
-    return everyone(Outcome(RETRY, **common), count)
+    outcome = unreadable(response, "TikTok's")  # a 4xx: a wrong api_base or a proxy refusing us
+    if response.status_code < 400:  # TikTok's own answers are JSON even at HTTP 200: this one is a glitch
+        outcome = replace(outcome, kind=RETRY)
+    return everyone(outcome, count)

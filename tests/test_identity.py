@@ -4,7 +4,8 @@ import hashlib
 
 import pytest
 
-from ingest.identity import HASHED_RE, Identity, meta_city, normalize_identity, sha256
+from ingest.identity import HASHED_RE, Identity, normalize_identity, sha256
+from platforms.base import spaceless_city
 
 HEX = "9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08"  # sha256("test"), upper
 
@@ -331,7 +332,7 @@ def test_it_drops_us_zips_without_five_leading_digits(raw, reason):
     assert identity == Identity({}, {"country": "us"}, [reason])
 
 
-@pytest.mark.parametrize("raw, city, meta", [
+@pytest.mark.parametrize("raw, city, spaceless", [
     ("San Francisco", "san francisco", "sanfrancisco"),
     ("St. Louis", "st louis", "stlouis"),
     ("  NEW   york ", "new york", "newyork"),
@@ -340,10 +341,10 @@ def test_it_drops_us_zips_without_five_leading_digits(raw, reason):
     ("Winston-Salem", "winstonsalem", "winstonsalem"),
     ("Coeur d'Alene", "coeur dalene", "coeurdalene"),
 ])
-def test_it_keeps_city_plain_and_meta_city_drops_spaces(raw, city, meta):
+def test_it_keeps_city_plain_and_its_spaceless_form_drops_spaces(raw, city, spaceless):
     identity = normalize_identity({"city": raw}, None)
     assert identity == Identity({}, {"city": city}, [])
-    assert meta_city(city) == meta
+    assert spaceless_city(city) == spaceless
 
 
 @pytest.mark.parametrize("raw, default_country", [
