@@ -1,23 +1,23 @@
-"""Meta Conversions API: POST {api_base}/{version}/{pixel_id}/events (platforms.md §1)."""
+"""Meta Conversions API: POST {api_base}/{version}/{pixel_id}/events
+(https://developers.facebook.com/docs/marketing-api/conversions-api/)."""
 from __future__ import annotations
 
-from datetime import timedelta
+import re
+from datetime import datetime, timedelta
 
 import requests
 
 from ingest.canonical import CanonicalEvent
 from config import Destination
 from platforms.base import (
-    REJECTED, RETRY, SENT, SETUP, THROTTLE, Http, Outcome, Skip, everyone, excerpt, hashed_user_data, json_object,
-    missing_settings, network_failure, retry_after_seconds, unreadable,
+    REJECTED, RETRY, SENT, SETUP, THROTTLE, ClickId, Cookie, Flavour, Form, Http, Minted, Outcome, Skip, everyone,
+    excerpt, hashed_user_data, json_object, missing_settings, network_failure, retry_after_seconds, unreadable,
 )
 
 NAME = "meta"
 LABEL = "Meta"
 BATCH_LIMIT = 1000  # one invalid event rejects the whole request
 MAX_AGE = timedelta(days=7)  # an older event fails Meta's whole batch (subcode 2804003)
-# A Telegram-funnel event goes here only when it carries one of these click ids (routing.missing_attribution).
-ATTRIBUTION_KEYS = ("fbc", "fbp")
 DEFAULT_API_BASE = "https://graph.facebook.com"
 DEFAULT_API_VERSION = "v25.0"
 WEIGHTS = {
@@ -34,6 +34,33 @@ TRANSIENT_CODES = {1, 2}
 SETUP_CODES = {190, 10, 803} | set(range(200, 300))  # 803: the path (pixel, version) does not exist
 PIXEL_MISSING_SUBCODE = 33
 POLICY_BLOCK_WAIT = 3600.0  # code 368: temporarily blocked for policy; wait long
+# `fb.<subdomain index>.<creation time in ms>.<value>`
+# (https://developers.facebook.com/docs/marketing-api/conversions-api/parameters/fbp-and-fbc/)
+FB_COOKIE = Form(re.compile(r"fb\.\d\.\d+\.\S+"), "fb.<digit>.<digits>.<value>")
+
+
+def mint_fbc(fbclid: str, seen_at: datetime) -> str:
+    """`_fbc` for a click first seen at `seen_at`: `fb.1.<ms>.<fbclid>`, the fbclid byte for byte."""
+    millis = int(seen_at.timestamp()) * 1000 + seen_at.microsecond // 1000  # exact: float ms math can land 1 ms low
+    return f"fb.1.{millis}.{fbclid}"
+
+
+def carries_fbclid(fbc: str, fbclid: str) -> bool:
+    """Whether an `fb.1.<ms>.<fbclid>[.<appendix>]` cookie is for this very click."""
+    value = fbc.split(".", 3)[3] if fbc and fbc.count(".") >= 3 else None
+    return value is not None and (value == fbclid or value.startswith(fbclid + "."))
+
+
+CLICK_IDS = (
+    # The fbclid of an ad's URL becomes fbc when the click is first seen; a reload of the page keeps that time
+    # (https://developers.facebook.com/docs/marketing-api/conversions-api/parameters/fbp-and-fbc/).
+    ClickId("fbc", cookies=(Cookie("_fbc"),), form=FB_COOKIE, minted=Minted("fbclid", mint_fbc, carries_fbclid),
+            ad_click=True, attribution=True),
+    ClickId("fbp", cookies=(Cookie("_fbp"),), form=FB_COOKIE, attribution=True),
+    # The numeric id of a person logged in with Facebook, sent in clear; a pixel's `fbid` carries it.
+    ClickId("fb_login_id", aliases=("fbid",), form=Form(re.compile(r"[0-9]{1,20}"), "<digits>")),
+)
+FLAVOURS: tuple[Flavour, ...] = ()
 
 
 def check_settings(dest: Destination) -> list[tuple[str, str]]:

@@ -1,4 +1,5 @@
-"""Snapchat Conversions API v3: POST {api_base}/v3/{pixel_id}/events?access_token=… (platforms.md §3)."""
+"""Snapchat Conversions API v3: POST {api_base}/v3/{pixel_id}/events?access_token=…
+(https://developers.snap.com/api/marketing-api/Conversions-API)."""
 from __future__ import annotations
 
 import re
@@ -12,21 +13,26 @@ import logs
 from ingest.canonical import CUSTOM, CanonicalEvent, fold
 from config import Destination
 from platforms.base import (
-    REJECTED, RETRY, SENT, SETUP, THROTTLE, Http, Outcome, Skip, everyone, excerpt, hashed_user_data, json_object,
-    missing_settings, network_failure, retry_after_seconds, unreadable,
+    REJECTED, RETRY, SENT, SETUP, THROTTLE, ClickId, Cookie, Flavour, Http, Outcome, Skip, everyone, excerpt,
+    hashed_user_data, json_object, missing_settings, network_failure, retry_after_seconds, unreadable,
 )
 
 NAME = "snapchat"
 LABEL = "Snapchat"
 # https://developers.snap.com/api/marketing-api/Conversions-API/UsingTheAPI (2,000 per request: Snap's
-# OpenAPI description and RudderStack's MAX_BATCH_SIZE; platforms.md §3.6).
+# OpenAPI description and RudderStack's MAX_BATCH_SIZE).
 BATCH_LIMIT = 2000
 # Snap: "events can have a date (timestamp) of maximum 37 days back"
 # (https://developers.snap.com/api/marketing-api/Conversions-API/Introduction). RudderStack's 7-day check
-# is its own choice, not Snap's rule (platforms.md §10.6): the vendor's number wins.
+# is its own choice, not Snap's rule: the vendor's number wins.
 MAX_AGE = timedelta(days=37)
-# A Telegram-funnel event goes here only when it carries one of these click ids (routing.missing_attribution).
-ATTRIBUTION_KEYS = ("sccid", "scid")
+CLICK_IDS = (
+    # The ScCid a Snap ad click appends to the landing URL; the Conversions API calls it sc_click_id
+    # (https://developers.snap.com/api/marketing-api/Conversions-API/Parameters).
+    ClickId("sccid", params=("ScCid", "sccid"), aliases=("sc_click_id",), ad_click=True, attribution=True),
+    ClickId("scid", cookies=(Cookie("_scid"),), attribution=True),  # the Snap Pixel's cookie (sc_cookie1)
+)
+FLAVOURS: tuple[Flavour, ...] = ()
 DEFAULT_API_BASE = "https://tr.snapchat.com"
 API_VERSION = "v3"
 WEIGHTS = {
@@ -34,21 +40,21 @@ WEIGHTS = {
     "client_user_agent": 0.5, "fn": 0.5, "ln": 0.5, "ge": 0.25, "db": 0.25, "ct": 0.25, "st": 0.25,
     "zp": 0.25, "country": 0.25,
 }
-# https://developers.snap.com/api/marketing-api/Conversions-API/Parameters (platforms.md §3.5)
+# https://developers.snap.com/api/marketing-api/Conversions-API/Parameters
 EVENT_NAMES = (
     "PAGE_VIEW", "VIEW_CONTENT", "ADD_CART", "ADD_TO_WISHLIST", "START_CHECKOUT", "ADD_BILLING", "PURCHASE",
     "SIGN_UP", "SUBSCRIBE", "SEARCH", "SAVE", "SHARE", "INVITE", "LOGIN", "RESERVE", "START_TRIAL", "LIST_VIEW",
     "RATE", "AD_CLICK", "AD_VIEW", "COMPLETE_TUTORIAL", "LEVEL_COMPLETE", "ACHIEVEMENT_UNLOCKED",
     "SPEND_CREDITS", "CUSTOM_EVENT_1", "CUSTOM_EVENT_2", "CUSTOM_EVENT_3", "CUSTOM_EVENT_4", "CUSTOM_EVENT_5",
 )
-# platforms.md §9.2. Snap has no LEAD and no CONTACT: a Lead is a SIGN_UP; Contact goes only where the
+# Snap has no LEAD and no CONTACT: a Lead is a SIGN_UP; Contact goes only where the
 # admin maps it to a CUSTOM_EVENT_n under `event_names`.
 STANDARD = {
     "Purchase": "PURCHASE", "Lead": "SIGN_UP", "CompleteRegistration": "SIGN_UP", "Subscribe": "SUBSCRIBE",
     "AddToCart": "ADD_CART", "InitiateCheckout": "START_CHECKOUT", "ViewContent": "VIEW_CONTENT",
     "PageView": "PAGE_VIEW", "Search": "SEARCH",
 }
-# action_source casing disagrees between sources (platforms.md §10.5). Snap's own taxonomy is upper case:
+# action_source casing disagrees between sources. Snap's own taxonomy is upper case:
 # its example sends MOBILE_APP (https://developers.snap.com/api/marketing-api/Conversions-API/UsingTheAPI),
 # RudderStack sends WEB / MOBILE_APP / OFFLINE, and the offline guide calls OFFLINE "Snap's internal
 # taxonomy" and lists chat-based sales among offline events

@@ -23,6 +23,7 @@ from config import Channel, Config, Site
 from dialects.adtarget.parse import DIALECT, Attribution, ConversionInput, Ignored, Join, ValueInput, VisitInput
 from dialects.common import is_bot
 from ingest.identity import Identity
+from ingest.clickids import from_ad_click
 from ingest.accept import accept
 from models import FAILED, PENDING, SENDING, SENT, BaseModel, Event, JSONField, Send, UTCDateTimeField, database
 from ingest.fanout import plan_sends, preview
@@ -322,7 +323,7 @@ def _follow_newer_click(link: InviteLink, visit: Visit) -> None:
 
 
 def _has_click(visit: Visit) -> bool:
-    return any(visit.click_ids.get(key) for key in ("fbc", "gclid", "gbraid", "wbraid", "ttclid", "sccid"))
+    return from_ad_click(visit.click_ids)
 
 
 def _telegram_failure(exc: TelegramError, channel: Channel) -> FunnelError:

@@ -8,12 +8,13 @@ from datetime import datetime
 from peewee import OP, CharField, Expression, SqliteDatabase, Value
 
 from ingest import privacy
+from ingest.identity import keys_of
 from models import FINAL, PENDING, SENDING, SKIPPED, BaseModel, Event, JSONField, Send, UTCDateTimeField, database
 
 log = logging.getLogger(__name__)
 
 # Flavours that name one person; names, gender, birth date or zip are shared by many and never link events.
-PERSONAL_KEYS = ("em", "em_google", "ph", "ph_e164")
+PERSONAL_KEYS = keys_of("email", "phone")
 ERASED_NOTE = "personal data erased at the user's request (User API)"
 ERASED_REASON = "user erased (User API): not sent"
 CHUNK = 500  # ids per IN (...): well under SQLite's bound-variable limit
