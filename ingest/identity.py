@@ -142,14 +142,22 @@ def _required(text: str) -> str:
 
 
 def _email(text: str, country: str | None) -> tuple[str]:
-    """Trimmed and lower-cased; refused when its syntax is not an address."""
+    """Trimmed and lower-cased; kept when it, or a platform's own form of it, is an address."""
     email = text.lower()
-    try:
-        # Syntax only: we hash our own string, never the validator's normalized one.
-        validate_email(email, check_deliverability=False)
-    except EmailNotValidError:
-        raise Dropped("not a valid email address") from None  # its message may quote the value
+    # A mail provider that ignores some characters makes an address of what syntax alone refuses
+    # (`john..doe.@…`): a platform that hashes it without them still matches it.
+    if not any(map(_is_address, dict.fromkeys([email, *(f.form(email) for f in flavours("email"))]))):
+        raise Dropped("not a valid email address")
     return (email,)
+
+
+def _is_address(email: str) -> bool:
+    """Syntax only: we hash our own string, never the validator's normalized one."""
+    try:
+        validate_email(email, check_deliverability=False)
+    except EmailNotValidError:  # its message may quote the value: never shown
+        return False
+    return True
 
 
 def _phone(text: str, country: str | None) -> tuple[str, str]:

@@ -72,6 +72,29 @@ def test_it_hashes_email_for_meta_and_with_googles_gmail_rule(raw, em, em_google
     assert identity.dropped == []
 
 
+# Google: "Remove all periods (.) that precede the domain name in gmail.com and googlemail.com email addresses"
+# (https://developers.google.com/google-ads/api/docs/conversions/upload-identifiers,
+# https://support.google.com/google-ads/answer/13262500). Dots Gmail ignores cannot make its address invalid.
+@pytest.mark.parametrize("raw, em, em_google", [
+    ("john..doe.@gmail.com", "john..doe.@gmail.com", "johndoe@gmail.com"),
+    (".john.doe@googlemail.com", ".john.doe@googlemail.com", "johndoe@googlemail.com"),
+    (" J.O.H.N..Doe+Promo@GMail.com ", "j.o.h.n..doe+promo@gmail.com", "johndoe+promo@gmail.com"),
+    ("john.doe@gmail.com", "john.doe@gmail.com", "johndoe@gmail.com"),
+    ("john_doe@gmail.com", "john_doe@gmail.com", "john_doe@gmail.com"),
+])
+def test_it_removes_every_dot_of_a_gmail_local_part_for_google_before_judging_or_hashing_it(raw, em, em_google):
+    identity = normalize_identity({"email": raw}, None)
+    assert identity == Identity({"em": digest(em), "em_google": digest(em_google)}, {}, [])
+
+
+@pytest.mark.parametrize("raw", [
+    "john..doe.@example.com", "..@gmail.com", "john..doe@gmail..com", "john.@mail.gmail.com",
+])
+def test_dots_only_gmail_ignores_do_not_save_an_address(raw):
+    identity = normalize_identity({"email": raw}, None)
+    assert identity == Identity({}, {}, ["email: not a valid email address"])
+
+
 @pytest.mark.parametrize("raw", [
     "not-an-email", "john@", "@example.com", "john doe@example.com", "john@@example.com",
     "john@localhost", "john@example", "<john@example.com>",
