@@ -18,6 +18,7 @@ from peewee import (
 from playhouse.db_url import connect
 
 from ingest.canonical import CanonicalEvent
+from ingest.identity import keys_of
 from ingest.privacy import reduce_ip
 from ingest.writer import GroupWriter
 from stores import Person, Store, tables
@@ -306,7 +307,7 @@ def _values(rows: list[list]) -> str:
 # --- retention and erasure of events and their sends --------------------------------------------------------
 
 # Flavours that name one person; names, gender, birth date or zip are shared by many and never link events.
-PERSONAL_KEYS = ("em", "em_google", "ph", "ph_e164")
+PERSONAL_KEYS = keys_of("email", "phone")  # flavours that name one person
 CHUNK = 500  # ids per IN (...): well under SQLite's bound-variable limit
 
 

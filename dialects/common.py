@@ -1,9 +1,8 @@
 """What every dialect parser shares: the request's client context, typed-field readers,
-click-id checks, PII-named property filtering and bot detection."""
+PII-named property filtering and bot detection (click ids: ingest/clickids.py)."""
 from __future__ import annotations
 
 import math
-import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -18,10 +17,6 @@ from ingest.canonical import fold
 from ingest.iso import currency_code
 
 MAX_ID_CHARS = 255
-# `fb.<subdomain index>.<creation ms>.<value>` (https://developers.facebook.com/docs/marketing-api/conversions-api/parameters/fbp-and-fbc/)
-FB_COOKIE_RE = re.compile(r"fb\.\d\.\d+\.\S+")
-OPAQUE_ID_RE = re.compile(r"[\x21-\x7e]{1,1024}")  # printable ASCII, no spaces: copied byte for byte
-CLICK_ID_KEYS = ("fbc", "fbp", "gclid", "gbraid", "wbraid", "ttclid", "ttp", "sccid", "scid", "ga_client_id")
 PII_PROPERTY_KEYS = frozenset(fold(k) for k in (
     "email", "e_mail", "mail", "phone", "phone_number", "mobile", "tel", "name", "first_name", "firstname",
     "last_name", "lastname", "full_name", "address", "street", "ip", "ip_address", "birthday", "dob",
@@ -131,26 +126,6 @@ def read_timestamp(body: Mapping, key: str) -> datetime | None:
         raise FieldError(key, "must be an ISO 8601 date-time") from None
 
 
-def clean_click_ids(raw: Mapping[str, Any]) -> tuple[dict[str, str], list[str]]:
-    """Keep well-formed click ids byte for byte; drop malformed ones with a reason."""
-    kept, notes = {}, []
-    for key in CLICK_ID_KEYS:
-        value = raw.get(key)
-        if not present(value):
-            continue
-        if not isinstance(value, str) or not OPAQUE_ID_RE.fullmatch(value):
-            notes.append(f"{key}: dropped, not a click id (text without spaces expected)")
-        elif key in ("fbc", "fbp") and not FB_COOKIE_RE.fullmatch(value):
-            notes.append(f"{key}: dropped, not of the form fb.<digit>.<digits>.<value>")
-        else:
-            kept[key] = value
-    if "gbraid" in kept and "wbraid" in kept:
-        # Google accepts one of them per conversion (GBRAID_WBRAID_BOTH_SET); neither can be trusted.
-        del kept["gbraid"], kept["wbraid"]
-        notes.append("gbraid, wbraid: dropped, both given but Google accepts only one")
-    return kept, notes
-
-
 def clean_url(value: Any, key: str, notes: list[str]) -> str | None:
     if not present(value):
         return None
@@ -190,9 +165,3 @@ def _without_pii(value: Any, path: str, notes: list[str], depth: int) -> Any:
 
 def _number_text(value: int | float) -> str:
     return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
-
-
-def mint_fbc(fbclid: str, seen_at: datetime) -> str:
-    """Meta's `_fbc` for a click first seen at `seen_at`: `fb.1.<ms>.<fbclid>`, fbclid byte for byte (platforms.md §1.5)."""
-    millis = int(seen_at.timestamp()) * 1000 + seen_at.microsecond // 1000  # exact: float ms math can land 1 ms low
-    return f"fb.1.{millis}.{fbclid}"

@@ -59,12 +59,12 @@ class CanonicalEvent:
     event_id: str
     occurred_at: datetime
     received_at: datetime
-    channel: str = "web"  # web | chat (Telegram funnel): decides Meta's action_source
+    channel: str = "web"  # web | chat (a Telegram funnel conversion, with no browser of its own)
     external_id: str | None = None
     anonymous_id: str | None = None
     identity: dict[str, str] = field(default_factory=dict)   # flavour -> sha256 hex
     location: dict[str, str] = field(default_factory=dict)   # normalized city/state/zip/country, clear
-    click_ids: dict[str, str] = field(default_factory=dict)  # fbc, fbp, gclid, gbraid, wbraid, ttclid, ttp, sccid, scid, ga_client_id
+    click_ids: dict[str, str] = field(default_factory=dict)  # as the platforms declare them (ingest/clickids.py)
     ip: str | None = None
     user_agent: str | None = None
     page_url: str | None = None

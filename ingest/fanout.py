@@ -1,4 +1,4 @@
-"""Which destinations an event goes to, and what a dry run would send to each (SPEC §5)."""
+"""Which destinations an event goes to, and what a dry run would send to each."""
 from __future__ import annotations
 
 from datetime import datetime
@@ -6,6 +6,7 @@ from datetime import datetime
 from ingest.canonical import CanonicalEvent
 from config import Destination, Site
 from models import PENDING, SKIPPED
+from ingest.clickids import attribution_keys
 from platforms import REGISTRY
 from platforms.base import Skip, match_quality
 
@@ -27,13 +28,13 @@ def missing_attribution(event: CanonicalEvent, dest: Destination) -> str | None:
     """A Telegram-funnel (`chat`) event goes only where it carries that platform's own click signal.
 
     Such an event has no browser of its own: without the platform's click id or cookie it cannot be
-    tied to an ad, so sending it would only add an unattributed conversion. A platform lists its
-    signals in ATTRIBUTION_KEYS (click_ids keys).
+    tied to an ad, so sending it would only add an unattributed conversion. A platform marks its
+    signals among its CLICK_IDS (`attribution`).
     """
     if event.channel != "chat":
         return None
     module = REGISTRY[dest.platform]
-    keys = module.ATTRIBUTION_KEYS
+    keys = attribution_keys(module)
     if any(event.click_ids.get(key) for key in keys):
         return None
     return f"no {module.LABEL} attribution signal ({' or '.join(keys) or 'none accepted'}) on this Telegram conversion"

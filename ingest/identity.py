@@ -1,12 +1,11 @@
-"""Identity normalization: raw PII in, SHA-256 flavours and coarse location out (SPEC §4).
+"""Identity normalization: raw PII in, SHA-256 flavours and coarse location out.
 
-Rules: https://developers.facebook.com/docs/marketing-api/conversions-api/parameters/customer-information-parameters
-and the per-platform matrix in the shared docs (platforms.md §9.3).
+Rules: https://developers.facebook.com/docs/marketing-api/conversions-api/parameters/customer-information-parameters;
+a platform that hashes a field in a form of its own declares it (FLAVOURS), and it is hashed here too, once.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 import unicodedata
 from collections.abc import Callable, Mapping
@@ -17,15 +16,15 @@ from functools import cache
 import phonenumbers
 import pycountry
 
+from ingest.hashing import HASHED_RE, sha256
 from ingest.iso import country_code
 from email_validator import EmailNotValidError, validate_email
-
-HASHED_RE = re.compile(r"\A[0-9a-fA-F]{64}\Z")
+from platforms import REGISTRY
+from platforms.base import Flavour
 
 FIELDS = ("email", "phone", "first_name", "last_name", "gender", "date_of_birth",
           "city", "state", "zip", "country")
 
-_GOOGLE_MAIL = ("gmail.com", "googlemail.com")
 _GENDERS = {"f": "f", "female": "f", "m": "m", "male": "m"}
 _BIRTH_DATES = tuple(re.compile(pattern, re.ASCII) for pattern in (
     r"(?P<y>\d{4})-(?P<m>\d{1,2})-(?P<d>\d{1,2})",
@@ -48,14 +47,19 @@ class Identity:
     dropped: list[str] = field(default_factory=list)
 
 
-def sha256(text: str) -> str:
-    """Lowercase hex SHA-256 of the UTF-8 bytes of text."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+def flavours(name: str) -> list[Flavour]:
+    """The registered platforms' own forms of the identity field `name`, each once."""
+    found: dict[str, Flavour] = {}
+    for platform, module in REGISTRY.items():
+        for flavour in module.FLAVOURS:
+            if flavour.field == name and found.setdefault(flavour.key, flavour) != flavour:
+                raise ValueError(f"platform {platform} declares identity flavour {flavour.key} unlike another platform")
+    return list(found.values())
 
 
-def meta_city(city: str) -> str:
-    """Turn a normalized plain city into Meta's/Snapchat's form, which has no spaces."""
-    return city.replace(" ", "")
+def keys_of(*names: str) -> tuple[str, ...]:
+    """Every identity key the fields `names` are stored under, the platforms' flavours included."""
+    return tuple(key for name in names for key in (*_HASHED[name][0], *(f.key for f in flavours(name))))
 
 
 def normalize_identity(raw: Mapping[str, object], default_country: str | None) -> Identity:
@@ -89,8 +93,9 @@ def normalize_identity(raw: Mapping[str, object], default_country: str | None) -
     for name, (keys, normalize) in _HASHED.items():
         if (text := texts.get(name)) is None:
             continue
+        forms = flavours(name)
         if HASHED_RE.match(text):
-            hashes.update(dict.fromkeys(keys, text.lower()))
+            hashes.update(dict.fromkeys([*keys, *(f.key for f in forms)], text.lower()))
             continue
         try:
             values = normalize(text, country)
@@ -98,6 +103,7 @@ def normalize_identity(raw: Mapping[str, object], default_country: str | None) -
             dropped.append(f"{name}: {error}")
         else:
             hashes.update(zip(keys, map(sha256, values), strict=True))
+            hashes.update((f.key, sha256(f.form(values[0]))) for f in forms)
     for name, (key, normalize_plain) in _LOCATION.items():
         if (text := texts.get(name)) is None:
             continue
@@ -135,26 +141,29 @@ def _required(text: str) -> str:
     return text
 
 
-def _email(text: str, country: str | None) -> tuple[str, str]:
-    """Meta/TikTok/Snapchat form (trim, lowercase) and Google's form (Gmail dots removed)."""
+def _email(text: str, country: str | None) -> tuple[str]:
+    """Trimmed and lower-cased; kept when it, or a platform's own form of it, is an address."""
     email = text.lower()
+    # A mail provider that ignores some characters makes an address of what syntax alone refuses
+    # (`john..doe.@…`): a platform that hashes it without them still matches it.
+    if not any(map(_is_address, dict.fromkeys([email, *(f.form(email) for f in flavours("email"))]))):
+        raise Dropped("not a valid email address")
+    return (email,)
+
+
+def _is_address(email: str) -> bool:
+    """Syntax only: we hash our own string, never the validator's normalized one."""
     try:
-        # Syntax only: we hash our own string, never the validator's normalized one.
         validate_email(email, check_deliverability=False)
-    except EmailNotValidError:
-        raise Dropped("not a valid email address") from None  # its message may quote the value
-    local, _, domain = email.rpartition("@")
-    # Dots only, and only for Gmail/Googlemail; +tags stay (the docs, not Google's own sample):
-    # https://developers.google.com/google-ads/api/docs/conversions/enhance-conversions
-    if domain in _GOOGLE_MAIL:
-        local = local.replace(".", "")
-    return email, f"{local}@{domain}"
+    except EmailNotValidError:  # its message may quote the value: never shown
+        return False
+    return True
 
 
 def _phone(text: str, country: str | None) -> tuple[str, str]:
-    """Digits with country code (Meta/Snapchat) and E.164 with '+' (TikTok/Google)."""
+    """Digits with country code, and E.164 with '+'."""
     # A leading "00" is the international prefix nearly everywhere, not only where it is the
-    # region's own (Meta's SDK and Snapchat's docs strip it too).
+    # region's own (ad platforms' SDKs and docs strip it too).
     if text.startswith("00"):
         text = "+" + text[2:]
     try:
@@ -164,7 +173,7 @@ def _phone(text: str, country: str | None) -> tuple[str, str]:
         raise Dropped("no known country code" if unknown else "not a phone number") from None
     region = phonenumbers.region_code_for_country_code(number.country_code)
     possible = phonenumbers.is_possible_number_with_reason(number)
-    # Possible, not valid: test numbers such as +1 555 123 4567 must be kept (SPEC §4).
+    # Possible, not valid: test numbers such as +1 555 123 4567 must be kept.
     if possible == phonenumbers.ValidationResult.IS_POSSIBLE_LOCAL_ONLY:
         raise Dropped(f"local number without area code for {region}")
     if possible != phonenumbers.ValidationResult.IS_POSSIBLE:
@@ -174,7 +183,7 @@ def _phone(text: str, country: str | None) -> tuple[str, str]:
 
 
 def _name(text: str, country: str | None) -> tuple[str, str]:
-    """Spaced form (Meta/Snapchat/Google) and compact form without spaces (TikTok)."""
+    """Spaced form and compact form without spaces."""
     name = _required(_plain(text))
     return name, name.replace(" ", "")
 
@@ -209,7 +218,7 @@ def _country(text: str) -> str:
 
 
 def _city(text: str, country: str | None) -> str:
-    """City in plain form; meta_city() gives the spaceless form."""
+    """City in plain form, spaces kept."""
     return _required(_plain(text))
 
 
@@ -246,7 +255,7 @@ def _zip(text: str, country: str | None) -> str:
 
 
 _HASHED: dict[str, tuple[tuple[str, ...], Callable[[str, str | None], tuple[str, ...]]]] = {
-    "email": (("em", "em_google"), _email),
+    "email": (("em",), _email),
     "phone": (("ph", "ph_e164"), _phone),
     "first_name": (("fn", "fn_compact"), _name),
     "last_name": (("ln", "ln_compact"), _name),

@@ -1,4 +1,5 @@
-"""GA4 Measurement Protocol: POST {api_base}/mp/collect?measurement_id=…&api_secret=… (platforms.md §5)."""
+"""GA4 Measurement Protocol: POST {api_base}/mp/collect?measurement_id=…&api_secret=…
+(https://developers.google.com/analytics/devguides/collection/protocol/ga4)."""
 from __future__ import annotations
 
 import hashlib
@@ -13,8 +14,8 @@ import logs
 from ingest.canonical import CanonicalEvent
 from config import Destination
 from platforms.base import (
-    REJECTED, RETRY, SENT, SETUP, THROTTLE, Http, Outcome, Skip, everyone, excerpt, missing_settings, network_failure,
-    retry_after_seconds,
+    REJECTED, RETRY, SENT, SETUP, THROTTLE, ClickId, Cookie, Flavour, Http, Outcome, Skip, everyone, excerpt,
+    google_email, missing_settings, network_failure, retry_after_seconds,
 )
 
 NAME = "ga4"
@@ -23,8 +24,11 @@ LABEL = "GA4"
 BATCH_LIMIT = 25
 # Events can be backdated up to 72 hours (https://developers.google.com/analytics/devguides/collection/protocol/ga4/reference).
 MAX_AGE = timedelta(hours=72)
-# A Telegram-funnel event goes here only when it carries one of these click ids (routing.missing_attribution).
-ATTRIBUTION_KEYS = ("ga_client_id",)
+# The Google tag's `_ga` cookie, or the client id read from it
+# (https://developers.google.com/analytics/devguides/collection/protocol/ga4/reference).
+CLICK_IDS = (ClickId("ga_client_id", aliases=("client_id",), cookies=(Cookie("_ga"),), attribution=True),)
+# The same email rule as Google Ads (https://developers.google.com/analytics/devguides/collection/ga4/uid-data).
+FLAVOURS = (Flavour("em_google", "email", google_email),)
 DEFAULT_API_BASE = "https://www.google-analytics.com"
 COLLECT_PATH = "/mp/collect"
 DEBUG_PATH = "/debug/mp/collect"  # the validation server: answers, records nothing
@@ -58,7 +62,7 @@ RESERVED_PARAM_PREFIXES = ("_", "firebase_", "ga_", "google_", "gtag.")
 EVENT_NAMES = {
     "Purchase": "purchase", "Lead": "generate_lead", "CompleteRegistration": "sign_up", "AddToCart": "add_to_cart",
     "InitiateCheckout": "begin_checkout", "ViewContent": "view_item", "PageView": "page_view", "Search": "search",
-    # GA4 has no recommended event for these two: custom names (platforms.md §5.5).
+    # GA4 has no recommended event for these two: custom names.
     "Subscribe": "subscribe", "Contact": "contact",
 }
 # Letters (any script), digits and underscores, starting with a letter, at most 40

@@ -1,4 +1,5 @@
-"""Google Ads API click conversions: POST {api_base}/{version}/customers/{id}:uploadClickConversions (platforms.md §4)."""
+"""Google Ads API click conversions: POST {api_base}/{version}/customers/{id}:uploadClickConversions
+(https://developers.google.com/google-ads/api/docs/conversions/upload-clicks)."""
 from __future__ import annotations
 
 import hashlib
@@ -14,25 +15,34 @@ import requests
 from ingest.canonical import CUSTOM, CanonicalEvent, fold
 from config import Destination
 from platforms.base import (
-    REJECTED, RETRY, SENT, SETUP, THROTTLE, Http, Outcome, Skip, everyone, excerpt, missing_settings,
-    network_failure, retry_after_seconds,
+    REJECTED, RETRY, SENT, SETUP, THROTTLE, ClickId, Cookie, Flavour, Form, Http, Outcome, Rival, Skip, everyone,
+    excerpt, google_email, json_object, missing_settings, network_failure, retry_after_seconds, unreadable,
 )
 
 NAME = "google_ads"
 LABEL = "Google Ads"
-BATCH_LIMIT = 2000  # TOO_MANY_CONVERSIONS_IN_REQUEST above it; failures are per row (platforms.md §4.6)
+BATCH_LIMIT = 2000  # TOO_MANY_CONVERSIONS_IN_REQUEST above it; failures are per row
 # The longest click-through window a conversion action can have; an older click is EXPIRED_EVENT
 # (https://developers.google.com/google-ads/api/docs/conversions/upload-offline).
 MAX_AGE = timedelta(days=90)
-# A Telegram-funnel event goes here only when it carries one of these click ids (routing.missing_attribution).
-ATTRIBUTION_KEYS = ("gclid", "gbraid", "wbraid")
 DEFAULT_API_BASE = "https://googleads.googleapis.com"
 # v26 (October 2026) is the latest version and lives until about November 2027; Google advises new
 # integrations to start on it (https://developers.google.com/google-ads/api/docs/sunset-dates).
 DEFAULT_API_VERSION = "v26"
 DEFAULT_TOKEN_URL = "https://oauth2.googleapis.com/token"
 WEIGHTS = {"gclid": 7, "gbraid": 6, "wbraid": 6, "hashedEmail": 3, "hashedPhoneNumber": 2}
-CLICK_IDS = ("gclid", "gbraid", "wbraid")  # in order of preference; Google takes one per conversion
+# The conversion linker's cookie keeps the gclid as GCL.<click time in seconds>.<gclid>.
+GCL_AW = Cookie("_gcl_aw", Form(re.compile(r"GCL\.\d+\.(.+)", re.DOTALL), "GCL.<timestamp>.<gclid>"))
+# The click ids a Google ad appends to its landing URL, in order of preference: Google takes one per conversion
+# (https://developers.google.com/google-ads/api/docs/conversions/upload-clicks).
+CLICK_IDS = (
+    ClickId("gclid", params=("gclid",), cookies=(GCL_AW,), ad_click=True, attribution=True),
+    ClickId("gbraid", params=("gbraid",), rival=Rival("wbraid", "both given but Google accepts only one"),
+            ad_click=True, attribution=True),  # GBRAID_WBRAID_BOTH_SET: neither can be trusted
+    ClickId("wbraid", params=("wbraid",), ad_click=True, attribution=True),
+)
+CLICK_KEYS = tuple(click.key for click in CLICK_IDS)
+FLAVOURS = (Flavour("em_google", "email", google_email),)
 MAX_USER_IDENTIFIERS = 5
 CUSTOMER_ID_RE = re.compile(r"\A\d{3}-?\d{3}-?\d{4}\Z")
 ACTION_RE = re.compile(r"\Acustomers/\d+/conversionActions/\d+\Z")
@@ -93,8 +103,8 @@ def build(event: CanonicalEvent, dest: Destination) -> dict:
     action = _conversion_action(event, dest)
     if action is None:
         raise Skip(f"no conversion action configured for {event.display_name}")
-    click = next(((key, event.click_ids[key]) for key in CLICK_IDS if event.click_ids.get(key)), None)
-    # Identifiers ride along with a gclid, never with a braid (platforms.md §4.4).
+    click = next(((key, event.click_ids[key]) for key in CLICK_KEYS if event.click_ids.get(key)), None)
+    # Identifiers ride along with a gclid, never with a braid.
     identifiers = _user_identifiers(event) if click is None or click[0] == "gclid" else []
     if click is None and not identifiers:
         raise Skip("no Google click id (gclid, gbraid, wbraid) and no email or phone for enhanced conversions for leads")
@@ -110,7 +120,7 @@ def build(event: CanonicalEvent, dest: Destination) -> dict:
         item[click[0]] = click[1]
     if identifiers:
         item["userIdentifiers"] = identifiers
-    # Routing only lets consented events through (SPEC §5).
+    # Routing only lets consented events through (ingest/fanout.py).
     item["consent"] = {"adUserData": "GRANTED"}
     return item
 
@@ -132,7 +142,7 @@ def _conversion_action(event: CanonicalEvent, dest: Destination) -> str | None:
 
 
 def _user_identifiers(event: CanonicalEvent) -> list[dict]:
-    # One field per UserIdentifier: it is a oneof (platforms.md §4.4). Email with Google's Gmail
+    # One field per UserIdentifier: it is a oneof. Email with Google's Gmail
     # rule, phone as E.164 with '+' (https://developers.google.com/google-ads/api/docs/conversions/upload-identifiers).
     ids = event.identity
     found = [{"hashedEmail": ids["em_google"]} if "em_google" in ids else None,
@@ -151,7 +161,7 @@ def request_key(item: dict) -> None:
 
 def identifiers(item: dict) -> list[str]:
     """Google's own names of the identifiers a conversion carries, never their values."""
-    present = {key for key in CLICK_IDS if key in item}
+    present = {key for key in CLICK_KEYS if key in item}
     present |= {key for uid in item.get("userIdentifiers", ()) for key in uid}
     return [key for key in WEIGHTS if key in present]
 
@@ -289,16 +299,9 @@ def classify(response: requests.Response, items: list[dict]) -> list[Outcome]:
     """Sort Google's answer into one outcome per conversion: whole-request errors, then partial failures."""
     status, text, count = response.status_code, response.text, len(items)
     trace_id = response.headers.get("request-id")
-    try:
-        answer = response.json()
-    except ValueError:
-        answer = None
-    if not isinstance(answer, dict):
-        error = f"HTTP {status} with a body that is not Google Ads' JSON"
-        common = {"status": status, "error": error, "trace_id": trace_id, "response": excerpt(text)}
-        if status == 429:  # a proxy's rate limit: waiting helps, pausing would not
-            return everyone(Outcome(THROTTLE, retry_after=retry_after_seconds(response.headers), **common), count)
-        return everyone(Outcome(RETRY if status >= 500 else SETUP, **common), count)
+    answer = json_object(response)
+    if answer is None:
+        return everyone(unreadable(response, "Google Ads'", trace_id), count)
     if isinstance(answer.get("error"), dict) or status >= 300:
         return everyone(_whole_request(response, answer.get("error") or {}, trace_id, count), count)
     failure = answer.get("partialFailureError") or {}
@@ -342,7 +345,7 @@ def _row(item: dict, errors: list[tuple[str, str, str]], common: dict) -> Outcom
     text = "; ".join(dict.fromkeys(f"Google Ads error {c}: {m}" for _, c, m in errors))
     if code in DUPLICATES:
         return Outcome(SENT, **common)  # Google has it already: this is a repeat
-    if code == "CLICK_NOT_FOUND" and not any(key in item for key in CLICK_IDS):
+    if code == "CLICK_NOT_FOUND" and not any(key in item for key in CLICK_KEYS):
         # A lead matched by email/phone that did not come from a Google ad: Google says to upload every
         # lead and that this "can safely be ignored" (ConversionUploadError.CLICK_NOT_FOUND). It was delivered.
         return Outcome(SENT, **common)

@@ -1,24 +1,23 @@
-"""Meta Conversions API: POST {api_base}/{version}/{pixel_id}/events (platforms.md §1)."""
+"""Meta Conversions API: POST {api_base}/{version}/{pixel_id}/events
+(https://developers.facebook.com/docs/marketing-api/conversions-api/)."""
 from __future__ import annotations
 
-from datetime import timedelta
+import re
+from datetime import datetime, timedelta
 
 import requests
 
 from ingest.canonical import CanonicalEvent
 from config import Destination
-from ingest.identity import HASHED_RE, meta_city, sha256
 from platforms.base import (
-    REJECTED, RETRY, SENT, SETUP, THROTTLE, Http, Outcome, Skip, everyone, excerpt, missing_settings,
-    network_failure, retry_after_seconds,
+    REJECTED, RETRY, SENT, SETUP, THROTTLE, ClickId, Cookie, Flavour, Form, Http, Minted, Outcome, Skip, everyone,
+    excerpt, hashed_user_data, json_object, missing_settings, network_failure, retry_after_seconds, unreadable,
 )
 
 NAME = "meta"
 LABEL = "Meta"
 BATCH_LIMIT = 1000  # one invalid event rejects the whole request
 MAX_AGE = timedelta(days=7)  # an older event fails Meta's whole batch (subcode 2804003)
-# A Telegram-funnel event goes here only when it carries one of these click ids (routing.missing_attribution).
-ATTRIBUTION_KEYS = ("fbc", "fbp")
 DEFAULT_API_BASE = "https://graph.facebook.com"
 DEFAULT_API_VERSION = "v25.0"
 WEIGHTS = {
@@ -35,6 +34,33 @@ TRANSIENT_CODES = {1, 2}
 SETUP_CODES = {190, 10, 803} | set(range(200, 300))  # 803: the path (pixel, version) does not exist
 PIXEL_MISSING_SUBCODE = 33
 POLICY_BLOCK_WAIT = 3600.0  # code 368: temporarily blocked for policy; wait long
+# `fb.<subdomain index>.<creation time in ms>.<value>`
+# (https://developers.facebook.com/docs/marketing-api/conversions-api/parameters/fbp-and-fbc/)
+FB_COOKIE = Form(re.compile(r"fb\.\d\.\d+\.\S+"), "fb.<digit>.<digits>.<value>")
+
+
+def mint_fbc(fbclid: str, seen_at: datetime) -> str:
+    """`_fbc` for a click first seen at `seen_at`: `fb.1.<ms>.<fbclid>`, the fbclid byte for byte."""
+    millis = int(seen_at.timestamp()) * 1000 + seen_at.microsecond // 1000  # exact: float ms math can land 1 ms low
+    return f"fb.1.{millis}.{fbclid}"
+
+
+def carries_fbclid(fbc: str, fbclid: str) -> bool:
+    """Whether an `fb.1.<ms>.<fbclid>[.<appendix>]` cookie is for this very click."""
+    value = fbc.split(".", 3)[3] if fbc and fbc.count(".") >= 3 else None
+    return value is not None and (value == fbclid or value.startswith(fbclid + "."))
+
+
+CLICK_IDS = (
+    # The fbclid of an ad's URL becomes fbc when the click is first seen; a reload of the page keeps that time
+    # (https://developers.facebook.com/docs/marketing-api/conversions-api/parameters/fbp-and-fbc/).
+    ClickId("fbc", cookies=(Cookie("_fbc"),), form=FB_COOKIE, minted=Minted("fbclid", mint_fbc, carries_fbclid),
+            ad_click=True, attribution=True),
+    ClickId("fbp", cookies=(Cookie("_fbp"),), form=FB_COOKIE, attribution=True),
+    # The numeric id of a person logged in with Facebook, sent in clear; a pixel's `fbid` carries it.
+    ClickId("fb_login_id", aliases=("fbid",), form=Form(re.compile(r"[0-9]{1,20}"), "<digits>")),
+)
+FLAVOURS: tuple[Flavour, ...] = ()
 
 
 def check_settings(dest: Destination) -> list[tuple[str, str]]:
@@ -76,22 +102,7 @@ def build(event: CanonicalEvent, dest: Destination) -> dict:
 
 
 def _user_data(event: CanonicalEvent) -> dict:
-    ids, loc = event.identity, event.location
-    data: dict = {key: [ids[key]] for key in ("em", "ph", "fn", "ln", "ge", "db") if key in ids}
-    hashed_location = {
-        "ct": ids.get("ct") or (sha256(meta_city(loc["city"])) if loc.get("city") else None),
-        "st": ids.get("st") or (sha256(loc["state"]) if loc.get("state") else None),
-        "zp": ids.get("zp") or (sha256(loc["zip"]) if loc.get("zip") else None),
-        "country": ids.get("country") or (sha256(loc["country"]) if loc.get("country") else None),
-    }
-    data.update({key: [value] for key, value in hashed_location.items() if value})
-    if event.external_id:
-        external = event.external_id.strip()
-        data["external_id"] = [external.lower() if HASHED_RE.match(external) else sha256(external)]
-    if event.ip:
-        data["client_ip_address"] = event.ip
-    if event.user_agent:
-        data["client_user_agent"] = event.user_agent
+    data = hashed_user_data(event)
     for key in ("fbc", "fbp", "fb_login_id"):
         if event.click_ids.get(key):
             data[key] = event.click_ids[key]
@@ -148,16 +159,9 @@ def send(items: list[dict], dest: Destination, http: Http) -> list[Outcome]:
 def classify(response: requests.Response, count: int) -> list[Outcome]:
     """Sort Meta's answer into the five outcomes by its error code, not the HTTP status alone."""
     status, text = response.status_code, response.text
-    try:
-        answer = response.json()
-    except ValueError:
-        answer = None
-    if not isinstance(answer, dict):
-        error = f"HTTP {status} with a body that is not Meta's JSON"
-        if status == 429:  # a proxy's or CDN's rate limit: waiting helps, pausing would not
-            return everyone(Outcome(THROTTLE, status, error, response=excerpt(text),
-                                    retry_after=retry_after_seconds(response.headers)), count)
-        return everyone(Outcome(RETRY if status >= 500 else SETUP, status, error, response=excerpt(text)), count)
+    answer = json_object(response)
+    if answer is None:
+        return everyone(unreadable(response, "Meta's"), count)
     if status == 200 and "events_received" in answer:
         return everyone(Outcome(SENT, status, trace_id=answer.get("fbtrace_id"), response=excerpt(text)), count)
     error = answer.get("error") if isinstance(answer.get("error"), dict) else {}

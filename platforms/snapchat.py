@@ -1,7 +1,9 @@
-"""Snapchat Conversions API v3: POST {api_base}/v3/{pixel_id}/events?access_token=… (platforms.md §3)."""
+"""Snapchat Conversions API v3: POST {api_base}/v3/{pixel_id}/events?access_token=…
+(https://developers.snap.com/api/marketing-api/Conversions-API)."""
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import timedelta
 from typing import Mapping
 
@@ -9,23 +11,27 @@ import requests
 
 from ingest.canonical import CUSTOM, CanonicalEvent, fold
 from config import Destination
-from ingest.identity import HASHED_RE, meta_city, sha256
 from platforms.base import (
-    REJECTED, RETRY, SENT, SETUP, THROTTLE, Http, Outcome, Skip, everyone, excerpt, missing_settings,
-    network_failure, retry_after_seconds,
+    REJECTED, RETRY, SENT, SETUP, THROTTLE, ClickId, Cookie, Flavour, Http, Outcome, Skip, everyone, excerpt,
+    hashed_user_data, json_object, missing_settings, network_failure, retry_after_seconds, unreadable,
 )
 
 NAME = "snapchat"
 LABEL = "Snapchat"
 # https://developers.snap.com/api/marketing-api/Conversions-API/UsingTheAPI (2,000 per request: Snap's
-# OpenAPI description and RudderStack's MAX_BATCH_SIZE; platforms.md §3.6).
+# OpenAPI description and RudderStack's MAX_BATCH_SIZE).
 BATCH_LIMIT = 2000
 # Snap: "events can have a date (timestamp) of maximum 37 days back"
 # (https://developers.snap.com/api/marketing-api/Conversions-API/Introduction). RudderStack's 7-day check
-# is its own choice, not Snap's rule (platforms.md §10.6): the vendor's number wins.
+# is its own choice, not Snap's rule: the vendor's number wins.
 MAX_AGE = timedelta(days=37)
-# A Telegram-funnel event goes here only when it carries one of these click ids (routing.missing_attribution).
-ATTRIBUTION_KEYS = ("sccid", "scid")
+CLICK_IDS = (
+    # The ScCid a Snap ad click appends to the landing URL; the Conversions API calls it sc_click_id
+    # (https://developers.snap.com/api/marketing-api/Conversions-API/Parameters).
+    ClickId("sccid", params=("ScCid", "sccid"), aliases=("sc_click_id",), ad_click=True, attribution=True),
+    ClickId("scid", cookies=(Cookie("_scid"),), attribution=True),  # the Snap Pixel's cookie (sc_cookie1)
+)
+FLAVOURS: tuple[Flavour, ...] = ()
 DEFAULT_API_BASE = "https://tr.snapchat.com"
 API_VERSION = "v3"
 WEIGHTS = {
@@ -33,27 +39,26 @@ WEIGHTS = {
     "client_user_agent": 0.5, "fn": 0.5, "ln": 0.5, "ge": 0.25, "db": 0.25, "ct": 0.25, "st": 0.25,
     "zp": 0.25, "country": 0.25,
 }
-# https://developers.snap.com/api/marketing-api/Conversions-API/Parameters (platforms.md §3.5)
+# https://developers.snap.com/api/marketing-api/Conversions-API/Parameters
 EVENT_NAMES = (
     "PAGE_VIEW", "VIEW_CONTENT", "ADD_CART", "ADD_TO_WISHLIST", "START_CHECKOUT", "ADD_BILLING", "PURCHASE",
     "SIGN_UP", "SUBSCRIBE", "SEARCH", "SAVE", "SHARE", "INVITE", "LOGIN", "RESERVE", "START_TRIAL", "LIST_VIEW",
     "RATE", "AD_CLICK", "AD_VIEW", "COMPLETE_TUTORIAL", "LEVEL_COMPLETE", "ACHIEVEMENT_UNLOCKED",
     "SPEND_CREDITS", "CUSTOM_EVENT_1", "CUSTOM_EVENT_2", "CUSTOM_EVENT_3", "CUSTOM_EVENT_4", "CUSTOM_EVENT_5",
 )
-# platforms.md §9.2. Snap has no LEAD and no CONTACT: a Lead is a SIGN_UP; Contact goes only where the
+# Snap has no LEAD and no CONTACT: a Lead is a SIGN_UP; Contact goes only where the
 # admin maps it to a CUSTOM_EVENT_n under `event_names`.
 STANDARD = {
     "Purchase": "PURCHASE", "Lead": "SIGN_UP", "CompleteRegistration": "SIGN_UP", "Subscribe": "SUBSCRIBE",
     "AddToCart": "ADD_CART", "InitiateCheckout": "START_CHECKOUT", "ViewContent": "VIEW_CONTENT",
     "PageView": "PAGE_VIEW", "Search": "SEARCH",
 }
-# action_source casing disagrees between sources (platforms.md §10.5). Snap's own taxonomy is upper case:
+# action_source casing disagrees between sources. Snap's own taxonomy is upper case:
 # its example sends MOBILE_APP (https://developers.snap.com/api/marketing-api/Conversions-API/UsingTheAPI),
 # RudderStack sends WEB / MOBILE_APP / OFFLINE, and the offline guide calls OFFLINE "Snap's internal
 # taxonomy" and lists chat-based sales among offline events
 # (https://developers.snap.com/api/marketing-api/Conversions-API/OfflineEvents): the Telegram funnel is OFFLINE.
 WEB, OFFLINE = "WEB", "OFFLINE"
-HASHED_KEYS = ("em", "ph", "fn", "ln", "ge", "db")
 # Snap documents 401/403 for credentials but not its 400 texts
 # (https://developers.snap.com/api/marketing-api/Conversions-API/VerifySetUp). An INVALID that names the
 # token or the pixel is about the destination, not the event: pausing (visible, resumable) beats failing
@@ -129,22 +134,7 @@ def build(event: CanonicalEvent, dest: Destination) -> dict:
 
 
 def _user_data(event: CanonicalEvent) -> dict:
-    ids, loc = event.identity, event.location
-    data: dict = {key: [ids[key]] for key in HASHED_KEYS if key in ids}
-    hashed_location = {
-        "ct": ids.get("ct") or (sha256(meta_city(loc["city"])) if loc.get("city") else None),
-        "st": ids.get("st") or (sha256(loc["state"]) if loc.get("state") else None),
-        "zp": ids.get("zp") or (sha256(loc["zip"]) if loc.get("zip") else None),
-        "country": ids.get("country") or (sha256(loc["country"]) if loc.get("country") else None),
-    }
-    data.update({key: [value] for key, value in hashed_location.items() if value})
-    if event.external_id:
-        external = event.external_id.strip()
-        data["external_id"] = [external.lower() if HASHED_RE.match(external) else sha256(external)]
-    if event.ip:
-        data["client_ip_address"] = event.ip  # never hashed: a hashed IP is INVALID at Snap
-    if event.user_agent:
-        data["client_user_agent"] = event.user_agent
+    data = hashed_user_data(event)  # its IP never hashed: a hashed IP is INVALID at Snap
     if event.click_ids.get("sccid"):
         data["sc_click_id"] = event.click_ids["sccid"]
     if event.click_ids.get("scid"):
@@ -194,23 +184,18 @@ def send(items: list[dict], dest: Destination, http: Http) -> list[Outcome]:
 def classify(response: requests.Response, count: int) -> list[Outcome]:
     """Sort Snap's answer into the five outcomes by its `status`, per-event logs and the HTTP status."""
     status, text = response.status_code, response.text
-    try:
-        answer = response.json()
-    except ValueError:
-        answer = None
-    wait = retry_after_seconds(response.headers) if status == 429 else None
-    if not isinstance(answer, dict):
-        error = f"HTTP {status} with a body that is not Snapchat's JSON"
+    answer = json_object(response)
+    if answer is None:
         if 200 <= status < 300:
             return everyone(Outcome(SENT, status, response=excerpt(text)), count)
         if status == 413:  # a front end's body limit: smaller requests get through
-            return everyone(Outcome(REJECTED, status, error, response=excerpt(text), whole_batch=count > 1), count)
-        kind = THROTTLE if status == 429 else RETRY if status >= 500 else SETUP
-        return everyone(Outcome(kind, status, error, response=excerpt(text), retry_after=wait), count)
+            return everyone(replace(unreadable(response, "Snapchat's"), kind=REJECTED, whole_batch=count > 1), count)
+        return everyone(unreadable(response, "Snapchat's"), count)
     common = {"status": status, "response": excerpt(text)}
     message = _message(status, answer)
     if status == 429:
-        return everyone(Outcome(THROTTLE, error=message, retry_after=wait, **common), count)
+        return everyone(Outcome(THROTTLE, error=message, retry_after=retry_after_seconds(response.headers), **common),
+                        count)
     if status >= 500:
         return everyone(Outcome(RETRY, error=message, **common), count)
     if status in (401, 403, 404) or (status >= 400 and SETUP_REASON.search(str(answer.get("reason") or ""))):

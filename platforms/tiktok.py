@@ -1,28 +1,35 @@
-"""TikTok Events API 2.0: POST {api_base}/open_api/v1.3/event/track/ (platforms.md §2)."""
+"""TikTok Events API 2.0: POST {api_base}/open_api/v1.3/event/track/
+(https://business-api.tiktok.com/portal/docs?id=1771100865818625)."""
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 import requests
 
 from ingest.canonical import CanonicalEvent
 from config import Destination
-from ingest.identity import HASHED_RE, sha256
+from ingest.hashing import hashed, sha256
 from platforms.base import (
-    REJECTED, RETRY, SENT, SETUP, THROTTLE, Http, Outcome, Skip, everyone, excerpt, missing_settings,
-    network_failure, retry_after_seconds,
+    REJECTED, RETRY, SENT, SETUP, THROTTLE, ClickId, Cookie, Flavour, Http, Outcome, Skip, everyone, excerpt,
+    json_object, missing_settings, network_failure, retry_after_seconds, unreadable,
 )
 
 NAME = "tiktok"
 LABEL = "TikTok"
 # One invalid event fails the whole request (https://hightouch.com/docs/destinations/tiktok).
 BATCH_LIMIT = 1000
-# TikTok publishes no age past which it refuses an event (platforms.md §10.4). Since one refused
+# TikTok publishes no age past which it refuses an event. Since one refused
 # event fails its whole batch, stay inside the tightest bound its peers document: Meta's 7 days,
 # which is also TikTok's longest view-through window; a week-old backlog is an outage, not traffic.
 MAX_AGE = timedelta(days=7)
-# A Telegram-funnel event goes here only when it carries one of these click ids (routing.missing_attribution).
-ATTRIBUTION_KEYS = ("ttclid", "ttp")
+CLICK_IDS = (
+    # The ttclid a TikTok ad click appends to the landing URL, and the TikTok Pixel's _ttp cookie: what TikTok's
+    # own GTM template reads (https://github.com/tiktok/gtm-template-eapi/blob/main/template.js).
+    ClickId("ttclid", params=("ttclid",), ad_click=True, attribution=True),
+    ClickId("ttp", cookies=(Cookie("_ttp"),), attribution=True),
+)
+FLAVOURS: tuple[Flavour, ...] = ()
 DEFAULT_API_BASE = "https://business-api.tiktok.com"
 DEFAULT_API_VERSION = "v1.3"
 WEIGHTS = {
@@ -32,10 +39,10 @@ WEIGHTS = {
 # What can match a person on its own; UA, names and coarse location only sharpen a match.
 MATCHABLE = ("email", "phone", "external_id", "ttclid", "ttp", "ip")
 # Standard names that differ from ours: TikTok's page view is "Pageview"
-# (https://github.com/tiktok/gtm-template-eapi/blob/main/template.js, platforms.md §9.2).
+# (https://github.com/tiktok/gtm-template-eapi/blob/main/template.js).
 EVENT_NAMES = {"PageView": "Pageview"}
 SUCCESS = 0
-PARTIAL_SUCCESS = 20001  # RudderStack counts it as accepted; no other source (platforms.md §10.9)
+PARTIAL_SUCCESS = 20001  # RudderStack counts it as accepted; no other source says
 THROTTLED = 40100
 NO_PERMISSION = 40001
 INVALID_PARAMETER = 40002
@@ -59,7 +66,7 @@ def url(dest: Destination) -> str:
 
 def build(event: CanonicalEvent, dest: Destination) -> dict:
     """The `data[]` item for one event, or Skip when TikTok could not accept it."""
-    # TikTok has no messaging source (only web, app, offline, crm: platforms.md §2.2). A Telegram
+    # TikTok has no messaging source (only web, app, offline, crm). A Telegram
     # join started on the landing page that holds the pixel, so it goes as that page's web event.
     if event.channel != "web" and not event.source_url:
         raise Skip("Telegram event without a landing page URL: TikTok has no messaging source, "
@@ -85,15 +92,14 @@ def build(event: CanonicalEvent, dest: Destination) -> dict:
 def _user(event: CanonicalEvent) -> dict:
     ids, loc = event.identity, event.location
     user: dict = {}
-    # Email trimmed and lower-cased, phone as E.164 with "+", names without spaces (platforms.md §2.3).
+    # Email trimmed and lower-cased, phone as E.164 with "+", names without spaces.
     for key, flavour in (("email", "em"), ("phone", "ph_e164")):
         if flavour in ids:
             user[key] = ids[flavour]
     if event.external_id:
         # Hashed as given, trimmed, not lower-cased: what TikTok's own GTM template does, so it
-        # matches what the Pixel sends (platforms.md §2.3, DISAGREE with Segment).
-        external = event.external_id.strip()
-        user["external_id"] = external.lower() if HASHED_RE.match(external) else sha256(external)
+        # matches what the Pixel sends (Segment's integration lower-cases it).
+        user["external_id"] = hashed(event.external_id)
     for key, flavour in (("first_name", "fn_compact"), ("last_name", "ln_compact")):
         if flavour in ids:
             user[key] = ids[flavour]
@@ -167,12 +173,9 @@ def send(items: list[dict], dest: Destination, http: Http) -> list[Outcome]:
 def classify(response: requests.Response, count: int) -> list[Outcome]:
     """Sort TikTok's answer into the five outcomes by its `code`: errors usually arrive as HTTP 200."""
     status, text = response.status_code, response.text
-    try:
-        answer = response.json()
-    except ValueError:
-        answer = None
+    answer = json_object(response)
     # Errors come as HTTP 200 with a non-zero `code` (https://business-api.tiktok.com/portal/docs?id=1771100865818625).
-    code = answer.get("code") if isinstance(answer, dict) else None
+    code = answer.get("code") if answer is not None else None
     if not isinstance(code, int) or isinstance(code, bool):
         return _not_tiktok(response, count)
     message = f"TikTok error {code}: {answer.get('message') or 'no message'}"
@@ -203,11 +206,7 @@ def _setup(code: int, message: str) -> bool:
 
 def _not_tiktok(response: requests.Response, count: int) -> list[Outcome]:
     """A gateway's or proxy's answer (an HTML 502 page, say): judged by the HTTP status alone."""
-    status = response.status_code
-    common = {"status": status, "error": f"HTTP {status} with a body that is not TikTok's JSON",
-              "response": excerpt(response.text)}
-    if status == 429:
-        return everyone(Outcome(THROTTLE, retry_after=retry_after_seconds(response.headers), **common), count)
-    if 400 <= status < 500:  # a wrong api_base or a proxy refusing us: no event would pass
-        return everyone(Outcome(SETUP, **common), count)
-    return everyone(Outcome(RETRY, **common), count)
+    outcome = unreadable(response, "TikTok's")  # a 4xx: a wrong api_base or a proxy refusing us
+    if response.status_code < 400:  # TikTok's own answers are JSON even at HTTP 200: this one is a glitch
+        outcome = replace(outcome, kind=RETRY)
+    return everyone(outcome, count)

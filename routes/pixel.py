@@ -14,6 +14,7 @@ from ingest.canonical import utcnow
 from config import Config, Site
 from dialects.pixel import parse as pixel
 from dialects.errors import Refused
+from ingest import clickids
 from ingest.accept import accept
 from models import Event, Send
 from routes.common import client_context, current_config, reached_over_https
@@ -67,8 +68,8 @@ def hit(app_token: str, category: str):
     earlier = known.identity if known else {}
     event.identity = {**earlier, **event.identity}  # what the visitor said before; this call's values win
     fbid = call.fbid or (known.fbid if known else None)
-    if fbid:
-        event.click_ids = {**event.click_ids, "fb_login_id": fbid}  # Meta takes it in clear
+    if fbid:  # kept in clear, as the click id of the platform that reads a pixel's `fbid`
+        event.click_ids = {**event.click_ids, **clickids.read({"fbid": fbid}, (clickids.ALIAS,))[0]}
     row, created = accept(event, site, config)
     if created:
         _remember(site, call)

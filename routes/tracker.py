@@ -23,6 +23,7 @@ from dialects.adtarget import parse as adtarget
 from dialects.adtarget.parse import VisitInput
 from dialects.common import ClientContext, clean_url, present, read_id
 from dialects.errors import FieldError, Refused
+from ingest import clickids
 from dialects.adtarget.funnel import SESSION_COOKIE, SESSION_COOKIE_MAX_AGE, TEMP_COOKIE, TEMP_COOKIE_MAX_AGE, FunnelError
 from routes.common import allow_origin, client_context, current_config, dry_run, outbound_http, reached_over_https, read_object
 
@@ -30,8 +31,6 @@ bp = Blueprint("tracker", __name__, url_prefix="/track")
 DIALECT = "tracker"
 # RFC 6265 cookie-octets: an id kept in a cookie must be storable there byte for byte.
 COOKIE_ID_RE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]{1,255}")
-# Parameters an ad platform appends to its destination URL: an invite URL carrying one is an ad's landing page.
-AD_PARAMETERS = ("fbclid", *adtarget.URL_CLICK_IDS)
 MAX_REFERER_CHARS = adtarget.MAX_TEXT_CHARS
 TITLES = {
     "VALIDATION_ERROR": "This link is incomplete",
@@ -174,8 +173,9 @@ def parse_init(body: dict, connection: ClientContext, site: Site, now: datetime)
         elif sent is not None and valid_id(sent) is None:
             raise FieldError(key, "must be printable ASCII without spaces, quotes, commas, semicolons or "
                                   "backslashes: it is kept in a cookie")
-    if not present(body.get("fbc")) and isinstance(body.get("href"), str):
-        body = {**body, "fbc": earlier_fbc(site, body.get("tempId"), body["href"])}
+    if isinstance(body.get("href"), str):
+        earlier = earlier_clicks(site, body.get("tempId"), body["href"])
+        body = {**body, **{key: value for key, value in earlier.items() if not present(body.get(key))}}
     # The browser itself is calling: its own IP and user agent win over clientIp/userAgent in the body.
     return adtarget.parse_visit(body, ClientContext(ip=connection.ip, user_agent=connection.user_agent), connection,
                                 site, now)
@@ -189,23 +189,22 @@ def landing_visit(connection: ClientContext, temp_id: str | None, session_id: st
     referer = clean_url(referer, "Referer", [])
     href, referrer = (request.url, referer) if from_ad() or referer is None else (referer, None)
     body = {"href": href, "referrer": referrer, "tempId": temp_id, "clientSessionId": session_id,
-            "fbc": earlier_fbc(site, temp_id, href)}
+            **earlier_clicks(site, temp_id, href)}
     return adtarget.parse_visit({k: v for k, v in body.items() if v}, ClientContext(), connection, site, now)
 
 
-def earlier_fbc(site: Site, temp_id: object, href: str) -> str | None:
-    """The fbc the visitor already has for the fbclid in `href`: a reload of the ad's page is the same click,
-    and fbc keeps the click's first-seen time (SPEC §5) instead of being minted anew."""
-    fbclid = adtarget.url_parameters(href).get("fbclid") if isinstance(temp_id, str) else None
-    visit = funnel.latest_visit(site, temp_id) if fbclid else None
-    fbc = visit.click_ids.get("fbc") if visit is not None else None
-    value = fbc.split(".", 3)[3] if fbc and fbc.count(".") >= 3 else None
-    return fbc if value is not None and (value == fbclid or value.startswith(fbclid + ".")) else None
+def earlier_clicks(site: Site, temp_id: object, href: str) -> dict[str, str]:
+    """The click ids the visitor already has that ingest made for the clicks in `href`: a reload of the ad's
+    page is the same click, and keeps its first-seen time instead of being minted anew."""
+    query = adtarget.url_parameters(href) if isinstance(temp_id, str) else {}
+    visit = funnel.latest_visit(site, temp_id) if clickids.mints_from(query) else None
+    return clickids.made_for(query, visit.click_ids) if visit is not None else {}
 
 
 def from_ad() -> bool:
-    """Whether the invite URL itself carries an ad click id or a utm_ parameter."""
-    return any(key in AD_PARAMETERS or key.startswith("utm_") for key in request.args)
+    """Whether the invite URL itself carries a parameter an ad click appends, or a utm_ one."""
+    ad_parameters = clickids.url_parameters()
+    return any(key in ad_parameters or key.startswith("utm_") for key in request.args)
 
 
 def channel_named(site: Site, ref: str) -> Channel:

@@ -459,10 +459,11 @@ DRY_DESTINATIONS = [
 @pytest.fixture
 def every_platform(raw_config, monkeypatch):
     """All five platforms, each with the signal keys its module declares."""
+    from ingest.clickids import attribution_keys
     from platforms import REGISTRY
 
     raw_config["sites"][0]["destinations"] = DRY_DESTINATIONS
-    assert {name: REGISTRY[name].ATTRIBUTION_KEYS for name in SIGNALS} == SIGNALS
+    assert {name: attribution_keys(REGISTRY[name]) for name in SIGNALS} == SIGNALS
     return REGISTRY
 
 

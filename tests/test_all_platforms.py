@@ -11,8 +11,9 @@ from ingest.canonical import CanonicalEvent, utcnow
 from config import Destination
 from delivery.dispatcher import Dispatcher
 from models import Send
+from ingest import clickids
 from platforms import REGISTRY
-from platforms.base import RETRY, THROTTLE, Http, Skip
+from platforms.base import RETRY, THROTTLE, ClickId, Flavour, Http, Platform, Skip
 from tests.conftest import BROWSER, SEED_EXAMPLE, base_config, build_config, with_destinations
 from tests.fakes.ga4 import FakeGA4
 from tests.fakes.google_ads import FakeGoogleAds
@@ -96,13 +97,37 @@ def closed_port() -> str:
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_every_platform_has_the_one_module_shape(name):
     module = REGISTRY[name]
+    assert isinstance(module, Platform)
     assert module.NAME == name and isinstance(module.LABEL, str) and module.LABEL
     assert isinstance(module.BATCH_LIMIT, int) and module.BATCH_LIMIT > 0
     assert isinstance(module.MAX_AGE, timedelta) and module.MAX_AGE > timedelta(0)
     assert module.WEIGHTS and all(0 < w <= 10 for w in module.WEIGHTS.values())
-    assert module.ATTRIBUTION_KEYS and all(isinstance(key, str) for key in module.ATTRIBUTION_KEYS)
+    assert module.CLICK_IDS and all(isinstance(click, ClickId) for click in module.CLICK_IDS)
+    assert all(isinstance(flavour, Flavour) for flavour in module.FLAVOURS)
     for function in ("check_settings", "url", "build", "identifiers", "request_key", "send"):
         assert callable(getattr(module, function)), function
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_every_platform_names_its_own_attribution_signals(name):
+    keys = clickids.attribution_keys(REGISTRY[name])
+    assert keys and set(keys) <= {click.key for click in REGISTRY[name].CLICK_IDS}
+
+
+def test_every_name_a_field_may_give_a_click_id_belongs_to_one_click_id_only():
+    spellings = [(name, click.key) for click in clickids.declared().values()
+                 for name in (click.key, *click.params, *click.aliases, *(cookie.name for cookie in click.cookies))]
+    spellings += [(click.minted.param, click.key) for click in clickids.declared().values() if click.minted]
+    owners: dict[str, set[str]] = {}
+    for name, key in spellings:
+        owners.setdefault(name.lower(), set()).add(key)
+    assert {name: keys for name, keys in owners.items() if len(keys) > 1} == {}
+
+
+def test_a_click_id_or_flavour_two_platforms_share_is_declared_alike_by_both():
+    flavours = [flavour for module in REGISTRY.values() for flavour in module.FLAVOURS]
+    assert all(f == g for f in flavours for g in flavours if f.key == g.key)
+    assert set(clickids.declared()) == {click.key for module in REGISTRY.values() for click in module.CLICK_IDS}
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))

@@ -4,7 +4,8 @@ import hashlib
 
 import pytest
 
-from ingest.identity import HASHED_RE, Identity, meta_city, normalize_identity, sha256
+from ingest.identity import HASHED_RE, Identity, normalize_identity, sha256
+from platforms.base import spaceless_city
 
 HEX = "9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08"  # sha256("test"), upper
 
@@ -69,6 +70,29 @@ def test_it_hashes_email_for_meta_and_with_googles_gmail_rule(raw, em, em_google
     identity = normalize_identity({"email": raw}, None)
     assert identity.hashes == {"em": digest(em), "em_google": digest(em_google)}
     assert identity.dropped == []
+
+
+# Google: "Remove all periods (.) that precede the domain name in gmail.com and googlemail.com email addresses"
+# (https://developers.google.com/google-ads/api/docs/conversions/upload-identifiers,
+# https://support.google.com/google-ads/answer/13262500). Dots Gmail ignores cannot make its address invalid.
+@pytest.mark.parametrize("raw, em, em_google", [
+    ("john..doe.@gmail.com", "john..doe.@gmail.com", "johndoe@gmail.com"),
+    (".john.doe@googlemail.com", ".john.doe@googlemail.com", "johndoe@googlemail.com"),
+    (" J.O.H.N..Doe+Promo@GMail.com ", "j.o.h.n..doe+promo@gmail.com", "johndoe+promo@gmail.com"),
+    ("john.doe@gmail.com", "john.doe@gmail.com", "johndoe@gmail.com"),
+    ("john_doe@gmail.com", "john_doe@gmail.com", "john_doe@gmail.com"),
+])
+def test_it_removes_every_dot_of_a_gmail_local_part_for_google_before_judging_or_hashing_it(raw, em, em_google):
+    identity = normalize_identity({"email": raw}, None)
+    assert identity == Identity({"em": digest(em), "em_google": digest(em_google)}, {}, [])
+
+
+@pytest.mark.parametrize("raw", [
+    "john..doe.@example.com", "..@gmail.com", "john..doe@gmail..com", "john.@mail.gmail.com",
+])
+def test_dots_only_gmail_ignores_do_not_save_an_address(raw):
+    identity = normalize_identity({"email": raw}, None)
+    assert identity == Identity({}, {}, ["email: not a valid email address"])
 
 
 @pytest.mark.parametrize("raw", [
@@ -331,7 +355,7 @@ def test_it_drops_us_zips_without_five_leading_digits(raw, reason):
     assert identity == Identity({}, {"country": "us"}, [reason])
 
 
-@pytest.mark.parametrize("raw, city, meta", [
+@pytest.mark.parametrize("raw, city, spaceless", [
     ("San Francisco", "san francisco", "sanfrancisco"),
     ("St. Louis", "st louis", "stlouis"),
     ("  NEW   york ", "new york", "newyork"),
@@ -340,10 +364,10 @@ def test_it_drops_us_zips_without_five_leading_digits(raw, reason):
     ("Winston-Salem", "winstonsalem", "winstonsalem"),
     ("Coeur d'Alene", "coeur dalene", "coeurdalene"),
 ])
-def test_it_keeps_city_plain_and_meta_city_drops_spaces(raw, city, meta):
+def test_it_keeps_city_plain_and_its_spaceless_form_drops_spaces(raw, city, spaceless):
     identity = normalize_identity({"city": raw}, None)
     assert identity == Identity({}, {"city": city}, [])
-    assert meta_city(city) == meta
+    assert spaceless_city(city) == spaceless
 
 
 @pytest.mark.parametrize("raw, default_country", [

@@ -24,6 +24,7 @@ from dialects.adtarget.parse import DIALECT, Attribution, ConversionInput, Ignor
 from dialects.common import is_bot
 from dialects.errors import BadCredentials, BodyTooLarge, InvalidJSON, NotAnObject, Refused
 from ingest.identity import Identity
+from ingest.clickids import from_ad_click
 from ingest.accept import accept
 from models import (
     FAILED, PENDING, SENDING, SENT, BaseModel, Event, JSONField, Send, UTCDateTimeField, any_of, database, holding,
@@ -341,7 +342,7 @@ def _follow_newer_click(link: InviteLink, visit: Visit) -> None:
 
 
 def _has_click(visit: Visit) -> bool:
-    return any(visit.click_ids.get(key) for key in ("fbc", "gclid", "gbraid", "wbraid", "ttclid", "sccid"))
+    return from_ad_click(visit.click_ids)
 
 
 def _telegram_failure(exc: TelegramError, channel: Channel) -> FunnelError:

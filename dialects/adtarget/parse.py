@@ -13,28 +13,28 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from config import Site
 from dialects.common import (
-    CLICK_ID_KEYS, OPAQUE_ID_RE, ClientContext, FieldError, clean_click_ids, clean_url, custom_properties, mint_fbc,
+    ClientContext, FieldError, clean_url, custom_properties,
     present, read_currency, read_id, read_value,
 )
+from ingest import clickids
 from ingest.identity import Identity, normalize_identity
 
 DIALECT = "adtarget"
 EVENT_TYPES = ("Lead", "Purchase", "CompleteRegistration", "Subscribe", "Custom")
 PII_FIELDS = {"email": "email", "phone": "phone", "firstName": "first_name", "lastName": "last_name"}
-# URL parameter -> click id; Snapchat's is spelled ScCid (platforms.md §3.4).
-URL_CLICK_IDS = {"gclid": "gclid", "gbraid": "gbraid", "wbraid": "wbraid", "ttclid": "ttclid",
-                 "ScCid": "sccid", "sccid": "sccid"}
 UTM_FIELDS = {"utmSource": "utm_source", "utmMedium": "utm_medium", "utmCampaign": "utm_campaign",
               "utmContent": "utm_content", "utmTerm": "utm_term"}
 MAX_TEXT_CHARS = 4096
 MAX_TELEGRAM_ID = 2 ** 53  # Telegram ids fit in 52 bits; anything larger is not one
+# Besides these, both bodies carry click ids under their keys (ingest/clickids.py); a visit's href, under the
+# URL parameters an ad click appends.
 VISIT_FIELDS = frozenset((
     "tempId", "clientSessionId", "externalUserId", "href", "landingPage", "referrer", "clientIp", "userAgent",
-    "country", "city", "region", *CLICK_ID_KEYS, *UTM_FIELDS,
+    "country", "city", "region", *UTM_FIELDS,
 ))
 CONVERSION_FIELDS = frozenset((
     "telegramUserId", "channelId", "eventType", "customEventName", "value", "currency", "contentName", "pii",
-    "externalUserId", "eventTime", "clientIp", "userAgent", "eventSourceUrl", *CLICK_ID_KEYS,
+    "externalUserId", "eventTime", "clientIp", "userAgent", "eventSourceUrl",
 ))
 
 
@@ -148,17 +148,14 @@ def parse_visit(body: Mapping[str, Any], forwarded: ClientContext, connection: C
     notes: list[str] = []
     landing_page = clean_url(texts["landingPage"], "landingPage", notes) or _without_query(href)
     query = url_parameters(href)
-    click_ids, click_notes = clean_click_ids({
-        **{key: query[param] for param, key in URL_CLICK_IDS.items() if param in query},
-        **{key: body[key] for key in CLICK_ID_KEYS if present(body.get(key))},
-    })
+    in_url, _ = clickids.named(query, (clickids.PARAM,))
+    given, _ = clickids.named(body, (clickids.KEY,))
+    click_ids, click_notes = clickids.clean({**in_url, **given})
     notes += click_notes
-    fbclid = query.get("fbclid")
-    if fbclid is not None and not OPAQUE_ID_RE.fullmatch(fbclid):
-        notes.append("href: fbclid dropped, not a click id (text without spaces expected)")
-    elif fbclid and not _carries(click_ids.get("fbc"), fbclid):
-        # No fbc sent, or one from an older click: the URL's click is the newest (platforms.md §1.5).
-        click_ids["fbc"] = mint_fbc(fbclid, now)
+    # One minted from the URL replaces one sent for an older click: the URL's click is the newest.
+    click_ids, click_notes = clickids.minted(click_ids, query, now, "href")
+    notes += click_notes
+    own = VISIT_FIELDS | clickids.names((clickids.KEY,)).keys()
     location = normalize_identity(
         {"country": texts["country"], "city": texts["city"], "state": texts["region"]}, None)
     notes += location.dropped
@@ -180,7 +177,7 @@ def parse_visit(body: Mapping[str, Any], forwarded: ClientContext, connection: C
             external_id=external_user_id,
         ),
         utm={k: v for k, v in utm.items() if v},
-        properties=custom_properties({k: v for k, v in body.items() if k not in VISIT_FIELDS}, notes),
+        properties=custom_properties({k: v for k, v in body.items() if k not in own}, notes),
         notes=notes,
     )
 
@@ -193,9 +190,9 @@ def parse_update_fbp(body: Mapping[str, Any]) -> tuple[str, str]:
     fbp = body.get("fbp")
     if not present(fbp):
         raise FieldError("fbp")
-    kept, _ = clean_click_ids({"fbp": fbp})
+    kept, _ = clickids.read({"fbp": fbp}, (clickids.KEY,))
     if "fbp" not in kept:
-        raise FieldError("fbp", "must be of the form fb.<digit>.<digits>.<value>")
+        raise FieldError("fbp", f"must be of the form {clickids.declared()['fbp'].form.text}")
     return temp_id, kept["fbp"]
 
 
@@ -240,9 +237,10 @@ def parse_conversion(body: Mapping[str, Any], forwarded: ClientContext, site: Si
     identity = read_pii(body.get("pii"), site)
     texts = {key: _text(body, key) for key in ("clientIp", "userAgent", "eventSourceUrl")}
     notes = list(identity.dropped)
-    click_ids, click_notes = clean_click_ids({key: body.get(key) for key in CLICK_ID_KEYS})
+    click_ids, click_notes = clickids.read(body, (clickids.KEY,))
     notes += click_notes
-    properties = custom_properties({k: v for k, v in body.items() if k not in CONVERSION_FIELDS}, notes)
+    own = CONVERSION_FIELDS | clickids.names((clickids.KEY,)).keys()
+    properties = custom_properties({k: v for k, v in body.items() if k not in own}, notes)
     if content_name:
         properties["content_name"] = content_name
     return ConversionInput(
@@ -408,12 +406,6 @@ def url_parameters(url: str) -> dict[str, str]:
 def _without_query(url: str) -> str:
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, parts.path or "/", "", ""))
-
-
-def _carries(fbc: str | None, fbclid: str) -> bool:
-    """Whether an `fb.1.<ms>.<fbclid>[.<appendix>]` cookie is for this very click."""
-    value = fbc.split(".", 3)[3] if fbc and fbc.count(".") >= 3 else None
-    return value is not None and (value == fbclid or value.startswith(fbclid + "."))
 
 
 def _text(body: Mapping[str, Any], key: str) -> str | None:

@@ -7,18 +7,18 @@ from typing import Any, Mapping
 from ingest.canonical import CanonicalEvent, standard_name
 from config import Site
 from dialects.common import (
-    ClientContext, FieldError, clean_click_ids, clean_url, custom_properties, is_bot, new_event_id,
+    ClientContext, FieldError, clean_url, custom_properties, is_bot, new_event_id,
     read_bool, read_currency, read_id, read_text, read_timestamp, read_value,
 )
+from ingest import clickids
 from ingest.identity import normalize_identity
 
 DIALECT = "channelstack"
 IDENTITY_FIELDS = ("email", "phone", "first_name", "last_name", "city", "state", "zip", "country", "gender", "date_of_birth")
-CLICK_ID_ALIASES = {"ScCid": "sccid", "sc_click_id": "sccid", "_scid": "scid", "client_id": "ga_client_id"}
+# Click ids come under their keys, URL parameter names, aliases or cookie names (ingest/clickids.py).
 OWN_FIELDS = frozenset((
     "api_key", "event", "distinct_id", "anonymous_id", "value", "currency", "order_id", "event_id",
     "occurred_at", "source_url", "consent", "items", *IDENTITY_FIELDS,
-    "fbc", "fbp", "gclid", "gbraid", "wbraid", "ttclid", "ttp", "sccid", "scid", "ga_client_id", *CLICK_ID_ALIASES,
 ))
 
 
@@ -38,10 +38,11 @@ def parse(body: Mapping[str, Any], client: ClientContext, site: Site, consent_de
 
     identity = normalize_identity({k: body.get(k) for k in IDENTITY_FIELDS}, site.default_country)
     notes = list(identity.dropped)
-    click_ids, click_notes = clean_click_ids({**{CLICK_ID_ALIASES.get(k, k): v for k, v in body.items()}})
+    click_ids, click_notes = clickids.read(body)
     notes += click_notes
     page_url = clean_url(body.get("source_url"), "source_url", notes)
-    properties = custom_properties({k: v for k, v in body.items() if k not in OWN_FIELDS}, notes)
+    own = OWN_FIELDS | clickids.names().keys()
+    properties = custom_properties({k: v for k, v in body.items() if k not in own}, notes)
     return CanonicalEvent(
         site_id=site.id,
         dialect=DIALECT,

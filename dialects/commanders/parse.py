@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import math
-import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping
@@ -12,9 +11,10 @@ from typing import Any, Mapping
 from ingest.canonical import CanonicalEvent, standard_name
 from config import Site
 from dialects.common import (
-    MAX_ID_CHARS, ClientContext, FieldError, clean_click_ids, clean_url, custom_properties, is_bot,
+    MAX_ID_CHARS, ClientContext, FieldError, clean_url, custom_properties, is_bot,
     new_event_id, present, read_currency, read_id, read_value,
 )
+from ingest import clickids
 from ingest.identity import HASHED_RE, normalize_identity
 
 DIALECT = "commanders"
@@ -35,10 +35,6 @@ USER_IDENTITY_KEYS = {
 }
 PREHASHED_KEYS = ("email_sha256", "phone_sha256")
 USER_OWN_KEYS = frozenset(("id", "consistent_anonymous_id", "consent_categories", *USER_IDENTITY_KEYS))
-# `context.device.cookie` names -> canonical click ids (SPEC §6).
-COOKIE_CLICK_IDS = {"_fbp": "fbp", "_fbc": "fbc", "_ga": "ga_client_id", "_ttp": "ttp", "_scid": "scid", "_gcl_aw": "gclid"}
-# Google's conversion linker cookie: GCL.<click time in seconds>.<gclid>
-GCL_AW_RE = re.compile(r"GCL\.\d+\.(.+)", re.DOTALL)
 EVENT_OWN_KEYS = frozenset(("event_name", "user", "context", "id", "revenue", "value", "currency", "items"))
 # Context fields that become canonical fields; the rest of `context` is kept as a property.
 CONTEXT_USED = {"": ("event_id", "event_timestamp"), "page": ("url", "referrer"), "device": ("user_agent", "ip", "lang", "cookie")}
@@ -93,8 +89,7 @@ def parse(body: Mapping[str, Any], client: ClientContext, site: Site, consent_de
     if "country" not in location and site.default_country:
         location["country"] = site.default_country.lower()
 
-    click_ids, click_notes = clean_click_ids(cookie_click_ids(device.get("cookie"), notes))
-    notes += click_notes
+    click_ids = cookie_click_ids(device.get("cookie"), notes)
     properties = custom_properties({k: v for k, v in body.items() if k not in EVENT_OWN_KEYS}, notes)
     if revenue is not None and plain_value is not None:
         properties["value"] = plain_value  # `revenue` is the event's value; the other figure is kept, not lost
@@ -181,28 +176,16 @@ def parse_profile(body: Mapping[str, Any], site: Site) -> UserFields:
     return replace(read_user(body, site), user_id=user_id)
 
 
-def cookie_click_ids(cookie: Any, notes: list[str]) -> dict[str, Any]:
-    """The click-id cookies of a `Cookie`-style string, byte for byte; `_gcl_aw` yields its gclid."""
+def cookie_click_ids(cookie: Any, notes: list[str]) -> dict[str, str]:
+    """The click ids of `context.device.cookie`, a `Cookie`-style string, byte for byte."""
     if cookie is None:
         return {}
     if not isinstance(cookie, str):
         notes.append("context.device.cookie: dropped, must be a string")
         return {}
-    found: dict[str, Any] = {}
-    for part in cookie.split(";"):
-        name, sep, value = part.strip().partition("=")
-        key = COOKIE_CLICK_IDS.get(name.strip())
-        if not sep or key is None or key in found:
-            continue  # the first of a repeated name wins, as a browser sends the most specific path first
-        value = value.strip()
-        if name.strip() == "_gcl_aw":
-            match = GCL_AW_RE.fullmatch(value)
-            if not match:
-                notes.append("_gcl_aw: dropped, not of the form GCL.<timestamp>.<gclid>")
-                continue
-            value = match[1]
-        found[key] = value
-    return found
+    click_ids, click_notes = clickids.read_cookie_header(cookie)
+    notes += click_notes
+    return click_ids
 
 
 def read_epoch_ms(body: Mapping, key: str) -> datetime | None:

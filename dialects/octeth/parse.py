@@ -18,10 +18,11 @@ from user_agents import parse as parse_user_agent
 from ingest.canonical import CUSTOM, CanonicalEvent, fold, standard_name
 from config import Site
 from dialects.common import (
-    CLICK_ID_KEYS, PII_PROPERTY_KEYS, ClientContext, FieldError, clean_click_ids, clean_url,
+    PII_PROPERTY_KEYS, ClientContext, FieldError, clean_url,
     custom_properties, is_bot, present, read_currency, read_id, read_value,
 )
 from dialects.errors import InvalidJSON, NotAnObject, Refused
+from ingest import clickids
 from ingest.identity import normalize_identity
 
 DIALECT = "octeth"
@@ -41,7 +42,8 @@ IDENTITY_ALIASES = {
     "country": "country",
 }
 EMAIL_ALIASES = frozenset(("email", "emailaddress", "mail"))  # the subscriber's address is the `email` parameter
-CLICK_ID_ALIASES = {"_fbc": "fbc", "_fbp": "fbp", **{key: key for key in CLICK_ID_KEYS}}
+# A property named for a click id's key or its cookie, in any case, carries it (ingest/clickids.py).
+CLICK_ID_NAMES = (clickids.KEY, clickids.COOKIE)
 
 MISSING_CREDENTIALS = "Missing APIKey or SessionID parameter"
 INVALID_CREDENTIALS = "Invalid APIKey or SessionID parameter"
@@ -280,9 +282,9 @@ def parse_event(body: Mapping[str, Any], client: ClientContext, sites: Sequence[
         raise ErrorList(422, problems)
     notes[:0] = [note for note in identity.dropped if not note.startswith("email:")]
 
-    click_ids, click_notes = clean_click_ids({CLICK_ID_ALIASES[k.lower()]: v for k, v in rest.items() if k.lower() in CLICK_ID_ALIASES})
+    click_ids, click_notes = clickids.read(rest, CLICK_ID_NAMES, fold_case=True)
     notes += click_notes
-    own = CLICK_ID_ALIASES.keys() | (CONVERSION_FIELDS if conversion else set())
+    own = clickids.names(CLICK_ID_NAMES, fold_case=True).keys() | (CONVERSION_FIELDS if conversion else set())
     rest = {k: v for k, v in rest.items() if k.lower() not in own}
     custom = custom_properties(rest, notes)
     event_uuid = _client_uuid(custom, notes) or new_uuid()

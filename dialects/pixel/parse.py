@@ -13,15 +13,17 @@ from typing import Any, Mapping
 from ingest.canonical import CanonicalEvent, standard_name
 from config import Site
 from dialects.common import (
-    CLICK_ID_KEYS, ClientContext, FieldError, clean_click_ids, clean_url, custom_properties, is_bot,
+    ClientContext, FieldError, clean_url, custom_properties, is_bot,
     new_event_id, present, read_bool, read_currency, read_id,
 )
+from ingest import clickids
 from ingest.identity import normalize_identity
 
 DIALECT = "pixel"
 CATEGORIES = ("event", "revenue")
 IDENTITY_FIELDS = ("email", "phone", "first_name", "last_name", "city", "state", "zip", "country", "gender", "date_of_birth")
-OWN_PARAMS = frozenset(("uuid", "fbid", "access_token", "currency", "event_id", "consent", *IDENTITY_FIELDS, *CLICK_ID_KEYS))
+# Besides these, `params` carries click ids under their keys (ingest/clickids.py); `fbid` is read on its own.
+OWN_PARAMS = frozenset(("uuid", "fbid", "access_token", "currency", "event_id", "consent", *IDENTITY_FIELDS))
 MAX_TOKEN_CHARS = 255
 MAX_DEPTH = 20  # deeper `params` is garbage, and would exhaust the stack of the recursive property filters
 MAX_KEY_IN_NOTE = 40
@@ -115,10 +117,11 @@ def parse(category: str, args: Mapping[str, str], params: Mapping[str, Any], coo
     fbid = _fbid(params.get("fbid"), notes)
     if present(params.get("access_token")):
         notes.append("access_token: dropped, Facebook access tokens are neither resolved nor stored")
-    click_ids, click_notes = clean_click_ids(params)
+    click_ids, click_notes = clickids.read(params, (clickids.KEY,))
     notes += click_notes
     page_url = clean_url(client.referrer, "Referer", notes)
-    properties = custom_properties({k: v for k, v in params.items() if k not in OWN_PARAMS}, notes)
+    own = OWN_PARAMS | clickids.names((clickids.KEY,)).keys()
+    properties = custom_properties({k: v for k, v in params.items() if k not in own}, notes)
     event = CanonicalEvent(
         site_id=site.id,
         dialect=DIALECT,
