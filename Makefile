@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# SPEC §2: config.yaml is made from the example only when POSTBACK_CONFIG is unset.
+# config.yaml is made from the example only when POSTBACK_CONFIG is unset.
 ifeq ($(origin POSTBACK_CONFIG), undefined)
 CONFIG_FILE := config.yaml
 else

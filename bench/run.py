@@ -55,7 +55,7 @@ META_TOKEN = "bench-meta-token"
 USER_AGENT = ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) "
               "Chrome/126.0 Safari/537.36")
 CLIENT_IP = "203.0.113.7"
-# A realistic purchase from a shop's server: the seed example's fields, with well-formed click ids.
+# A realistic purchase from a shop's server: ChannelStack's documented example's fields, with well-formed click ids.
 PURCHASE = {
     "api_key": API_KEY,
     "event": "purchase_completed",
@@ -832,11 +832,11 @@ def report(s: Settings, gconf: dict, ing: IngestResult, disp: list[DispatchRun],
                         f"other work {statistics.median(r.others_share for r in runs):.0%}")
             lines.append(table_row(f"Ingest {target}, {c} conns: requests/s", [r.rps for r in runs], "", cpu_note))
             lines.append(table_row(f"Ingest {target}, {c} conns: p50", [r.ms("p50_us") for r in runs], "ms"))
-            p99_note = "target ≤ 50 ms at 16 conns (SPEC §8)" if target == "Postback" and c == 16 else ""
+            p99_note = "target ≤ 50 ms at 16 conns" if target == "Postback" and c == 16 else ""
             lines.append(table_row(f"Ingest {target}, {c} conns: p99", [r.ms("p99_us") for r in runs], "ms", p99_note))
         ratios = [p.rps / b.rps for p, b in zip(pb, bare)]
         lines.append(table_row(f"Ingest Postback / bare, {c} conns (requests/s)", ratios, "x",
-                               "paired runs; target ≥ 0.7× (SPEC §8)"))
+                               "paired runs; target ≥ 0.7×"))
     for c in s.connections:
         shares = [r.wrk_share for r in ing.runs if r.connections == c]
         lines.append(table_row(f"Load generator (wrk) CPU share, {c} conns", shares, "%",
@@ -854,7 +854,7 @@ def report(s: Settings, gconf: dict, ing: IngestResult, disp: list[DispatchRun],
                            f"{statistics.median(r.batches for r in disp):.0f} batches per run"))
     base = statistics.median(r.rps for r in by[("postback", s.connections[0])])
     lines.append(table_row(f"Dispatch ÷ ingest rate (Postback, {s.connections[0]} conns)", [e / base for e in eps], "x",
-                           "target ≥ 10× (SPEC §8); against the ingest median"))
+                           "target ≥ 10×; against the ingest median"))
     for name, label in (("postback", "Postback"), ("bare", "bare Flask")):
         peaks = ing.peak_rss_mib.get(name) or []
         if peaks:

@@ -1,4 +1,4 @@
-"""The dispatcher: claim due sends, batch them per destination, send, record the five outcomes (SPEC §5)."""
+"""The dispatcher: claim due sends, batch them per destination, send, record the five outcomes (docs/delivery.md)."""
 from __future__ import annotations
 
 import fcntl
@@ -179,7 +179,7 @@ class Dispatcher:
         return module.send(items, dest, self.http, cache=cache)
 
     def _change(self, row: Send, item: dict, quality: dict, outcome: Outcome, now: datetime) -> delivery.Change:
-        """What one platform verdict does to its send (SPEC §5's five outcomes)."""
+        """What one platform verdict does to its send (the five outcomes of docs/delivery.md)."""
         seen = {"last_status": outcome.status, "last_error": outcome.error,
                 "response_excerpt": outcome.response, "trace_id": outcome.trace_id}
         tried = {**seen, "attempts": row.attempts + 1, "payload": item, "match_quality": quality}

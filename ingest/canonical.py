@@ -1,4 +1,4 @@
-"""The canonical event every dialect produces and every platform consumes (SPEC §4)."""
+"""The canonical event every dialect produces and every platform consumes (docs/layout.md)."""
 from __future__ import annotations
 
 import re

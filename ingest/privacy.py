@@ -1,4 +1,4 @@
-"""What an event keeps of the client IP once nothing more can be sent (SPEC §4, `privacy.ip`)."""
+"""What an event keeps of the client IP once nothing more can be sent (`privacy.ip`, docs/privacy.md)."""
 from __future__ import annotations
 
 import ipaddress

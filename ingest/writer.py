@@ -1,4 +1,4 @@
-"""Group commit (SPEC §8): many requests' writes in one transaction, each caller answered once it committed.
+"""Group commit (docs/performance.md): many requests' writes in one transaction, each caller answered once it committed.
 
 SQLite has one writer, and a commit costs far more than the rows before it. So each process has one
 writer thread, started on first use. It begins a transaction (which may first wait its turn behind

@@ -1,4 +1,4 @@
-"""AdTarget's API (seed 004, SPEC §6): `/api/v1/events/*`, `/api/v1/leads/*`, `/api/v1/channels`.
+"""AdTarget's API (docs/dialects/adtarget.md): `/api/v1/events/*`, `/api/v1/leads/*`, `/api/v1/channels`.
 
 Checks in order: Bearer key (401), body size (413), JSON object (400), fields (400), then what the
 funnel refuses (404, 409, Telegram's 502/503/429). Errors are `{"error": CODE, "message": …}`.
@@ -115,7 +115,7 @@ def invite():
 
 @bp.post("/events/conversion")
 def conversion():
-    """A conversion of a Telegram user: warm or cold, dispatched or not (the seed's answer)."""
+    """A conversion of a Telegram user: warm or cold, dispatched or not (the vendor's answer)."""
     config, site, body = authenticated_body()
     now = utcnow()
     given = adtarget.parse_conversion(body, forwarded(), site, now)
@@ -177,7 +177,7 @@ def channels():
 
 
 def conversion_answer(result: ConversionResult, site: Site) -> Response:
-    """The seed's conversion body; `warning` only when nothing was scheduled."""
+    """The vendor's conversion body; `warning` only when nothing was scheduled."""
     answer: dict = {"conversionId": result.conversion_id, "capiStatus": result.capi_status, "coldLead": result.cold_lead,
                     "dispatched": result.dispatched}
     if result.warning:

@@ -1,4 +1,4 @@
-"""ChannelStack `POST /v1/track` (seed 000): checks in SPEC §6's order, answers in the seed's shapes."""
+"""ChannelStack `POST /v1/track` (docs/dialects/channelstack.md): checks in the documented order, answers in ChannelStack's shapes."""
 from __future__ import annotations
 
 from flask import Blueprint, Response, g, jsonify, request

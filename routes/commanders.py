@@ -1,6 +1,6 @@
-"""Commanders Act (seed 002): `POST /events`, the User API and the Product API, each `?tc_s={siteId}` with a
-Bearer source key. As the seed says of all its API requests: 400 only for an oversize body or invalid JSON,
-200 for everything else, the refusal kept for the inspector (SPEC §6)."""
+"""Commanders Act (docs/dialects/commanders.md): `POST /events`, the User API and the Product API, each `?tc_s={siteId}` with a
+Bearer source key. As the vendor's docs say of all its API requests: 400 only for an oversize body or invalid JSON,
+200 for everything else, the refusal kept for the inspector."""
 from __future__ import annotations
 
 import hmac

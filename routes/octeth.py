@@ -1,4 +1,4 @@
-"""Octeth `POST /api/v1/event` and `POST /api/v1/website_events.properties` (seed 001, SPEC §6).
+"""Octeth `POST /api/v1/event` and `POST /api/v1/website_events.properties` (docs/dialects/octeth.md).
 
 Checks in order: body readable, credentials (401, Code 1/2), then every field problem at once (422).
 """
@@ -75,7 +75,7 @@ def track():
     site = g.site = accepted.site
     known = octeth_store.subscriber(site.id, accepted.list_id, accepted.email_hash)
     event = accepted.event
-    if event.external_id is None:  # the seed: "the system will generate a unique ID"; stable per subscriber
+    if event.external_id is None:  # the vendor's docs: "the system will generate a unique ID"; stable per subscriber
         event = replace(event, external_id=known.external_id if known else octeth.new_uuid())
     if dry_run():
         return jsonify({

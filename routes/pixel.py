@@ -1,4 +1,4 @@
-"""PitchTarget pixel `GET /{app_token}/{event|revenue}.gif` (seed 003): a GIF whatever happens to the event."""
+"""PitchTarget pixel `GET /{app_token}/{event|revenue}.gif` (docs/dialects/pixel.md): a GIF whatever happens to the event."""
 from __future__ import annotations
 
 import logging
@@ -34,7 +34,7 @@ def debug() -> bool:
 
 
 def not_found() -> Response:
-    """The seed: without a valid token and category "the GIF will not load"; no body worth parsing."""
+    """The vendor's docs: without a valid token and category "the GIF will not load"; no body worth parsing."""
     return Response(b"", status=404, mimetype="text/plain", headers=NO_STORE)
 
 

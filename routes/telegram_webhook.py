@@ -1,4 +1,4 @@
-"""Telegram's webhook `POST /telegram/webhook/{site_id}` (SPEC §6): a join through our invite link is a warm conversion.
+"""Telegram's webhook `POST /telegram/webhook/{site_id}` (docs/dialects/adtarget.md): a join through our invite link is a warm conversion.
 
 Telegram redelivers any update that does not get a 2xx, for hours: every update is answered 200 —
 attributed, duplicate or ignored (ignored ones go to the inspector) — except a call without the

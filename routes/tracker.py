@@ -1,4 +1,4 @@
-"""The tracker (SPEC §6): `POST /track/init` and `GET /track/invite`, the Telegram funnel served to a browser.
+"""The tracker (docs/dialects/adtarget.md): `POST /track/init` and `GET /track/invite`, the Telegram funnel served to a browser.
 
 A page names its site by `site`, the site's id: it is public already (the webhook path, Commanders'
 `tc_s`), while a site's keys also authorize the server APIs — a key in a page would let anyone fire
@@ -239,7 +239,7 @@ def keep_visitor(response: Response, temp_id: str, session_id: str | None) -> Re
 
     HttpOnly: the page learns tempId from /track/init's answer, and the cookie belongs to the tracker's
     host, which the page's own document.cookie cannot read anyway; script on the page never needs it.
-    SameSite=Lax (the seed's): sent on the visitor's click to /track/invite and on same-site fetches.
+    SameSite=Lax (as AdTarget's docs set it): sent on the visitor's click to /track/invite and on same-site fetches.
     """
     secure = reached_over_https(request, current_config().trusted_proxies)
     response.set_cookie(TEMP_COOKIE, temp_id, max_age=TEMP_COOKIE_MAX_AGE, path="/", secure=secure, httponly=True,

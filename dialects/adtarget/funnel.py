@@ -1,4 +1,4 @@
-"""The Telegram funnel (AdTarget, SPEC §6): visits, per-visitor invite links, leads and their conversions.
+"""The Telegram funnel (docs/dialects/adtarget.md): visits, per-visitor invite links, leads and their conversions.
 
 Shared by the AdTarget API, the Telegram webhook and the tracker's `/track/init` and `/track/invite`:
 each caller parses its own request and renders its own answer; the state and the rules live here.
@@ -35,7 +35,7 @@ from stores import Person, Store
 
 log = logging.getLogger(__name__)
 
-# Cookie hints for proxies and the tracker (the seed's names and lifetimes).
+# Cookie hints for proxies and the tracker (the vendor's names and lifetimes).
 TEMP_COOKIE, TEMP_COOKIE_MAX_AGE = "adtarget_temp_id", 31536000
 SESSION_COOKIE, SESSION_COOKIE_MAX_AGE = "adtarget_session_id", 1800
 # Conversion statuses.
@@ -159,7 +159,7 @@ class Conversion(BaseModel):
     cold_lead = BooleanField()
     visit = ForeignKeyField(Visit, null=True, backref="conversions", on_delete="SET NULL")
     session = ForeignKeyField(TrackingSession, null=True, backref="conversions", on_delete="SET NULL")
-    override = JSONField(default=dict)  # the attribution the request itself supplied (the seed's apiVisitOverride)
+    override = JSONField(default=dict)  # the attribution the request itself supplied (the vendor's apiVisitOverride)
     value = FloatField(null=True)
     currency = CharField(null=True)
     update_id = IntegerField(null=True)  # the Telegram update it came from: a redelivered update is recorded once
@@ -185,7 +185,7 @@ class VisitResult:
     client_session_id: str
 
     def cookies(self) -> dict:
-        """The seed's cookie hints: proxies (and the tracker) set these so the visitor keeps its ids."""
+        """The vendor's cookie hints: proxies (and the tracker) set these so the visitor keeps its ids."""
         return {
             "tempId": {"name": TEMP_COOKIE, "value": self.temp_id, "maxAge": TEMP_COOKIE_MAX_AGE, "sameSite": "Lax"},
             "session": {"name": SESSION_COOKIE, "value": self.client_session_id, "maxAge": SESSION_COOKIE_MAX_AGE,
@@ -453,7 +453,7 @@ def origin_conversion(site: Site, telegram_user_id: str, channel: Channel) -> Co
 
 
 def lead_not_found(telegram_user_id: str) -> FunnelError:
-    """The seed's 404 for a user without a conversion on the site."""
+    """The vendor's 404 for a user without a conversion on the site."""
     return FunnelError("LEAD_NOT_FOUND", 404, f"No conversion for Telegram user {telegram_user_id} on this site")
 
 
@@ -544,7 +544,7 @@ def _planned(result: ConversionResult, event: CanonicalEvent, site: Site) -> Con
 
 
 def dry_run_destinations(result: ConversionResult, site: Site) -> list[dict]:
-    """What each destination would receive (SPEC §5's dry-run listing)."""
+    """What each destination would receive (the dry-run listing of docs/delivery.md)."""
     return preview(result.event, site) if result.event is not None else []
 
 

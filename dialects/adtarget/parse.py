@@ -1,4 +1,4 @@
-"""AdTarget (seed 004, SPEC §6): pure parsing of the API's bodies and of Telegram's webhook updates.
+"""AdTarget (docs/dialects/adtarget.md): pure parsing of the API's bodies and of Telegram's webhook updates.
 
 No Flask and no storage here: request data in, plain values out, FieldError for a field the API refuses.
 """

@@ -1,4 +1,4 @@
-"""The Telegram Bot API client: invite links and webhook set-up (platforms.md §8).
+"""The Telegram Bot API client: invite links and webhook set-up (https://core.telegram.org/bots/api).
 
 The bot token lives only in the `/bot<token>/` path. No URL is ever logged or put in an error:
 every failure is re-raised as a TelegramError that names the method, never the address.
@@ -16,7 +16,7 @@ from outbound import Http
 
 DEFAULT_TIMEOUT = 10.0
 MAX_LINK_NAME = 32  # createChatInviteLink's `name`: 0–32 characters
-# Without chat_member in allowed_updates Telegram sends no joins at all (platforms.md §8.2).
+# Without chat_member in allowed_updates Telegram sends no joins at all (https://core.telegram.org/bots/api#setwebhook).
 ALLOWED_UPDATES = ("chat_member", "chat_join_request", "my_chat_member")
 SECRET_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,256}")  # setWebhook's secret_token alphabet
 WEBHOOK_PATH = "/telegram/webhook/{site_id}"

@@ -1,4 +1,4 @@
-"""ChannelStack `POST /v1/track`: one flat JSON event with `api_key` in the body (seed 000, SPEC §6)."""
+"""ChannelStack `POST /v1/track`: one flat JSON event with `api_key` in the body (docs/dialects/channelstack.md)."""
 from __future__ import annotations
 
 from datetime import datetime

@@ -1,4 +1,4 @@
-"""Commanders Act (seed 002, SPEC §6): the nested `user`/`context` event of `POST /events`, and the
+"""Commanders Act (docs/dialects/commanders.md): the nested `user`/`context` event of `POST /events`, and the
 bodies of the User API (`POST /users`) and the Product API (`POST /products`). Pure: no Flask, no database."""
 from __future__ import annotations
 
@@ -189,7 +189,7 @@ def cookie_click_ids(cookie: Any, notes: list[str]) -> dict[str, str]:
 
 
 def read_epoch_ms(body: Mapping, key: str) -> datetime | None:
-    """Epoch milliseconds, as a number or a numeric string (the seed's `event_timestamp`)."""
+    """Epoch milliseconds, as a number or a numeric string (the vendor's `event_timestamp`)."""
     value = body.get(key)
     if not present(value):
         return None

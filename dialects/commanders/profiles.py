@@ -21,7 +21,7 @@ class Profile(BaseModel):
     user_id = CharField()
     anonymous_id = CharField(null=True)
     identity = JSONField(default=dict)  # flavour -> sha256 hex
-    location = JSONField(default=dict)  # normalized, clear (SPEC §4)
+    location = JSONField(default=dict)  # normalized, clear (docs/privacy.md)
     created_at = UTCDateTimeField()
     updated_at = UTCDateTimeField()
 

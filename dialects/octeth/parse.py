@@ -1,4 +1,4 @@
-"""Octeth `POST /api/v1/event` and `POST /api/v1/website_events.properties` (seed 001, SPEC §6).
+"""Octeth `POST /api/v1/event` and `POST /api/v1/website_events.properties` (docs/dialects/octeth.md).
 
 Pure: request data in, a canonical event (or the vendor's error list) out; no Flask, no database.
 """
@@ -33,7 +33,7 @@ MAX_DEPTH = 32  # deeper JSON would exhaust the recursion of the property filter
 OWN_FIELDS = frozenset(("apikey", "sessionid", "listid", "id", "event", "email", "emailaddress", "properties"))
 # A conversion's id, value and currency become the canonical order id, value and currency; its name stays a property.
 CONVERSION_FIELDS = frozenset(("conversion-id", "conversion-value", "conversion-currency"))
-# Property names the dialect reads as identity: hashed, never kept raw (SPEC §4).
+# Property names the dialect reads as identity: hashed, never kept raw (docs/privacy.md).
 IDENTITY_ALIASES = {
     "firstname": "first_name", "lastname": "last_name",
     "phone": "phone", "phonenumber": "phone", "mobile": "phone", "tel": "phone",

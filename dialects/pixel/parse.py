@@ -1,4 +1,4 @@
-"""PitchTarget pixel `GET /{app_token}/{event|revenue}.gif`: query and `params` into the canonical event (seed 003, SPEC §6)."""
+"""PitchTarget pixel `GET /{app_token}/{event|revenue}.gif`: query and `params` into the canonical event (docs/dialects/pixel.md)."""
 from __future__ import annotations
 
 import base64
@@ -126,7 +126,7 @@ def parse(category: str, args: Mapping[str, str], params: Mapping[str, Any], coo
         site_id=site.id,
         dialect=DIALECT,
         event_name=token,
-        # Every revenue.gif call is a purchase, whatever its token says (SPEC §6).
+        # Every revenue.gif call is a purchase, whatever its token says (docs/dialects/pixel.md).
         standard_name="Purchase" if category == "revenue" else standard_name(token, site.event_map),
         event_id=event_id,
         occurred_at=now,

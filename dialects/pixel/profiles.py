@@ -1,7 +1,7 @@
 """Pixel visitor profiles: what earlier calls said about a visitor (site + uuid), merged across calls.
 
 Only hashes and the numeric Facebook id are kept, so a later call (a purchase without the email)
-can be matched on what the visitor sent before (seed 003, SPEC §6).
+can be matched on what the visitor sent before (docs/dialects/pixel.md).
 """
 from __future__ import annotations
 
