@@ -7,7 +7,7 @@ from typing import Iterator
 
 from peewee import SqliteDatabase
 
-from models import database
+from models import database, writing
 from stores import Person, Rows, Store, registered
 
 
@@ -17,7 +17,8 @@ def purge(retention_days: int, now: datetime) -> dict[str, int]:
     removed: dict[str, int] = {}
     for store in registered():
         if store.purge is not None:
-            removed.update(_per_table(store, store.purge(timedelta(days=retention_days), now)))
+            with writing():  # one transaction per store: a long purge does not hold the others' writers back
+                removed.update(_per_table(store, store.purge(timedelta(days=retention_days), now)))
     return removed
 
 
@@ -49,13 +50,13 @@ def erasing() -> Iterator[None]:
     """
     db = database.obj
     if database.in_transaction() or not isinstance(db, SqliteDatabase):
-        with database.atomic():
+        with writing():
             yield
         return
     before = db.execute_sql("PRAGMA secure_delete").fetchone()[0]
     db.execute_sql("PRAGMA secure_delete = ON")
     try:
-        with database.atomic():
+        with writing():
             yield
     finally:
         db.execute_sql(f"PRAGMA secure_delete = {int(before)}")

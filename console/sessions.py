@@ -1,12 +1,13 @@
 """Admin login sessions: the admin API's bearer tokens, also Octeth's `SessionID` credential."""
 from __future__ import annotations
 
+import secrets
 from datetime import datetime, timedelta
 
 from peewee import CharField
 
 from ingest.canonical import utcnow
-from models import BaseModel, UTCDateTimeField
+from models import BaseModel, UTCDateTimeField, writing
 from stores import Store
 
 
@@ -18,6 +19,12 @@ class AdminSession(BaseModel):
 
     class Meta:
         table_name = "admin_sessions"
+
+
+def open_session(hours: float) -> AdminSession:
+    """A new session, valid for `hours`."""
+    with writing():
+        return AdminSession.create(id=secrets.token_urlsafe(24), expires_at=utcnow() + timedelta(hours=hours))
 
 
 def valid_session(session_id: object) -> bool:

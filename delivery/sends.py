@@ -131,8 +131,10 @@ def _reduce(reductions: list[list]) -> None:
 
 def pause(dest: Destination, reason: str, now: datetime) -> None:
     """A setup error: the destination waits until its config changes or an admin resumes it."""
-    (DestinationState.insert(destination=dest.key, paused_reason=reason, paused_at=now, fingerprint=dest.fingerprint())
-     .on_conflict_replace().execute())
+    with writing():
+        (DestinationState.insert(destination=dest.key, paused_reason=reason, paused_at=now,
+                                 fingerprint=dest.fingerprint())
+         .on_conflict_replace().execute())
 
 
 def paused_reason(dest: Destination) -> str | None:
@@ -147,7 +149,8 @@ def paused_reason(dest: Destination) -> str | None:
 
 
 def resume_destination(key: str) -> bool:
-    return DestinationState.delete().where(DestinationState.destination == key).execute() > 0
+    with writing():
+        return DestinationState.delete().where(DestinationState.destination == key).execute() > 0
 
 
 def replay_failed(send_id: int | None = None, destination: str | None = None, now: datetime | None = None) -> int:
@@ -155,7 +158,8 @@ def replay_failed(send_id: int | None = None, destination: str | None = None, no
     query = Send.update(status=PENDING, retries=0, reason=None, finished_at=None, next_attempt_at=now or utcnow())
     where = Send.status == FAILED
     where &= (Send.id == send_id) if send_id is not None else (Send.destination == destination)
-    return query.where(where).execute()
+    with writing():
+        return query.where(where).execute()
 
 
 def renew(sends: list[Send], until: datetime) -> None:

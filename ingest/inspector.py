@@ -13,7 +13,7 @@ import dialects
 from dialects.common import PII_PROPERTY_KEYS
 from ingest.canonical import fold, utcnow
 from ingest.identity import FIELDS as IDENTITY_FIELDS
-from models import BaseModel, JSONField, UTCDateTimeField
+from models import BaseModel, JSONField, UTCDateTimeField, writing
 from stores import Store
 
 KEEP_PER_REASON = 200
@@ -49,12 +49,14 @@ class Refusal(BaseModel):
 
 def record(dialect: str, site: str | None, reason: str, body: Any = None, now: datetime | None = None) -> None:
     """Keep one refused (or partly accepted) request; drop the oldest beyond the bound for its reason."""
-    Refusal.create(site=site, dialect=dialect, reason=reason[:1000], excerpt=excerpt(body), created_at=now or utcnow())
+    entry = excerpt(body)
     same_site = Refusal.site.is_null() if site is None else Refusal.site == site
-    for scope, keep in ((same_site & (Refusal.reason == reason[:1000]), KEEP_PER_REASON), (same_site, KEEP_PER_SITE)):
-        cutoff = Refusal.select(Refusal.id).where(scope).order_by(Refusal.id.desc()).offset(keep).limit(1).scalar()
-        if cutoff is not None:
-            Refusal.delete().where(scope & (Refusal.id <= cutoff)).execute()
+    with writing():
+        Refusal.create(site=site, dialect=dialect, reason=reason[:1000], excerpt=entry, created_at=now or utcnow())
+        for scope, keep in ((same_site & (Refusal.reason == reason[:1000]), KEEP_PER_REASON), (same_site, KEEP_PER_SITE)):
+            cutoff = Refusal.select(Refusal.id).where(scope).order_by(Refusal.id.desc()).offset(keep).limit(1).scalar()
+            if cutoff is not None:
+                Refusal.delete().where(scope & (Refusal.id <= cutoff)).execute()
 
 
 def listing(site: str | None = None, dialect: str | None = None, limit: int = 100) -> list[dict]:

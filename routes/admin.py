@@ -2,15 +2,12 @@
 from __future__ import annotations
 
 import hmac
-import secrets
-from datetime import timedelta
 from functools import wraps
 
 from flask import Blueprint, jsonify, request
 
-from console.sessions import AdminSession, valid_session
+from console.sessions import open_session, valid_session
 from ingest import inspector
-from ingest.canonical import utcnow
 from routes.common import current_config
 
 bp = Blueprint("admin", __name__, url_prefix="/admin/api")
@@ -54,7 +51,7 @@ def login():
     password = body.get("password") if isinstance(body, dict) else None
     if not isinstance(password, str) or not _password_matches(password):
         return jsonify({"error": "Wrong password", "code": 401}), 401
-    session = AdminSession.create(id=secrets.token_urlsafe(24), expires_at=utcnow() + timedelta(hours=SESSION_HOURS))
+    session = open_session(SESSION_HOURS)
     return jsonify({"session_id": session.id, "expires_at": session.expires_at.isoformat()})
 
 

@@ -411,7 +411,7 @@ def test_a_wrong_api_key_beside_a_valid_session_id_still_passes(admin_client):
 
 def test_an_expired_session_id_is_invalid(admin_client):
     session = login(admin_client)
-    from routes.admin import AdminSession
+    from console.sessions import AdminSession
     AdminSession.update(expires_at=datetime(2020, 1, 1, tzinfo=timezone.utc)).where(AdminSession.id == session).execute()
     response = track(admin_client, {**MINIMAL, "APIKey": None, "SessionID": session})
     assert (response.status_code, response.get_json()) == (401, errors(INVALID))

@@ -27,7 +27,7 @@ from ingest.identity import Identity
 from ingest.clickids import from_ad_click
 from ingest.accept import accept
 from models import (
-    FAILED, PENDING, SENDING, SENT, BaseModel, Event, JSONField, Send, UTCDateTimeField, any_of, database, holding,
+    FAILED, PENDING, SENDING, SENT, BaseModel, Event, JSONField, Send, UTCDateTimeField, any_of, holding, writing,
 )
 from ingest.fanout import plan_sends, preview
 from dialects.adtarget.telegram import BotApi, TelegramError, TelegramNotConfigured
@@ -236,7 +236,7 @@ def start_visit(site: Site, given: VisitInput, now: datetime, dry_run: bool = Fa
     if dry_run:
         return VisitResult(_new_id("vis"), _new_id("ses"), temp_id, client_session_id)
     attribution = replace(given.attribution, anonymous_id=temp_id)
-    with database.atomic():
+    with writing():
         session, created = TrackingSession.get_or_create(
             site=site.id, temp_id=temp_id, client_session_id=client_session_id,
             defaults={"id": _new_id("ses"), "created_at": now, "last_seen_at": now,
@@ -268,7 +268,8 @@ def update_fbp(site: Site, temp_id: str, fbp: str) -> bool:
     visit = latest_visit(site, temp_id)
     if visit is None:
         return False
-    Visit.update(click_ids={**visit.click_ids, "fbp": fbp}).where(Visit.id == visit.id).execute()
+    with writing():
+        Visit.update(click_ids={**visit.click_ids, "fbp": fbp}).where(Visit.id == visit.id).execute()
     return True
 
 
@@ -314,7 +315,7 @@ def invite_link(site: Site, channel_ref: object, temp_id: str, client_session_id
     if not isinstance(url, str) or not url:
         raise FunnelError("TELEGRAM_ERROR", 502, "Telegram createChatInviteLink answered without an invite_link")
     try:
-        with database.atomic():
+        with writing():
             InviteLink.create(site=site.id, channel=channel.id, temp_id=temp_id, visit=visit, invite_link=url,
                               name=name, created_at=now)
     except IntegrityError:  # a concurrent request for the same visitor won: everyone gets its link
@@ -338,7 +339,8 @@ def _stored_link(site: Site, temp_id: str, channel: Channel) -> InviteLink | Non
 def _follow_newer_click(link: InviteLink, visit: Visit) -> None:
     """The link stays the same, but a newer visit that came from an ad click takes over its attribution."""
     if visit.id > link.visit_id and _has_click(visit):
-        InviteLink.update(visit=visit).where(InviteLink.id == link.id).execute()
+        with writing():
+            InviteLink.update(visit=visit).where(InviteLink.id == link.id).execute()
 
 
 def _has_click(visit: Visit) -> bool:
@@ -432,7 +434,7 @@ def submit_value(site: Site, config: Config, telegram_user_id: str, conversion_i
     result = ConversionResult(conversion.public_id, conversion.cold_lead, False, telegram_user_id, event=event)
     if dry_run:
         return _planned(result, event, site)
-    with database.atomic():
+    with writing():
         claimed = (Conversion.update(status=DISPATCHED)
                    .where((Conversion.id == conversion.id) & (Conversion.status == AWAITING_VALUE)).execute())
         if not claimed:  # another request gave it a value first
@@ -474,7 +476,7 @@ def _record(site: Site, config: Config, given: ConversionInput, channel: Channel
         return result if awaiting else _planned(result, event, site)
     visit = visit or (origin.visit if origin is not None and origin.visit_id else None)
     session_id = visit.session_id if visit is not None else (origin.session_id if origin is not None else None)
-    with database.atomic():
+    with writing():
         if not awaiting:
             row, _ = accept(event, site, config)
             _sent_or_skipped(result, row)
@@ -585,7 +587,7 @@ def delivery_status(conversion: Conversion) -> str:
 def purge(older_than: timedelta, now: datetime) -> dict[str, int]:
     """Forget funnel data older than the retention period (a waiting conversion stays until it gets its value)."""
     cutoff = now - older_than
-    with database.atomic():
+    with writing():
         removed = {Conversion: Conversion.delete().where(
             (Conversion.created_at < cutoff) & (Conversion.status != AWAITING_VALUE)).execute()}
         removed[InviteLink] = InviteLink.delete().where(InviteLink.created_at < cutoff).execute()
@@ -613,7 +615,7 @@ def erase(person: Person, now: datetime) -> dict[str, int]:
         row.telegram_user_id for row in Conversion.select(Conversion.telegram_user_id).where(Conversion.visit.in_(visits))
     } | {row.telegram_user_id for row in Lead.select(Lead.telegram_user_id).where(
         (Lead.site == person.site) & Lead.external_user_id.in_(ids))}
-    with database.atomic():
+    with writing():
         removed = {Conversion: Conversion.delete().where((Conversion.site == person.site) & any_of([
             Conversion.telegram_user_id.in_(list(telegram_ids)), Conversion.visit.in_(visits),
             *holding(Conversion.pending_event, person.hashes)])).execute()}

@@ -6,7 +6,7 @@ from typing import Any, Iterable
 
 from peewee import CharField, FloatField, TextField
 
-from models import BaseModel, JSONField, UTCDateTimeField, database
+from models import BaseModel, JSONField, UTCDateTimeField, writing
 from stores import Store
 
 ENRICHED_TEXT = ("name", "category", "brand")
@@ -36,7 +36,7 @@ class Product(BaseModel):
 def upsert(site_id: str, products: Iterable[dict[str, Any]], now: datetime) -> int:
     """Insert or update each product in one transaction; only the fields it gives change, the last of an id wins."""
     count = 0
-    with database.atomic():
+    with writing():
         for fields in products:
             given = {getattr(Product, column): fields[key] for key, column in COLUMNS.items() if key in fields}
             (Product.insert(site=site_id, product_id=fields["id"], updated_at=now, **{f.name: v for f, v in given.items()})

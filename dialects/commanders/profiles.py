@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from peewee import CharField
 
 import retention
-from models import BaseModel, JSONField, UTCDateTimeField, any_of, database, holding, personal_hashes
+from models import BaseModel, JSONField, UTCDateTimeField, any_of, holding, personal_hashes, writing
 from stores import Person, Store
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class Erasure:
 
 def upsert(site_id: str, user_id: str, hashes: dict, location: dict, anonymous_id: str | None, now: datetime) -> bool:
     """Create or update a profile; given flavours replace old ones, the rest stay. True when created."""
-    with database.atomic():
+    with writing():
         profile = Profile.get_or_none((Profile.site == site_id) & (Profile.user_id == user_id))
         if profile is None:
             Profile.create(site=site_id, user_id=user_id, anonymous_id=anonymous_id, identity=hashes,

@@ -9,7 +9,7 @@ from typing import Iterable
 
 from peewee import AutoField, CharField, IntegrityError, fn
 
-from models import BaseModel, UTCDateTimeField, any_of, database
+from models import BaseModel, UTCDateTimeField, any_of, writing
 from stores import Person, Store
 
 MAX_EVENTS_PER_LIST = 500  # junk traffic must not grow the catalogue without bound
@@ -54,17 +54,18 @@ def subscriber(site: str, list_id: str, email_hash: str) -> OctethSubscriber | N
 def remember(site: str, list_id: str, email_hash: str, external_id: str, event_id: str, given_id: bool, now: datetime) -> bool:
     """Record the subscriber; True when this event is the first seen for it. A sent `ID` replaces the stored one."""
     try:
-        with database.atomic():
+        with writing():
             OctethSubscriber.create(site=site, list_id=list_id, email_hash=email_hash, external_id=external_id,
                                     first_event_id=event_id, created_at=now)
         return True
     except IntegrityError:  # seen before, or a concurrent first event won the race
         pass
     if given_id:
-        (OctethSubscriber.update(external_id=external_id)
-         .where((OctethSubscriber.site == site) & (OctethSubscriber.list_id == list_id)
-                & (OctethSubscriber.email_hash == email_hash) & (OctethSubscriber.external_id != external_id))
-         .execute())
+        with writing():
+            (OctethSubscriber.update(external_id=external_id)
+             .where((OctethSubscriber.site == site) & (OctethSubscriber.list_id == list_id)
+                    & (OctethSubscriber.email_hash == email_hash) & (OctethSubscriber.external_id != external_id))
+             .execute())
     return False
 
 
@@ -79,7 +80,7 @@ def learn(site: str, list_id: str, event: str, keys: Iterable[str]) -> None:
         events = OctethProperty.select(fn.COUNT(OctethProperty.event.distinct())).where(on_list).scalar()
         if events >= MAX_EVENTS_PER_LIST:
             return
-    with database.atomic():
+    with writing():
         OctethProperty.insert_many(
             [{"site": site, "list_id": list_id, "event": event, "key": key} for key in new]
         ).on_conflict_ignore().execute()

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from peewee import CharField
 
 from ingest.canonical import utcnow
-from models import BaseModel, JSONField, UTCDateTimeField, any_of, holding
+from models import BaseModel, JSONField, UTCDateTimeField, any_of, holding, writing
 from stores import Person, Store
 
 
@@ -42,16 +42,18 @@ def remember(site_id: str, uuid: str, identity: dict[str, str], fbid: str | None
     if known and (known.identity, known.fbid) == (merged, fbid):
         return
     # A visitor's calls rarely race; if two do, the later write wins and both events keep their own hashes.
-    (PixelProfile
-     .insert(site=site_id, uuid=uuid, identity=merged, fbid=fbid, created_at=now, updated_at=now)
-     .on_conflict(conflict_target=[PixelProfile.site, PixelProfile.uuid],
-                  update={PixelProfile.identity: merged, PixelProfile.fbid: fbid, PixelProfile.updated_at: now})
-     .execute())
+    with writing():
+        (PixelProfile
+         .insert(site=site_id, uuid=uuid, identity=merged, fbid=fbid, created_at=now, updated_at=now)
+         .on_conflict(conflict_target=[PixelProfile.site, PixelProfile.uuid],
+                      update={PixelProfile.identity: merged, PixelProfile.fbid: fbid, PixelProfile.updated_at: now})
+         .execute())
 
 
 def forget(site_id: str, uuid: str) -> int:
     """Erase one visitor's profile (a GDPR request names the visitor by its uuid)."""
-    return PixelProfile.delete().where((PixelProfile.site == site_id) & (PixelProfile.uuid == uuid)).execute()
+    with writing():
+        return PixelProfile.delete().where((PixelProfile.site == site_id) & (PixelProfile.uuid == uuid)).execute()
 
 
 def purge(older_than: timedelta, now: datetime | None = None) -> int:

@@ -21,7 +21,8 @@ from ingest.canonical import CanonicalEvent
 from ingest.identity import keys_of
 from ingest.privacy import reduce_ip
 from ingest.writer import GroupWriter
-from stores import Person, Store, tables
+from models.migrations import STEPS, Step, upgrade, write_transaction
+from stores import Person, Store
 
 database = DatabaseProxy()
 
@@ -138,8 +139,9 @@ class DestinationState(BaseModel):
         table_name = "destination_state"
 
 
-def open_database(url: str):
-    """Connect (SQLite in WAL mode with a busy timeout), create missing folders and tables."""
+def open_database(url: str, migrate: bool = True, steps: tuple[Step, ...] = STEPS):
+    """Connect (SQLite in WAL mode with a busy timeout), create missing folders; unless told not to, bring the
+    schema up to date (models/migrations.py: missing tables created, pending steps applied, once per box)."""
     if url.startswith("sqlite:///"):
         path = url[len("sqlite:///"):]
         folder = os.path.dirname(path)
@@ -149,8 +151,8 @@ def open_database(url: str):
     else:
         db = connect(url)
     database.initialize(db)
-    with write_turn():  # a new file's first connection turns it to WAL, which fails, not waits, if another is busy
-        db.create_tables(tables(), safe=True)
+    if migrate:
+        upgrade(db, write_turn, steps)
     return db
 
 
@@ -184,12 +186,17 @@ def write_turn():
 
 @contextmanager
 def writing():
-    """A write transaction, begun once it is this thread's turn (`write_turn`); nested, a savepoint."""
+    """A write transaction, begun once it is this thread's turn (`write_turn`) and as the writer; nested, a savepoint.
+
+    Every write of every store goes through here. Begun as the writer (BEGIN IMMEDIATE on SQLite), it never
+    has to upgrade a read to a write: in WAL mode that upgrade fails at once ("database is locked") when
+    another connection committed since the read began, whatever the busy timeout.
+    """
     if database.in_transaction():
         with database.atomic():
             yield
         return
-    with write_turn(), database.atomic():
+    with write_turn(), write_transaction(database):
         yield
 
 
@@ -315,7 +322,7 @@ def purge_events(older_than: timedelta, now: datetime) -> dict[str, int]:
     """Delete events older than the period whose sends are all final, with those sends."""
     still_open = Send.select(Send.event).where(Send.status.not_in(FINAL))
     old = Event.select(Event.id).where((Event.received_at < now - older_than) & Event.id.not_in(still_open))
-    with database.atomic():
+    with writing():
         sends = Send.delete().where(Send.event.in_(old)).execute()
         events = Event.delete().where(Event.id.in_(old)).execute()
     return {"events": events, "sends": sends}
