@@ -11,6 +11,7 @@ from werkzeug.exceptions import HTTPException
 import logs
 from config import Config, ConfigError, load_config
 from models import open_database
+from models.migrations import SchemaError
 from platforms import REGISTRY
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,11 @@ def serve() -> Flask:
         for problem in exc.problems:
             log.error("config: %s", problem)
         sys.exit(3)  # gunicorn stops instead of restarting a worker that can never boot
-    return create_app(config)
+    try:
+        return create_app(config)
+    except SchemaError as exc:
+        log.error("database: %s", exc)
+        sys.exit(3)
 
 
 if __name__ == "__main__":  # `python app.py <command>`, as before the command line had its own module

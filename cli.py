@@ -10,7 +10,8 @@ import click
 import dialects
 import logs
 from config import Config, ConfigError, load_config
-from models import open_database
+from models import open_database, write_turn
+from models.migrations import SchemaError, status, upgrade
 from platforms import REGISTRY
 
 
@@ -95,6 +96,26 @@ def stats():
     click.echo("rows: " + ", ".join(f"{table} {n}" for table, n in counts["rows"].items()))
 
 
+@cli.command()
+@click.option("--status", "show_status", is_flag=True, help="Print the schema's version and pending steps; change nothing.")
+def migrate(show_status: bool):
+    """Apply the pending schema steps (the app applies them at start-up too) and print each one."""
+    db = open_database(_load().database, migrate=False)
+    try:
+        where = status(db)
+        if show_status:
+            click.echo(f"schema version {where.version} of {where.latest}: "
+                       + (f"{len(where.pending)} step(s) pending" if where.pending else "up to date"))
+            for step in where.pending:
+                click.echo(f"pending {step.version}: {step.says}")
+            return
+        applied = upgrade(db, write_turn, say=click.echo)
+    except SchemaError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    click.echo(f"schema at version {status(db).version}: {len(applied)} step(s) applied")
+
+
 @cli.command("generate-key")
 def generate_key():
     """Print a new random API key to put in a site's `keys`."""
@@ -109,7 +130,11 @@ def _load(path: str | None = None) -> Config:
 
 
 def _open(config: Config) -> None:
-    open_database(config.database)
+    try:
+        open_database(config.database)
+    except SchemaError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
 
 
 def _dialect_commands() -> None:
