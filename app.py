@@ -11,7 +11,7 @@ from werkzeug.exceptions import HTTPException
 import logs
 from config import Config, ConfigError, load_config
 from models import open_database
-from models.migrations import SchemaError
+from storage.migrations import SchemaError
 from platforms import REGISTRY
 
 log = logging.getLogger(__name__)

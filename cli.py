@@ -11,7 +11,7 @@ import dialects
 import logs
 from config import Config, ConfigError, load_config
 from models import open_database, write_turn
-from models.migrations import SchemaError, status, upgrade
+from storage.migrations import SchemaError, status, upgrade
 from platforms import REGISTRY
 
 
@@ -73,7 +73,7 @@ def drain():
 @cli.command()
 def purge():
     """Delete what every store keeps past storage.retention_days (events once their sends are final)."""
-    import retention
+    from storage import retention
     from ingest.canonical import utcnow
 
     config = _load()
@@ -85,7 +85,7 @@ def purge():
 @cli.command()
 def stats():
     """Events per site, sends per destination and status, and the rows of every table."""
-    import retention
+    from storage import retention
 
     _open(_load())
     counts = retention.stats()

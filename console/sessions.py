@@ -8,7 +8,7 @@ from peewee import CharField
 
 from ingest.canonical import utcnow
 from models import BaseModel, UTCDateTimeField, writing
-from stores import Store
+from storage.stores import Store
 
 
 class AdminSession(BaseModel):

@@ -14,7 +14,7 @@ from dialects.common import PII_PROPERTY_KEYS
 from ingest.canonical import fold, utcnow
 from ingest.identity import FIELDS as IDENTITY_FIELDS
 from models import BaseModel, JSONField, UTCDateTimeField, writing
-from stores import Store
+from storage.stores import Store
 
 KEEP_PER_REASON = 200
 KEEP_PER_SITE = 5000  # reasons can name keys, so junk traffic could mint many; the site's total is bounded too

@@ -22,7 +22,7 @@ import app as application
 from app import create_app
 from cli import cli
 from models import Send, database, open_database
-from models.migrations import STEPS, VERSION_TABLE, SchemaError, Step, status
+from storage.migrations import STEPS, VERSION_TABLE, SchemaError, Step, status
 from tests.conftest import DATABASE_FILES, ROOT, SEED_EXAMPLE, base_config, build_config
 
 FIXTURE = ROOT / "tests" / "fixtures" / "before_migrations.db"
@@ -102,7 +102,7 @@ def test_a_step_adds_a_column_old_rows_keep_their_values_and_new_writes_fill_it(
     Send._meta.add_field("note", TextField(null=True))
     try:
         with pytest.raises(SchemaError, match="^table sends has no column note: the code declares it without a "
-                                              r"migration step that adds it \(models/migrations.py\)$"):
+                                              r"migration step that adds it \(storage/migrations.py\)$"):
             open_database(url(old_database))  # the code changed, its step forgotten: said at start, not on a write
 
         open_database(url(old_database), steps=(*STEPS, ADD_NOTE))
@@ -168,7 +168,7 @@ def write_config(tmp_path: Path, path: Path) -> Path:
 STARTING_WORKER = """
 import sys
 from models import open_database
-from models.migrations import STEPS, Step
+from storage.migrations import STEPS, Step
 
 def logged(migrator, db):
     db.execute_sql("CREATE TABLE step_runs (worker TEXT)")

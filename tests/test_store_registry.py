@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 from peewee import CharField
 
-import retention
-import stores
+from storage import retention
+from storage import stores
 from dialects.adtarget.funnel import Conversion, Lead, TrackingSession, Visit
 from dialects.octeth.store import OctethSubscriber
 from ingest.canonical import utcnow
 from models import BaseModel, database
-from models.migrations import VERSION_TABLE
-from stores import Person, Store
+from storage.migrations import VERSION_TABLE
+from storage.stores import Person, Store
 from tests.conftest import BROWSER, RAW_PII
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -205,3 +205,8 @@ def test_erasing_a_person_forgets_the_visits_and_sessions_of_their_anonymous_id(
 
     assert {table: n for table, n in erased.items() if n} == {"funnel_visits": 2, "funnel_sessions": 2}
     assert [(v.temp_id, s.temp_id) for v in Visit.select() for s in TrackingSession.select()] == [("t-kept", "t-kept")]
+
+
+def test_every_module_that_declares_a_store_is_listed_in_the_registry():
+    declaring = sorted(module.__name__ for module in stores.modules() if isinstance(getattr(module, "STORE", None), Store))
+    assert declaring == sorted(stores.store_modules())

@@ -4,3 +4,5 @@
 SAFE_FIELDS = ("eventType", "eventTime", "occurred_at", "value", "currency", "id", "type", "channel", "source",
                "conversionId", "conversionName", "conversionValue")
 PERSONAL_FIELDS = ("pii", "user")  # never shown, nor opened when they hold an object
+# Its modules that keep rows (each declares a STORE): purged and erased with every other store.
+STORES = ("dialects.adtarget.funnel",)

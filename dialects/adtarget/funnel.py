@@ -31,7 +31,7 @@ from models import (
 )
 from ingest.fanout import plan_sends, preview
 from dialects.adtarget.telegram import BotApi, TelegramError, TelegramNotConfigured
-from stores import Person, Store
+from storage.stores import Person, Store
 
 log = logging.getLogger(__name__)
 

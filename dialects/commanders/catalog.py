@@ -7,7 +7,7 @@ from typing import Any, Iterable
 from peewee import CharField, FloatField, TextField
 
 from models import BaseModel, JSONField, UTCDateTimeField, writing
-from stores import Store
+from storage.stores import Store
 
 ENRICHED_TEXT = ("name", "category", "brand")
 COLUMNS = {"name": "name", "price": "price", "currency": "currency", "category": "category",

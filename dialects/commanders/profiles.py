@@ -7,9 +7,9 @@ from datetime import datetime, timedelta
 
 from peewee import CharField
 
-import retention
+from storage import retention
 from models import BaseModel, JSONField, UTCDateTimeField, any_of, holding, personal_hashes, writing
-from stores import Person, Store
+from storage.stores import Person, Store
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from typing import Iterable
 from peewee import AutoField, CharField, IntegrityError, fn
 
 from models import BaseModel, UTCDateTimeField, any_of, writing
-from stores import Person, Store
+from storage.stores import Person, Store
 
 MAX_EVENTS_PER_LIST = 500  # junk traffic must not grow the catalogue without bound
 MAX_KEYS_PER_EVENT = 500

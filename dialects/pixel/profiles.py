@@ -11,7 +11,7 @@ from peewee import CharField
 
 from ingest.canonical import utcnow
 from models import BaseModel, JSONField, UTCDateTimeField, any_of, holding, writing
-from stores import Person, Store
+from storage.stores import Person, Store
 
 
 class PixelProfile(BaseModel):

@@ -20,7 +20,7 @@ from typing import Callable, ContextManager, Iterator
 from peewee import Database, IntegerField, Model, PostgresqlDatabase, SqliteDatabase, TextField
 from playhouse.migrate import SchemaMigrator
 
-from stores import tables
+from storage.stores import tables
 
 VERSION_TABLE = "schema_version"
 FIRST_TABLE = "events"  # every database Postback ever made has it: one without a version is at step 1
@@ -139,7 +139,7 @@ def _check_columns(db: Database) -> None:
         missing = [field.column_name for field in model._meta.sorted_fields if field.column_name not in present]
         if missing:
             raise SchemaError(f"table {model._meta.table_name} has no column {', '.join(missing)}: the code declares "
-                              f"it without a migration step that adds it (models/migrations.py)")
+                              f"it without a migration step that adds it (storage/migrations.py)")
 
 
 @contextmanager

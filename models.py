@@ -21,8 +21,8 @@ from ingest.canonical import CanonicalEvent
 from ingest.identity import keys_of
 from ingest.privacy import reduce_ip
 from ingest.writer import GroupWriter
-from models.migrations import STEPS, Step, upgrade, write_transaction
-from stores import Person, Store
+from storage.migrations import STEPS, Step, upgrade, write_transaction
+from storage.stores import Person, Store
 
 database = DatabaseProxy()
 
@@ -141,7 +141,7 @@ class DestinationState(BaseModel):
 
 def open_database(url: str, migrate: bool = True, steps: tuple[Step, ...] = STEPS):
     """Connect (SQLite in WAL mode with a busy timeout), create missing folders; unless told not to, bring the
-    schema up to date (models/migrations.py: missing tables created, pending steps applied, once per box)."""
+    schema up to date (storage/migrations.py: missing tables created, pending steps applied, once per box)."""
     if url.startswith("sqlite:///"):
         path = url[len("sqlite:///"):]
         folder = os.path.dirname(path)

@@ -8,7 +8,7 @@ from typing import Iterator
 from peewee import SqliteDatabase
 
 from models import database, writing
-from stores import Person, Rows, Store, registered
+from storage.stores import Person, Rows, Store, registered
 
 
 def purge(retention_days: int, now: datetime) -> dict[str, int]:
