@@ -31,7 +31,8 @@ def story(config: Config, event_pk: int) -> dict | None:
                      "ip": reduce_ip(event.ip, config.ip_policy)},
         "decisions": {"consent": event.consent, "consent_categories": event.consent_categories,
                       "mapped_to": event.standard_name, "bot": event.is_bot, "notes": event.notes},
-        "identity": {"fields": sorted(event.identity), "click_ids": sorted(k for k, v in event.click_ids.items() if v),
+        # a field's other forms kept for one platform (em_google, ph_e164) are that same field arriving
+        "identity": {"fields": sorted({name.split("_")[0] for name in event.identity}), "click_ids": sorted(k for k, v in event.click_ids.items() if v),
                      "external_id": event.external_id is not None, "anonymous_id": event.anonymous_id is not None},
         "sends": [send_story(send, canonical, config.destination(send.destination)) for send in sends],
     }
