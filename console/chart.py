@@ -15,6 +15,8 @@ def bars(days: list[dict], width: int = WIDTH, height: int = HEIGHT) -> dict:
         drawn.append({**day, "x": round(i * slot + GAP / 2, 1), "y": round(height - h, 1),
                       "w": round(slot - GAP, 1), "h": h})
     marks = sorted({0, len(days) // 2, len(days) - 1}) if days else []
-    labels = [{"x": round(i * slot + slot / 2, 1), "text": days[i]["day"][5:]} for i in marks]
+    anchors = {0: "start", len(days) - 1: "end"}  # the outer labels stay inside the picture
+    labels = [{"x": 0 if i == 0 else width if i == len(days) - 1 else round(i * slot + slot / 2, 1),
+               "anchor": anchors.get(i, "middle"), "text": days[i]["day"][5:]} for i in marks]
     return {"width": width, "height": height, "full_height": height + LABELS, "bars": drawn, "labels": labels,
             "peak": peak}
