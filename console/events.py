@@ -45,6 +45,7 @@ def listing(config: Config, filters: Filters, page: int = 1) -> dict:
                     .offset((page - 1) * PAGE_SIZE).limit(PAGE_SIZE + 1))
         events, more = rows[:PAGE_SIZE], len(rows) > PAGE_SIZE
     return {"events": _with_sends(events), "page": page, "has_next": more, "filters": asdict(filters),
+            "query": {name: value for name, value in asdict(filters).items() if value},  # for the pages' links
             "sites": [site.id for site in config.sites], "statuses": list(STATUSES)}
 
 

@@ -44,13 +44,12 @@ def events_per_day(site_id: str, today: datetime) -> list[dict]:
 def delivery(dest: Destination, today: datetime, now: datetime) -> dict:
     """One destination: paused or not, its shares today and over 7 days, its backlog and oldest waiting send."""
     week = today - timedelta(days=6)
-    rows = (Send.select(Send.status, Send.reason, fn.COUNT(Send.id),
-                        fn.SUM(Case(None, [(Send.next_attempt_at >= today, 1)], 0)))
-            .where((Send.destination == dest.key) & Send.status.in_(FINAL) & (Send.next_attempt_at >= week))
-            .group_by(Send.status, Send.reason).tuples())
+    rows = list(Send.select(Send.status, Send.reason, fn.COUNT(Send.id),
+                            fn.SUM(Case(None, [(Send.next_attempt_at >= today, 1)], 0)))
+                .where((Send.destination == dest.key) & Send.status.in_(FINAL) & (Send.next_attempt_at >= week))
+                .group_by(Send.status, Send.reason).tuples())
     waiting, oldest = (Send.select(fn.COUNT(Send.id), fn.MIN(Event.received_at)).join(Event)
                        .where((Send.destination == dest.key) & Send.status.in_((PENDING, SENDING))).tuples()[0])
-    rows = list(rows)
     oldest = Event.received_at.python_value(oldest)
     return {
         "key": dest.key, "name": dest.name, "platform": dest.platform, "mode": dest.mode,

@@ -5,13 +5,15 @@ events by time. Both statements are idempotent.
 """
 from __future__ import annotations
 
+from peewee import Database
+
 INDEXES = (
     "CREATE INDEX IF NOT EXISTS events_site_order_id ON events (site, order_id)",
     "CREATE INDEX IF NOT EXISTS events_site_received_at ON events (site, received_at)",
 )
 
 
-def add_indexes(db) -> None:
+def add_indexes(db: Database) -> None:
     """Create the console's indexes on an open database (SQLite or PostgreSQL)."""
     for statement in INDEXES:
         db.execute_sql(statement)

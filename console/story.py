@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 from config import Config, Destination
+from console.masking import masked
 from delivery.sends import replay_failed
 from ingest.canonical import CanonicalEvent
 from ingest.privacy import reduce_ip
 from models import FAILED, PENDING, Event, Send
 from platforms import REGISTRY
 from platforms.base import Skip, match_quality
-from console.masking import masked
 
 COARSE_LOCATION = ("country", "state", "city")  # never the zip code
 RAISERS = 4

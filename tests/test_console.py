@@ -123,7 +123,7 @@ def test_the_event_listing_finds_an_event_by_event_id_or_order_id(client, frozen
     filters = {"site": "", "dialect": "", "event": "", "status": ""}
     for q in ("evt_1", "ord_1"):
         found = client.get(f"/admin/api/events?q={q}", headers=ADMIN).get_json()
-        assert found == {**page, "events": [listed], "filters": {**filters, "q": q}}
+        assert found == {**page, "events": [listed], "filters": {**filters, "q": q}, "query": {"q": q}}
     everything = client.get("/admin/api/events", headers=ADMIN).get_json()
     assert [e["event_id"] for e in everything["events"]] == ["evt_2", "evt_1"]
     only = client.get("/admin/api/events?event=Purchase&status=pending", headers=ADMIN).get_json()
@@ -146,6 +146,8 @@ def test_a_pending_send_shows_its_payload_rebuilt_and_a_dry_one_as_recorded(clie
     track(client, {**SEED_EXAMPLE, "event_id": "evt_1"})
     [send] = client.get("/admin/api/events/1", headers=ADMIN).get_json()["sends"]
     assert (send["status"], send["rebuilt"], send["payload"]["event_id"]) == ("pending", True, "evt_1")
+    sign_in(client)
+    assert "Payload <strong>rebuilt</strong> from the stored event" in client.get("/dashboard/events/1").get_data(as_text=True)
     dispatcher.drain_once(datetime(2026, 3, 1, 12, 6, tzinfo=timezone.utc))
     [send] = client.get("/admin/api/events/1", headers=ADMIN).get_json()["sends"]
     assert send["payload"] == Send.get().payload
@@ -240,3 +242,13 @@ def test_a_paused_destination_comes_first_with_the_platforms_error(raw_config, r
         ("shop/meta", None)]
     sign_in(client)
     assert "Meta error 190: Invalid OAuth access token" in client.get("/dashboard/").get_data(as_text=True)
+
+
+def test_the_event_listing_is_paginated_newest_first(client, monkeypatch):
+    monkeypatch.setattr("console.events.PAGE_SIZE", 2)
+    track(client, signup("evt_1"), signup("evt_2"), signup("evt_3"))
+    pages = [client.get(f"/admin/api/events?page={n}", headers=ADMIN).get_json() for n in (1, 2)]
+    assert [([e["event_id"] for e in p["events"]], p["has_next"]) for p in pages] == [
+        (["evt_3", "evt_2"], True), (["evt_1"], False)]
+    sign_in(client)
+    assert 'href="/dashboard/events?page=2&amp;site=shop">older' in client.get("/dashboard/events?site=shop").get_data(as_text=True)
