@@ -9,7 +9,7 @@ else
 CONFIG_FILE :=
 endif
 
-.PHONY: run test check-config bench clean
+.PHONY: run test chromium check-config bench clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,8 +27,19 @@ run: $(VENV)/.installed $(CONFIG_FILE)
 	$(PY) cli.py check-config
 	$(VENV)/bin/gunicorn -c gunicorn.conf.py
 
-test: $(VENV)/.installed-dev
-	$(PY) -m pytest $(PYTEST_ARGS)
+test: $(VENV)/.installed-dev chromium
+	$(PY) -m pytest -rs $(PYTEST_ARGS)
+
+# The console's browser tests drive Debian's Chromium (never Playwright's own download). Where it cannot be
+# installed they skip, with the reason in pytest's summary; under CI=true they fail instead.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; } \
+	      || echo "make test: apt-get could not install chromium: the browser tests will not run"; \
+	  else \
+	    echo "make test: chromium is missing and apt-get (as root) is not available to install it: the browser tests will not run"; \
+	  fi; }
 
 check-config: $(VENV)/.installed
 	$(PY) cli.py check-config

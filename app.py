@@ -6,6 +6,7 @@ import sys
 from importlib import import_module
 
 from flask import Flask, jsonify
+from flask_wtf.csrf import CSRFProtect
 from werkzeug.exceptions import HTTPException
 
 import logs
@@ -27,6 +28,7 @@ BLUEPRINTS = (
     "routes.adtarget",
     "routes.telegram_webhook",
     "routes.tracker",
+    "routes.dashboard",
 )
 
 
@@ -34,6 +36,8 @@ def create_app(config: Config) -> Flask:
     """Assemble the app around a loaded, validated config: bind the database, register routes. Starts nothing."""
     app = Flask(__name__)
     app.config["POSTBACK"] = config
+    app.config["WTF_CSRF_CHECK_DEFAULT"] = False  # the console checks its own forms; the dialects' POSTs are APIs
+    CSRFProtect(app)
     open_database(config.database)
     for name in BLUEPRINTS:
         app.register_blueprint(import_module(name).bp)

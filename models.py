@@ -94,7 +94,9 @@ class Event(BaseModel):
 
     class Meta:
         table_name = "events"
-        indexes = ((("site", "event_id"), True), (("received_at",), False))
+        # (site, order_id) and (site, received_at): the console finds an order and lists a site's events by time.
+        indexes = ((("site", "event_id"), True), (("received_at",), False), (("site", "order_id"), False),
+                   (("site", "received_at"), False))
 
     def to_canonical(self) -> CanonicalEvent:
         fields = {name: getattr(self, name) for name in CanonicalEvent.__dataclass_fields__ if name != "site_id"}

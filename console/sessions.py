@@ -35,6 +35,13 @@ def valid_session(session_id: object) -> bool:
     return session is not None and session.expires_at > utcnow()
 
 
+def end_session(session_id: object) -> None:
+    """Sign a session out: its id is no longer valid."""
+    if isinstance(session_id, str):
+        with writing():
+            AdminSession.delete().where(AdminSession.id == session_id).execute()
+
+
 def purge(older_than: timedelta, now: datetime) -> int:
     """Drop sessions that expired longer ago than the retention period."""
     return AdminSession.delete().where(AdminSession.expires_at < now - older_than).execute()

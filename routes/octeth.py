@@ -16,7 +16,7 @@ from config import Config, Site
 from dialects.octeth import parse as octeth
 from dialects.errors import BodyTooLarge, Refused
 from ingest.accept import accept
-from routes.admin import valid_session
+from console.sessions import valid_session
 from routes.common import allow_origin, client_context, current_config, dry_run, read_body
 from ingest.fanout import preview
 

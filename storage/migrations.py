@@ -40,8 +40,15 @@ def _unchanged(migrator: SchemaMigrator, db: Database) -> None:
     """Step 1 is the schema the first release with migrations found: nothing to change in it."""
 
 
+def _console_indexes(migrator: SchemaMigrator, db: Database) -> None:
+    """The console finds an event by its order id within a site, and lists a site's events by time."""
+    for columns in (("site", "order_id"), ("site", "received_at")):
+        db.execute_sql(f"CREATE INDEX IF NOT EXISTS events_{'_'.join(columns)} ON events ({', '.join(columns)})")
+
+
 STEPS: tuple[Step, ...] = (
     Step(1, "the schema as Postback made it before migrations (events, sends and every store's tables)", _unchanged),
+    Step(2, "indexes on events for the console: (site, order_id) and (site, received_at)", _console_indexes),
 )
 
 

@@ -101,12 +101,14 @@ def test_a_login_session_authenticates_like_the_password(client):
     assert response.get_json() == {"entries": []}
 
 
-def test_without_an_admin_password_the_admin_api_is_disabled(raw_config, request):
+def test_without_an_admin_password_the_admin_api_takes_the_generated_one(raw_config, tmp_path, request):
     raw_config["admin"]["password"] = ""
     client = request.getfixturevalue("client")
-    expected = {"error": "admin API disabled: set admin.password", "code": 403}
-    assert client.get("/admin/api/inspector", headers={"Authorization": "Bearer "}).get_json() == expected
-    assert client.post("/admin/api/login", json={"password": ""}).get_json() == expected
+    generated = (tmp_path / "db" / "admin-password").read_text().strip()
+    refused = {"error": "Authentication required", "code": 401}
+    assert client.get("/admin/api/inspector", headers={"Authorization": "Bearer "}).get_json() == refused
+    assert client.post("/admin/api/login", json={"password": ""}).get_json() == {"error": "Wrong password", "code": 401}
+    assert client.get("/admin/api/inspector", headers={"Authorization": f"Bearer {generated}"}).get_json() == {"entries": []}
 
 
 def test_a_bad_limit_is_refused(client):

@@ -30,7 +30,9 @@ FIXTURE_TABLES = {"events": 10, "sends": 50, "user_profiles": 2, "products": 1, 
                   "octeth_subscribers": 2, "octeth_properties": 11, "funnel_visits": 2, "funnel_sessions": 2,
                   "funnel_invite_links": 0, "funnel_conversions": 4, "funnel_leads": 2, "admin_sessions": 1,
                   "refusals": 1, "destination_state": 0}
-ADD_NOTE = Step(2, "sends.note: a note for the operator",
+APPLIED = [(step.version, step.says) for step in STEPS]  # what a database at the code's latest version records
+LATEST = STEPS[-1].version
+ADD_NOTE = Step(LATEST + 1, "sends.note: a note for the operator",
                 lambda migrator, db: migrate(migrator.add_column("sends", "note", TextField(null=True))))
 
 
@@ -87,7 +89,7 @@ def test_a_database_made_before_migrations_is_version_1_every_row_intact_and_it_
     open_database(url(old_database))
 
     assert rows(old_database) == before
-    assert versions(old_database) == [(1, STEPS[0].says)]
+    assert versions(old_database) == APPLIED  # recognised as version 1, then every later step applied
     assert status(database.obj).pending == ()
     client = create_app(build_config(base_config(tmp_path))).test_client()
     response = client.post("/v1/track", json={**SEED_EXAMPLE, "event_id": "after-upgrade"})
@@ -107,7 +109,7 @@ def test_a_step_adds_a_column_old_rows_keep_their_values_and_new_writes_fill_it(
 
         open_database(url(old_database), steps=(*STEPS, ADD_NOTE))
 
-        assert versions(old_database) == [(1, STEPS[0].says), (2, ADD_NOTE.says)]
+        assert versions(old_database) == [*APPLIED, (ADD_NOTE.version, ADD_NOTE.says)]
         assert rows(old_database)["sends"] == [(*row, None) for row in before["sends"]]
         first = Send.select().order_by(Send.id).first()
         Send.update(note="checked").where(Send.id == first.id).execute()
@@ -123,8 +125,9 @@ def test_a_database_newer_than_the_code_stops_the_start_with_a_clear_error(tmp_p
                                                                             monkeypatch):
     open_database(url(old_database), steps=(*STEPS, ADD_NOTE))
     database.close()
-    message = ("the database is at schema version 2, newer than this Postback knows (version 1): a newer release "
-               "upgraded it. Run that release, or restore the backup taken before the upgrade (docs/upgrading.md)")
+    message = (f"the database is at schema version {LATEST + 1}, newer than this Postback knows (version {LATEST}): "
+               "a newer release upgraded it. Run that release, or restore the backup taken before the upgrade "
+               "(docs/upgrading.md)")
 
     with pytest.raises(SchemaError) as raised:
         open_database(url(old_database))
@@ -143,17 +146,22 @@ def test_migrate_prints_the_pending_steps_then_applies_them(old_database, config
         assert result.exit_code == 0, result.output
         return result.stdout
 
-    assert run("--status") == "schema version 1 of 1: up to date\n"
-    assert run() == "schema at version 1: 0 step(s) applied\n"
-    assert versions(old_database) == [(1, STEPS[0].says)]
+    pending = STEPS[1:]
+    assert run("--status") == (f"schema version 1 of {LATEST}: {len(pending)} step(s) pending\n"
+                               + "".join(f"pending {step.version}: {step.says}\n" for step in pending))
+    assert run() == ("".join(f"applying {step.version}: {step.says}\n" for step in pending)
+                     + f"schema at version {LATEST}: {len(pending)} step(s) applied\n")
+    assert versions(old_database) == APPLIED
+    assert run("--status") == f"schema version {LATEST} of {LATEST}: up to date\n"
 
 
 def test_a_new_database_is_created_at_the_latest_version(tmp_path):
     path = tmp_path / "new.db"
     result = CliRunner().invoke(cli, ["migrate"], env={"POSTBACK_CONFIG": str(write_config(tmp_path, path))})
 
-    assert result.stdout == "new database: created at schema version 1\nschema at version 1: 0 step(s) applied\n"
-    assert versions(path) == [(1, STEPS[0].says)]
+    assert result.stdout == (f"new database: created at schema version {LATEST}\n"
+                             f"schema at version {LATEST}: 0 step(s) applied\n")
+    assert versions(path) == [(LATEST, STEPS[-1].says)]
 
 
 def write_config(tmp_path: Path, path: Path) -> Path:
@@ -174,7 +182,7 @@ def logged(migrator, db):
     db.execute_sql("CREATE TABLE step_runs (worker TEXT)")
     db.execute_sql("INSERT INTO step_runs VALUES (?)", (sys.argv[2],))
 
-open_database("sqlite:///" + sys.argv[1], steps=(*STEPS, Step(2, "logged", logged)))
+open_database("sqlite:///" + sys.argv[1], steps=(*STEPS, Step(len(STEPS) + 1, "logged", logged)))
 """
 
 
@@ -184,6 +192,16 @@ def test_workers_starting_together_apply_each_step_exactly_once(old_database):
     errors = [worker.communicate(timeout=120)[1] for worker in workers]
 
     assert [worker.returncode for worker in workers] == [0, 0, 0, 0], errors
-    assert versions(old_database) == [(1, STEPS[0].says), (2, "logged")]
+    assert versions(old_database) == [*APPLIED, (LATEST + 1, "logged")]
     with sqlite3.connect(old_database) as db:
         assert db.execute("SELECT count(*) FROM step_runs").fetchone() == (1,)
+
+
+def test_step_2_gives_an_old_database_the_consoles_indexes_on_events(old_database):
+    def indexes() -> set[str]:
+        with sqlite3.connect(old_database) as db:
+            return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events'")}
+
+    assert {"events_site_order_id", "events_site_received_at"} & indexes() == set()
+    open_database(url(old_database))
+    assert {"events_site_order_id", "events_site_received_at"} <= indexes()
