@@ -9,12 +9,20 @@ from functools import wraps
 from flask import Blueprint, jsonify, request
 
 from console.sessions import AdminSession, valid_session
+from dialects.errors import BodyTooLarge, Refused
 from ingest import inspector
 from ingest.canonical import utcnow
-from routes.common import current_config
+from routes.common import current_config, read_json
 
 bp = Blueprint("admin", __name__, url_prefix="/admin/api")
 SESSION_HOURS = 12
+
+
+@bp.errorhandler(Refused)
+def refused(exc: Refused):
+    """A body that cannot be read: the admin API's `{"error", "code"}`."""
+    status = 413 if isinstance(exc, BodyTooLarge) else 400
+    return jsonify({"error": exc.reason, "code": status}), status
 
 
 def _password_matches(given: str | None) -> bool:
@@ -50,7 +58,7 @@ def login():
     """Exchange the admin password for a session id (also usable as Octeth's SessionID)."""
     if not current_config().admin_password:
         return jsonify({"error": "admin API disabled: set admin.password", "code": 403}), 403
-    body = request.get_json(silent=True, force=True)
+    body = read_json(request, current_config().max_body_bytes)  # bounded, as every dialect reads its body
     password = body.get("password") if isinstance(body, dict) else None
     if not isinstance(password, str) or not _password_matches(password):
         return jsonify({"error": "Wrong password", "code": 401}), 401
