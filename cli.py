@@ -41,8 +41,14 @@ def resume(destination: str):
     """Resume a paused destination, e.g. `resume shop/meta`."""
     from delivery.sends import resume_destination
 
-    _open(_load())
-    click.echo(f"{destination}: " + ("resumed" if resume_destination(destination) else "was not paused"))
+    config = _load()
+    _open(config)
+    if resume_destination(destination):
+        click.echo(f"{destination}: resumed")
+    elif config.destination(destination) is None:
+        _missing(f"no destination {destination!r} in {config.path} (site/name, e.g. shop/meta)")
+    else:
+        click.echo(f"{destination}: was not paused")
 
 
 @cli.command()
@@ -54,8 +60,15 @@ def replay(send_id: int | None, destination: str | None):
 
     if (send_id is None) == (destination is None):
         raise click.UsageError("give exactly one of --send or --destination")
-    _open(_load())
+    from models import Send
+
+    config = _load()
+    _open(config)
     count = replay_failed(send_id=send_id, destination=destination)
+    if count == 0 and send_id is not None and Send.get_or_none(Send.id == send_id) is None:
+        _missing(f"no send {send_id}")
+    if count == 0 and destination is not None and config.destination(destination) is None:
+        _missing(f"no destination {destination!r} in {config.path} (site/name, e.g. shop/meta)")
     click.echo(f"{count} send(s) queued again")
 
 
@@ -135,6 +148,12 @@ def _open(config: Config) -> None:
     except SchemaError as exc:
         click.echo(str(exc), err=True)
         sys.exit(1)
+
+
+def _missing(message: str) -> None:
+    """A verb named something that does not exist: say so, and fail, so a script notices."""
+    click.echo(message, err=True)
+    sys.exit(1)
 
 
 def _dialect_commands() -> None:

@@ -11,6 +11,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field, replace
+from importlib.util import find_spec
 from typing import Any, Mapping, Protocol
 
 import yaml
@@ -21,6 +22,18 @@ DEFAULT_PATH = "config.yaml"
 MODES = ("live", "test", "dry")
 IP_POLICIES = ("truncate", "drop")
 CONSENT_DEFAULTS = ("granted", "denied")
+# https://core.telegram.org/bots/api#setwebhook: secret_token is 1-256 characters, only A-Z, a-z, 0-9, _ and -.
+WEBHOOK_SECRET_RE = re.compile(r"[A-Za-z0-9_-]{1,256}")
+# @BotFather's tokens: the bot's numeric id, a colon, some 35 URL-safe characters; Telegram fixes no length and
+# its own example has 34 (https://core.telegram.org/bots/features#botfather), hence a range.
+BOT_TOKEN_RE = re.compile(r"[0-9]{1,20}:[A-Za-z0-9_-]{30,64}")
+# The schemes peewee's database URLs know, each with the modules that can drive it (any one will do).
+_POSTGRES = ("psycopg2", "psycopg")
+DATABASE_DRIVERS = {
+    "sqlite": ("sqlite3",), "postgres": _POSTGRES, "postgresql": _POSTGRES, "postgresext": _POSTGRES,
+    "postgresqlext": _POSTGRES, "cockroachdb": _POSTGRES, "crdb": _POSTGRES, "psycopg3": ("psycopg",),
+    "mysql": ("pymysql", "MySQLdb"), "mysqlconnector": ("mysql.connector",), "mariadbconnector": ("mariadb",),
+}
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -196,7 +209,28 @@ def parse_config(text: str, env: Mapping[str, str], *, platforms: Mapping[str, P
     if ":memory:" in config.database:
         # Each thread would get its own empty database: the group writer's commits would be invisible.
         raise ConfigError(["storage.database: an in-memory database cannot be shared between threads; use a file"])
+    problem = _database_problem(config.database)
+    if problem:
+        raise ConfigError([f"storage.database: {problem}"])
     return config
+
+
+def _database_problem(url: str) -> str | None:
+    """An unknown scheme, or a known one whose driver is not installed: found now, not at the first request."""
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    drivers = DATABASE_DRIVERS.get(scheme.removesuffix("+pool"))
+    if drivers is None:
+        return f"unknown database scheme {scheme or url[:20]!r}; use sqlite:///path/to/postback.db"
+    if not any(_installed(module) for module in drivers):
+        return f"no driver for {scheme}:// is installed (it needs {' or '.join(drivers)})"
+    return None
+
+
+def _installed(module: str) -> bool:
+    try:
+        return find_spec(module) is not None
+    except ModuleNotFoundError:  # the parent of a dotted name (mysql of mysql.connector) is missing
+        return False
 
 
 def _syntax_message(exc: yaml.YAMLError) -> str:
@@ -454,6 +488,9 @@ class _Validator:
                 self.fail(f"{path}[{i}]", "must be a mapping with id and name")
                 continue
             list_id = self.text(item, "id", f"{path}[{i}]", required=True)
+            if list_id and not (list_id.isdecimal() and list_id.isascii()):
+                self.fail(f"{path}[{i}].id", f"must be a whole number, got {list_id!r}")
+                continue
             if list_id in lists:
                 self.fail(f"{path}[{i}].id", f"duplicate list id {list_id!r}")
             if list_id:
@@ -484,9 +521,15 @@ class _Validator:
                 self.fail(f"{cpath}.id", f"duplicate channel id {channel.id!r}")
             seen.add(channel.id)
             channels.append(channel)
-        return Telegram(
+        telegram = Telegram(
             bot_token=self.text(raw, "bot_token", path),
             api_base=(self.text(raw, "api_base", path, default="https://api.telegram.org") or "").rstrip("/"),
             webhook_secret=self.text(raw, "webhook_secret", path),
             channels=tuple(channels),
         )
+        if telegram.bot_token and not BOT_TOKEN_RE.fullmatch(telegram.bot_token):
+            self.fail(f"{path}.bot_token", "must be the token @BotFather gives: <digits>:<about 35 letters, digits, _ or ->")
+        if telegram.webhook_secret and not WEBHOOK_SECRET_RE.fullmatch(telegram.webhook_secret):
+            self.fail(f"{path}.webhook_secret", "must be 1-256 characters of A-Z, a-z, 0-9, _ and - "
+                                                "(Telegram's rule: https://core.telegram.org/bots/api#setwebhook)")
+        return telegram

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any, Mapping
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from user_agents import parse as parse_user_agent
 
@@ -17,6 +17,8 @@ from ingest.canonical import fold
 from ingest.iso import currency_code
 
 MAX_ID_CHARS = 255
+# Amounts above this lose their cents as doubles (2**53 ≈ 9.007e15); no order is worth more.
+MAX_VALUE = 1e13
 PII_PROPERTY_KEYS = frozenset(fold(k) for k in (
     "email", "e_mail", "mail", "phone", "phone_number", "mobile", "tel", "name", "first_name", "firstname",
     "last_name", "lastname", "full_name", "address", "street", "ip", "ip_address", "birthday", "dob",
@@ -54,7 +56,7 @@ def read_text(body: Mapping, key: str) -> str | None:
     if isinstance(value, bool) or not present(value):
         return None
     if isinstance(value, (int, float)):
-        return _number_text(value)
+        return number_text(value) if finite(value) else None
     return value.strip() if isinstance(value, str) else None
 
 
@@ -62,15 +64,16 @@ def read_id(body: Mapping, key: str) -> str | None:
     value = body.get(key)
     if not present(value):
         return None
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)) or not finite(value):
         raise FieldError(key, "must be a string or number")
-    text = _number_text(value) if isinstance(value, (int, float)) else value.strip()
+    text = number_text(value) if isinstance(value, (int, float)) else value.strip()
     if len(text) > MAX_ID_CHARS:
         raise FieldError(key, f"must be at most {MAX_ID_CHARS} characters")
     return text
 
 
-def read_value(body: Mapping, key: str) -> float | None:
+def read_value(body: Mapping, key: str, at_most: float = MAX_VALUE) -> float | None:
+    """A finite, non-negative number (numeric strings accepted), refused above `at_most`."""
     value = body.get(key)
     if not present(value):
         return None
@@ -89,6 +92,8 @@ def read_value(body: Mapping, key: str) -> float | None:
         raise FieldError(key, "must be a number")
     if value < 0:
         raise FieldError(key, "must not be negative")
+    if value > at_most:
+        raise FieldError(key, f"must be at most {at_most:.0f}")
     return value
 
 
@@ -126,12 +131,20 @@ def read_timestamp(body: Mapping, key: str) -> datetime | None:
         raise FieldError(key, "must be an ISO 8601 date-time") from None
 
 
+def split_url(url: str) -> SplitResult | None:
+    """The URL's parts; None when it cannot be split (an unclosed IPv6 bracket such as `http://[::1`)."""
+    try:
+        return urlsplit(url)
+    except ValueError:
+        return None
+
+
 def clean_url(value: Any, key: str, notes: list[str]) -> str | None:
     if not present(value):
         return None
     if isinstance(value, str):
-        parts = urlsplit(value.strip())
-        if parts.scheme in ("http", "https") and parts.netloc:
+        parts = split_url(value.strip())
+        if parts is not None and parts.scheme in ("http", "https") and parts.netloc:
             return value.strip()
     notes.append(f"{key}: dropped, not an http(s) URL")
     return None
@@ -163,5 +176,11 @@ def _without_pii(value: Any, path: str, notes: list[str], depth: int) -> Any:
     return value
 
 
-def _number_text(value: int | float) -> str:
+def number_text(value: int | float) -> str:
+    """A finite JSON number as an id's text: 94.0 reads as "94"."""
     return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def finite(value: Any) -> bool:
+    """False for the NaN and ±Infinity a JSON reader lets through as bare tokens: never an id or a value."""
+    return not isinstance(value, float) or math.isfinite(value)

@@ -17,3 +17,8 @@ def accept(event: CanonicalEvent, site: Site, config: Config) -> tuple[Event, bo
     if created:
         log.info("event stored", extra={"site": site.id, "dialect": event.dialect, "event": event.display_name, "event_id": row.event_id})
     return row, created
+
+
+def already_stored(event: CanonicalEvent) -> bool:
+    """Whether an event with this id is stored for its site: what a dry run answers about a repeat."""
+    return Event.select().where((Event.site == event.site_id) & (Event.event_id == event.event_id)).exists()

@@ -127,15 +127,27 @@ class Platform(Protocol):
 
 # --- what platforms share when they build, send and classify -----------------------------------------------
 
-def missing_settings(dest, always: tuple = (), credentials: tuple = (), in_test: tuple = ()) -> list[tuple[str, str]]:
-    """The keys a destination lacks: `always`; `credentials` unless it is dry; `in_test` in test mode."""
+def missing_settings(dest, always: tuple = (), credentials: tuple = (), in_test: tuple = (),
+                     optional: tuple = ()) -> list[tuple[str, str]]:
+    """The keys a destination lacks: `always`; `credentials` unless it is dry; `in_test` in test mode;
+    and any of these or of `optional` that is given as something other than text (a list, a mapping)."""
     s = dest.settings
-    problems = [(key, "required") for key in always if not s.get(key)]
+    wrong = {key: _kind(s[key]) for key in (*always, *credentials, *in_test, *optional)
+             if s.get(key) is not None and s.get(key) != "" and not isinstance(s.get(key), str)}
+    problems = [(key, f"must be text, got {kind}") for key, kind in wrong.items()]  # and not "required" too
+    problems += [(key, "required") for key in always if key not in wrong and not s.get(key)]
     if dest.mode != "dry":
-        problems += [(key, f"required in {dest.mode} mode") for key in credentials if not s.get(key)]
+        problems += [(key, f"required in {dest.mode} mode") for key in credentials if key not in wrong and not s.get(key)]
     if dest.mode == "test":
-        problems += [(key, "required in test mode") for key in in_test if not s.get(key)]
+        problems += [(key, "required in test mode") for key in in_test if key not in wrong and not s.get(key)]
     return problems
+
+
+def _kind(value: object) -> str:
+    """What a setting was given as, in YAML's words; never the value itself: it may be a secret."""
+    if isinstance(value, bool):
+        return f"{str(value).lower()}; quote it"
+    return {dict: "a mapping", list: "a list"}.get(type(value), "a number")
 
 
 def everyone(outcome: Outcome, count: int) -> list[Outcome]:

@@ -86,7 +86,8 @@ def check_settings(dest: Destination) -> list[tuple[str, str]]:
                      for name, action in actions.items() if not isinstance(action, str) or not ACTION_RE.match(action)]
     # The developer token is optional: Google sunset it on 9 September 2026 and ignores the header
     # (https://developers.google.com/google-ads/api/docs/api-policy/developer-token).
-    return problems + missing_settings(dest, credentials=("client_id", "client_secret", "refresh_token"))
+    return problems + missing_settings(dest, credentials=("client_id", "client_secret", "refresh_token"),
+                                       optional=("developer_token",))
 
 
 def url(dest: Destination) -> str:

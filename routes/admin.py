@@ -17,13 +17,21 @@ from console.overview import overview
 from console.sessions import open_session, valid_session
 from console.settings import shown_config
 from console.story import replay, story
+from dialects.errors import BodyTooLarge, Refused
 from ingest import inspector
 from ingest.canonical import utcnow
-from routes.common import current_config
+from routes.common import current_config, read_json
 
 bp = Blueprint("admin", __name__, url_prefix="/admin/api")
 SESSION_HOURS = 12
 PASSWORD_FILE = "admin-password"
+
+
+@bp.errorhandler(Refused)
+def refused(exc: Refused):
+    """A body that cannot be read: the admin API's `{"error", "code"}`."""
+    status = 413 if isinstance(exc, BodyTooLarge) else 400
+    return jsonify({"error": exc.reason, "code": status}), status
 
 
 def password_file(config: Config) -> str:
@@ -90,7 +98,7 @@ def admin_required(view):
 @bp.post("/login")
 def login():
     """Exchange the admin password for a session id (also usable as Octeth's SessionID)."""
-    body = request.get_json(silent=True, force=True)
+    body = read_json(request, current_config().max_body_bytes)  # bounded, as every dialect reads its body
     password = body.get("password") if isinstance(body, dict) else None
     if not isinstance(password, str) or not password_matches(password):
         return jsonify({"error": "Wrong password", "code": 401}), 401

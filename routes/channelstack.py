@@ -7,7 +7,7 @@ from ingest import inspector
 from ingest.canonical import utcnow
 from dialects.channelstack import parse as channelstack
 from dialects.errors import BadCredentials, BodyTooLarge, NotAnObject, Refused
-from ingest.accept import accept
+from ingest.accept import accept, already_stored
 from routes.common import allow_origin, client_context, current_config, dry_run, read_json
 from ingest.fanout import preview
 
@@ -46,11 +46,14 @@ def track():
     event = channelstack.parse(body, client_context(request, config.trusted_proxies), site, config.consent_default, utcnow())
     if dry_run():
         return jsonify({
-            "success": True, "eventId": event.event_id, "message": "Event recorded successfully",
+            "success": True, "eventId": event.event_id, "message": answer(not already_stored(event)),
             "dry_run": True, "notes": event.notes, "destinations": preview(event, site),
         })
     row, created = accept(event, site, config)
     if created and event.notes:
         inspector.record(channelstack.DIALECT, site.id, "partly accepted: " + "; ".join(event.notes), body)
-    message = "Event recorded successfully" if created else "Duplicate event ignored"
-    return jsonify({"success": True, "eventId": row.event_id, "message": message})
+    return jsonify({"success": True, "eventId": row.event_id, "message": answer(created)})
+
+
+def answer(created: bool) -> str:
+    return "Event recorded successfully" if created else "Duplicate event ignored"

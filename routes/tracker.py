@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, g, jsonify, redirect, render_template, request
 
@@ -21,7 +20,7 @@ from ingest.canonical import utcnow
 from config import Channel, Config, Site
 from dialects.adtarget import parse as adtarget
 from dialects.adtarget.parse import VisitInput
-from dialects.common import ClientContext, clean_url, present, read_id
+from dialects.common import ClientContext, clean_url, present, read_id, split_url
 from dialects.errors import FieldError, Refused
 from ingest import clickids
 from dialects.adtarget.funnel import SESSION_COOKIE, SESSION_COOKIE_MAX_AGE, TEMP_COOKIE, TEMP_COOKIE_MAX_AGE, FunnelError
@@ -156,7 +155,8 @@ def site_named(config: Config, name: object) -> Site:
 def check_origin(site: Site) -> None:
     """A page on an origin the site does not list is refused before anything is stored or any cookie set."""
     origin = request.headers.get("Origin")
-    if origin is None or urlsplit(origin).netloc == request.host or site.allows_origin(origin):
+    parts = split_url(origin) if origin is not None else None
+    if origin is None or (parts is not None and parts.netloc == request.host) or site.allows_origin(origin):
         return
     raise FunnelError("ORIGIN_NOT_ALLOWED", 403,
                       f"Origin {origin[:200]} is not in the allowed_origins of site {site.id!r} "

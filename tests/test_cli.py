@@ -89,3 +89,40 @@ def test_the_command_line_runs_as_a_script_as_make_and_the_readme_run_it(script)
                             timeout=60)
     assert (result.returncode, result.stdout, result.stderr) == (
         0, "config.example.yaml: OK — 1 site(s), 5 enabled destination(s)\n", "")
+
+
+@pytest.fixture
+def fail(raw_config, tmp_path):
+    """Run a CLI command that must fail; returns (exit code, stderr)."""
+    def fail(*args: str) -> tuple[int, str]:
+        path = tmp_path / "postback.yaml"
+        path.write_text(yaml.safe_dump(raw_config))
+        result = CliRunner().invoke(cli, list(args), env={"POSTBACK_CONFIG": str(path)})
+        return result.exit_code, result.stderr.replace(str(path), "<config>")
+    return fail
+
+
+def test_resume_of_a_destination_that_does_not_exist_says_so_and_fails(fail):
+    assert fail("resume", "nope/x") == (1, "no destination 'nope/x' in <config> (site/name, e.g. shop/meta)\n")
+
+
+def test_resume_of_a_configured_destination_that_is_not_paused_says_so(run):
+    assert run("resume", "shop/meta") == "shop/meta: was not paused\n"
+
+
+def test_replay_of_a_send_that_does_not_exist_says_so_and_fails(fail):
+    assert fail("replay", "--send", "99999") == (1, "no send 99999\n")
+
+
+def test_replay_of_a_destination_that_does_not_exist_says_so_and_fails(fail):
+    assert fail("replay", "--destination", "nope/x") == (1, "no destination 'nope/x' in <config> (site/name, e.g. shop/meta)\n")
+
+
+def test_replay_of_an_existing_send_that_has_not_failed_queues_nothing(client, run):
+    post(client, "evt_replay")
+    assert run("replay", "--send", str(Send.get().id)) == "0 send(s) queued again\n"
+
+
+def test_set_webhook_for_a_site_that_does_not_exist_says_so_and_fails(fail):
+    code, stderr = fail("set-webhook", "nope")
+    assert (code, stderr.splitlines()[-1]) == (2, "Error: no site 'nope' in <config>")

@@ -126,6 +126,38 @@ def test_the_shipped_example_loads_as_it_is():
     pytest.param(raw(privacy={"ip": "keep"}), ["privacy.ip: must be one of truncate, drop, got 'keep'"], id="bad ip policy"),
     pytest.param(raw(privacy={"consent_default": "maybe"}),
                  ["privacy.consent_default: must be one of granted, denied, got 'maybe'"], id="bad consent default"),
+    pytest.param(raw(site(destinations=[meta(mode="live", access_token=["tok", "en"])])),
+                 ["sites[0].destinations[0].access_token: must be text, got a list"], id="token as a list"),
+    pytest.param(raw(site(destinations=[meta(pixel_id={"id": 123})])),
+                 ["sites[0].destinations[0].pixel_id: must be text, got a mapping"], id="pixel id as a mapping"),
+    pytest.param(raw(site(destinations=[meta(mode="test", access_token="t", test_event_code=True)])),
+                 ["sites[0].destinations[0].test_event_code: must be text, got true; quote it"], id="code as a boolean"),
+    pytest.param(raw(site(destinations=[{"name": "ga4", "platform": "ga4", "mode": "live", "measurement_id": "G-X1",
+                                         "api_secret": {"secret": "s"}}])),
+                 ["sites[0].destinations[0].api_secret: must be text, got a mapping"], id="api_secret as a mapping"),
+    pytest.param(raw(site(destinations=[{"name": "gads", "platform": "google_ads", "mode": "dry",
+                                         "customer_id": "1234567890", "developer_token": ["d"],
+                                         "conversion_actions": {"Purchase": "customers/1234567890/conversionActions/1"}}])),
+                 ["sites[0].destinations[0].developer_token: must be text, got a list"], id="developer_token as a list"),
+    pytest.param(raw(site(telegram={"webhook_secret": "my secret!", "channels": []})),
+                 ["sites[0].telegram.webhook_secret: must be 1-256 characters of A-Z, a-z, 0-9, _ and - "
+                  "(Telegram's rule: https://core.telegram.org/bots/api#setwebhook)"], id="webhook secret charset"),
+    pytest.param(raw(site(telegram={"webhook_secret": "s" * 257, "channels": []})),
+                 ["sites[0].telegram.webhook_secret: must be 1-256 characters of A-Z, a-z, 0-9, _ and - "
+                  "(Telegram's rule: https://core.telegram.org/bots/api#setwebhook)"], id="webhook secret too long"),
+    pytest.param(raw(site(telegram={"bot_token": "7000000001: AAFake token", "channels": []})),
+                 ["sites[0].telegram.bot_token: must be the token @BotFather gives: <digits>:<about 35 letters, digits, _ or ->"],
+                 id="bot token with spaces"),
+    pytest.param(raw(site(telegram={"bot_token": ["7000000001:AAFakeTokenForTests_0123456789abcdef"], "channels": []})),
+                 ["sites[0].telegram.bot_token: must be text"], id="bot token as a list"),
+    pytest.param(raw(site(lists=[{"id": "newsletter"}])),
+                 ["sites[0].lists[0].id: must be a whole number, got 'newsletter'"], id="list id not a number"),
+    pytest.param(raw(storage={"database": "oracle://db.example/postback"}),
+                 ["storage.database: unknown database scheme 'oracle'; use sqlite:///path/to/postback.db"],
+                 id="unknown database scheme"),
+    pytest.param(raw(storage={"database": "mysqlconnector://db.example/postback"}),
+                 ["storage.database: no driver for mysqlconnector:// is installed (it needs mysql.connector)"],
+                 id="database driver missing"),
 ])
 def test_each_mistake_yields_exactly_one_message_naming_its_path(data, expected):
     assert problems(dump(data)) == expected
@@ -250,6 +282,25 @@ def test_a_yaml_1_1_boolean_word_is_not_a_boolean(word):
 ])
 def test_database_url_in_the_environment_overrides_storage_database(env, expected):
     assert load_config(str(EXAMPLE), env=env, platforms=REGISTRY).database == expected
+
+
+def test_a_postgresql_url_without_its_driver_is_refused_before_serving(monkeypatch):
+    monkeypatch.setattr("config._installed", lambda module: False)
+    assert problems(dump(raw(storage={"database": "postgresql://db.example/postback"}))) == [
+        "storage.database: no driver for postgresql:// is installed (it needs psycopg2 or psycopg)"]
+
+
+def test_a_database_url_from_the_environment_is_checked_too():
+    assert problems(dump(raw()), {"DATABASE_URL": "postgress://db.example/postback"}) == [
+        "storage.database: unknown database scheme 'postgress'; use sqlite:///path/to/postback.db"]
+
+
+def test_a_bot_token_and_webhook_secret_of_telegrams_shapes_pass():
+    telegram = {"bot_token": "4839574812:AAFD39kkdpWt3ywyRZergyOLMaJhac60qc", "webhook_secret": "whsec_Test-Secret_1",
+                "channels": []}
+    config = parse_config(dump(raw(site(telegram=telegram))), {}, platforms=REGISTRY)
+    assert (config.sites[0].telegram.bot_token, config.sites[0].telegram.webhook_secret) == (
+        telegram["bot_token"], telegram["webhook_secret"])
 
 
 def test_postback_config_names_the_file(tmp_path):

@@ -530,7 +530,7 @@ def test_a_refused_event_lists_every_problem_with_the_seeds_codes_and_stores_not
     ({"APIKey": KEY, "ListID": {"id": 94}}, (2, "Invalid ListID parameter")),
     ({"APIKey": KEY, "ListID": 94.5}, (2, "Invalid ListID parameter")),
     ({"APIKey": KEY, "ListID": 3}, (3, "List not found")),
-    ({"APIKey": KEY, "ListID": "newsletter"}, (3, "List not found")),
+    ({"APIKey": KEY, "ListID": "newsletter"}, (2, "Invalid ListID parameter")),
 ])
 def test_the_properties_endpoint_answers_its_own_listid_codes(client, body, problem):
     response = catalogue(client, body)

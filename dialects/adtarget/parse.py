@@ -14,7 +14,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from config import Site
 from dialects.common import (
     ClientContext, FieldError, clean_url, custom_properties,
-    present, read_currency, read_id, read_value,
+    finite, present, read_currency, read_id, read_value, split_url,
 )
 from ingest import clickids
 from ingest.identity import Identity, normalize_identity
@@ -292,7 +292,7 @@ def read_telegram_user_id(value: Any, key: str) -> str:
 
 def read_millis(body: Mapping[str, Any], key: str) -> datetime | None:
     """Unix milliseconds as a moment; numeric strings accepted."""
-    millis = read_value(body, key)
+    millis = read_value(body, key, at_most=math.inf)  # a moment, not an amount: fromtimestamp judges it
     if millis is None:
         return None
     try:
@@ -327,7 +327,8 @@ def parse_update(update: Any, now: datetime) -> Join:
         return _join_request(update_id, update["chat_join_request"], now)
     if isinstance(update.get("my_chat_member"), dict):
         chat = _chat_id(update["my_chat_member"].get("chat"))
-        status = (update["my_chat_member"].get("new_chat_member") or {}).get("status")
+        member = update["my_chat_member"].get("new_chat_member")
+        status = member.get("status") if isinstance(member, dict) else None
         raise Ignored(f"the bot's own membership in chat {chat} changed to {status!r} "
                       "(it needs to be an administrator with can_invite_users)")
     kinds = [key for key in update if key != "update_id"]
@@ -396,7 +397,8 @@ def _date(date: Any, now: datetime) -> datetime:
 def url_parameters(url: str) -> dict[str, str]:
     """First value of each query parameter, percent-decoded once and nothing more ('+' stays '+')."""
     params: dict[str, str] = {}
-    for pair in urlsplit(url).query.split("&"):
+    parts = split_url(url)
+    for pair in parts.query.split("&") if parts is not None else ():
         key, _, value = pair.partition("=")
         if key and key not in params:
             params[unquote(key)] = unquote(value)
@@ -413,7 +415,7 @@ def _text(body: Mapping[str, Any], key: str) -> str | None:
     value = body.get(key)
     if not present(value):
         return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and finite(value):
         value = str(value)
     if not isinstance(value, str):
         raise FieldError(key, "must be a string")

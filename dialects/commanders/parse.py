@@ -12,7 +12,7 @@ from ingest.canonical import CanonicalEvent, standard_name
 from config import Site
 from dialects.common import (
     MAX_ID_CHARS, ClientContext, FieldError, clean_url, custom_properties, is_bot,
-    new_event_id, present, read_currency, read_id, read_value,
+    finite, new_event_id, present, read_currency, read_id, read_value,
 )
 from ingest import clickids
 from ingest.identity import HASHED_RE, normalize_identity
@@ -322,7 +322,7 @@ def _strict_text(body: Mapping, key: str) -> str | None:
     value = body.get(key)
     if not present(value):
         return None
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)) or not finite(value):
         raise FieldError(key, "must be text")
     text = value.strip() if isinstance(value, str) else str(value)
     if len(text) > MAX_TEXT_CHARS:

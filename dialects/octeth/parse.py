@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, Mapping, Sequence
-from urllib.parse import urlsplit
 
 from user_agents import parse as parse_user_agent
 
@@ -19,7 +18,7 @@ from ingest.canonical import CUSTOM, CanonicalEvent, fold, standard_name
 from config import Site
 from dialects.common import (
     PII_PROPERTY_KEYS, ClientContext, FieldError, clean_url,
-    custom_properties, is_bot, present, read_currency, read_id, read_value,
+    custom_properties, is_bot, present, read_currency, read_id, read_value, split_url,
 )
 from dialects.errors import InvalidJSON, NotAnObject, Refused
 from ingest import clickids
@@ -213,14 +212,17 @@ def invalid_credentials() -> ErrorList:
 
 
 def list_key(value: Any) -> str | None:
-    """A ListID as the string ids compare as (94 and "94" alike); None when it is not an id."""
+    """A ListID as the string ids compare as (94 and "94" alike); None when it is not an id.
+
+    Octeth's list ids are numbers: a ListID of other text is "Invalid ListID parameter" (Code 2 of
+    website_events.properties in Octeth's error table, docs/dialects/octeth.md), not a list that is missing."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
-    if isinstance(value, str) and value.strip() and len(value) <= MAX_KEY_CHARS:
+    if isinstance(value, str) and value.strip().isdecimal() and value.strip().isascii() and len(value) <= MAX_KEY_CHARS:
         return value.strip()
     return None
 
@@ -457,8 +459,8 @@ def server_properties(client: ClientContext, page_url: str | None, now: datetime
     """What the server knows about the call: the browser from its user agent, the page, the time."""
     props: dict[str, Any] = dict(describe_user_agent(client.user_agent))
     current_url = page_url or client.referrer
-    if current_url:
-        parts = urlsplit(current_url)
+    parts = split_url(current_url) if current_url else None
+    if parts is not None:  # an unsplittable Referer names no page
         props.update({"$current_url": current_url, "$host": parts.hostname or "", "$pathname": parts.path or "/"})
     if client.referrer:
         props["$referrer"] = client.referrer
