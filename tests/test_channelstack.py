@@ -1,7 +1,6 @@
 """ChannelStack `POST /v1/track` through the Flask test client (seed 000; SPEC §4, §5, §6)."""
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -13,6 +12,7 @@ import pytest
 
 from models import Event, Send
 from tests.conftest import BROWSER, RAW_PII, SEED_EXAMPLE
+from tests.helpers import sha
 
 GOLDEN = Path(__file__).parent / "golden"
 UA = BROWSER["User-Agent"]
@@ -31,10 +31,6 @@ PII_PROPERTIES = {
 IDENTITY_EXTRAS = {"gender": "Female", "date_of_birth": "04.07.1985", "email": "jane.roe(at)example.net", "phone": "+47 12"}
 NESTED_EMAIL = "nested.buyer@example.net"
 RAW_PII.extend([*PII_PROPERTIES.values(), *IDENTITY_EXTRAS.values(), NESTED_EMAIL])
-
-
-def sha(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def stored() -> tuple[int, int]:

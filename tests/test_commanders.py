@@ -1,7 +1,6 @@
 """Commanders Act `POST /events`, User API and Product API through the Flask test client (seed 002; SPEC §4–§6)."""
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from datetime import datetime, timedelta, timezone
@@ -18,6 +17,7 @@ from models import Event, Send, database
 from platforms import meta
 from dialects.commanders.profiles import Profile
 from tests.conftest import BROWSER, RAW_PII, build_config, meta_destination, with_destinations
+from tests.helpers import sha
 
 AUTH = {"Authorization": "Bearer key_demo_123"}
 SEED_UA = ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_11_0) AppleWebKit/537.36 (KHTML, like Gecko) "
@@ -63,10 +63,6 @@ ERASED_EMAIL, SECOND_EMAIL, OTHER_EMAIL = "margot.lefevre@example.fr", "m.lefevr
 ERASED_PHONE = "+33 6 12 34 56 78"
 RAW_PII.extend([SEED_EMAIL, ERASED_EMAIL, SECOND_EMAIL, OTHER_EMAIL, ERASED_PHONE, "+33612345678", "33612345678",
                 "Margot", "Lefevre", "Girard", "not-an-email", "1985-07-04", "+1 (555) 123-4567"])
-
-
-def sha(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def post(client, path: str, body, query: str = "tc_s=shop", headers: dict | None = None, **kwargs):

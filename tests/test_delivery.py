@@ -1,7 +1,6 @@
 """Delivery end to end: events posted to /v1/track, drained at explicit times, checked at the fake Meta."""
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import json
 import subprocess
@@ -25,13 +24,10 @@ from platforms import meta
 from ingest.privacy import reduce_ip
 from tests.conftest import BROWSER, ROOT, SEED_EXAMPLE, build_config, meta_destination, with_destinations
 from tests.fakes.meta import EXPIRED, FakeMeta
+from tests.helpers import sha
 
 SECOND = timedelta(seconds=1)
 UNKNOWN_ERROR = "Meta error 1: An unknown error occurred"
-
-
-def digest(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def signup(event_id: str, **fields) -> dict:
@@ -121,15 +117,15 @@ def test_the_seeds_complete_example_reaches_meta_as_exactly_this_item(client, fa
         "action_source": "website",
         "event_source_url": "https://example.com/checkout",
         "user_data": {
-            "em": [digest("john.doe@example.com")],
-            "ph": [digest("15551234567")],
-            "fn": [digest("john")],
-            "ln": [digest("doe")],
-            "ct": [digest("sanfrancisco")],
-            "st": [digest("ca")],
-            "zp": [digest("94102")],
-            "country": [digest("us")],
-            "external_id": [digest("user_123")],
+            "em": [sha("john.doe@example.com")],
+            "ph": [sha("15551234567")],
+            "fn": [sha("john")],
+            "ln": [sha("doe")],
+            "ct": [sha("sanfrancisco")],
+            "st": [sha("ca")],
+            "zp": [sha("94102")],
+            "country": [sha("us")],
+            "external_id": [sha("user_123")],
             "client_ip_address": "203.0.113.7",
             "client_user_agent": BROWSER["User-Agent"],
         },
@@ -449,8 +445,8 @@ def test_a_dry_destination_records_the_payload_and_sends_nothing(client, fake_me
         "action_source": "website",
         "event_source_url": "https://shop.example/welcome",
         "user_data": {
-            "country": [digest("us")],  # the site's default_country
-            "external_id": [digest("user-e1")],
+            "country": [sha("us")],  # the site's default_country
+            "external_id": [sha("user-e1")],
             "client_ip_address": "203.0.113.7",
             "client_user_agent": BROWSER["User-Agent"],
         },

@@ -5,7 +5,6 @@ import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
-import requests
 from requests.structures import CaseInsensitiveDict
 
 from delivery.dispatcher import Dispatcher, backoff
@@ -13,6 +12,7 @@ from models import Send
 from platforms import meta
 from platforms.base import REJECTED, RETRY, SENT, SETUP, THROTTLE, Outcome, retry_after_seconds
 from tests.conftest import base_config, build_config
+from tests.helpers import answer
 
 
 @pytest.mark.parametrize("retries, seconds", [
@@ -34,15 +34,6 @@ def test_backoff_jitters_by_up_to_20_percent_either_way(draw, factor):
 ])
 def test_retry_after_is_read_in_seconds_and_a_date_falls_back_to_the_backoff(headers, seconds):
     assert retry_after_seconds(CaseInsensitiveDict(headers)) == seconds
-
-
-def answer(status: int, body, headers: dict | None = None) -> requests.Response:
-    """A response as requests would hand it over: a dict body is sent as JSON, a str as it is."""
-    response = requests.Response()
-    response.status_code = status
-    response._content = (json.dumps(body) if isinstance(body, dict) else body).encode()
-    response.headers = CaseInsensitiveDict(headers or {})
-    return response
 
 
 def graph(code: int, message: str = "Something", subcode: int | None = None, transient: bool = False, **extra) -> dict:
