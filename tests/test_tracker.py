@@ -15,7 +15,6 @@ from ingest import inspector
 from ingest.canonical import utcnow
 from dialects.adtarget.funnel import InviteLink, TrackingSession, Visit
 from models import Event, Send
-from platforms import meta
 from tests.conftest import BROWSER, RAW_PII, meta_destination, with_destinations
 from tests.fakes.telegram import FakeTelegram, chat_member, telegram_section
 from tests.helpers import sha
@@ -33,12 +32,6 @@ CORS = {"Access-Control-Allow-Origin": SHOP, "Access-Control-Allow-Credentials":
         "Access-Control-Allow-Methods": "POST, OPTIONS", "Access-Control-Allow-Headers": "Content-Type",
         "Access-Control-Max-Age": "600"}
 RAW_PII.extend(value for value in ("Tatiana", "Joinova", "tatiana_joins") if value not in RAW_PII)
-
-
-@pytest.fixture(autouse=True)
-def meta_attribution_keys(monkeypatch):
-    if not hasattr(meta, "ATTRIBUTION_KEYS"):
-        monkeypatch.setattr(meta, "ATTRIBUTION_KEYS", ("fbc", "fbp"), raising=False)
 
 
 @pytest.fixture
