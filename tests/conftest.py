@@ -138,6 +138,30 @@ def with_destinations(raw: dict, *destinations: dict) -> dict:
     return raw
 
 
+def fbtrace_id(request: dict) -> str:
+    """The fbtrace_id the fake Meta answered a request with, success or error."""
+    answer = request["answer"]
+    return answer["fbtrace_id"] if "fbtrace_id" in answer else answer["error"]["fbtrace_id"]
+
+
+@pytest.fixture
+def meta_settings() -> dict:
+    return {}
+
+
+@pytest.fixture
+def dispatch_settings() -> dict:
+    return {"timeout_seconds": 1}
+
+
+@pytest.fixture
+def raw(raw_config, fake_meta, meta_settings, dispatch_settings) -> dict:
+    """The example config whose only destination is a live Meta pointing at the fake; platform suites override it."""
+    raw = with_destinations(raw_config, meta_destination(fake_meta.url, **meta_settings))
+    raw["dispatch"].update(dispatch_settings)
+    return raw
+
+
 def at(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
 
