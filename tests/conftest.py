@@ -171,7 +171,8 @@ def no_raw_pii_in_databases():
     """After the whole suite, scan every database file the tests wrote for the raw PII they sent."""
     yield
     files = [f for db in DATABASE_FILES for f in (db, db.with_name(db.name + "-wal")) if f.exists()]
-    leaks = [f"{f}: {value}" for f in files for value in RAW_PII if value.encode() in f.read_bytes()]
+    leaks = [f"{f}: {value}" for f, data in ((f, f.read_bytes()) for f in files) for value in RAW_PII
+             if value.encode() in data]
     assert not leaks, f"raw personal data found in database files: {leaks}"
     assert all(db.exists() for db in DATABASE_FILES), "a database the tests used is gone before the scan"
 
