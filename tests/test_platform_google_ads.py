@@ -63,9 +63,9 @@ def gads_settings() -> dict:
 
 
 @pytest.fixture
-def raw(raw_config, fake, gads_settings) -> dict:
+def raw(raw_config, fake, gads_settings, dispatch_settings) -> dict:
     raw = with_destinations(raw_config, gads_destination(fake, **gads_settings))
-    raw["dispatch"]["timeout_seconds"] = 1
+    raw["dispatch"].update(dispatch_settings)
     return raw
 
 
@@ -745,13 +745,14 @@ def test_events_google_cannot_take_are_skipped_with_their_reasons(client, fake, 
     assert [c["orderId"] for c in fake.conversions] == ["l2"]
 
 
+@pytest.mark.parametrize("dispatch_settings", [{"timeout_seconds": 0.1}])  # the hang is cut short soon
 def test_a_hung_upload_is_retried(client, fake, dispatcher):
     fake.script(("hang", 5))
     now = track(client, purchase("p1"))
 
     dispatcher.drain_once(now=now)
 
-    assert (row("p1")["status"], row("p1")["retries"], row("p1")["last_error"]) == ("pending", 1, "no answer within 1 s")
+    assert (row("p1")["status"], row("p1")["retries"], row("p1")["last_error"]) == ("pending", 1, "no answer within 0.1 s")
 
 
 # --- The fake checks like Google ------------------------------------------------------------
