@@ -90,7 +90,7 @@ def template_database(tmp_path_factory) -> Path:
     """A database with every table, made once: each test's starts as a copy, far cheaper than creating tables."""
     config = build_config(base_config(tmp_path_factory.mktemp("template")))
     create_app(config)
-    database.close()  # the last connection: SQLite folds the WAL into the file
+    database.close()  # closed, SQLite folds the WAL into the file that gets copied
     return sqlite_path(config)
 
 
@@ -108,7 +108,7 @@ def app(config, template_database):
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(template_database, path)
-    app = create_app(config)
+    app = create_app(config)  # the copy only saves time: create_app still makes any table it lacks
     app.testing = True
     yield app
     database.close()
