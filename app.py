@@ -35,10 +35,8 @@ BLUEPRINTS = (
 def create_app(config: Config) -> Flask:
     """Assemble the app around a loaded, validated config: bind the database, register routes. Starts nothing."""
     app = Flask(__name__)
-    app.config["POSTBACK"] = config
     app.config["WTF_CSRF_CHECK_DEFAULT"] = False  # the console checks its own forms; the dialects' POSTs are APIs
     CSRFProtect(app)
-    open_database(config.database)
     for name in BLUEPRINTS:
         app.register_blueprint(import_module(name).bp)
 
@@ -55,6 +53,17 @@ def create_app(config: Config) -> Flask:
         log.exception("unhandled error")
         return jsonify({"error": "Internal error", "code": 500}), 500
 
+    return bind(app, config)
+
+
+def bind(app: Flask, config: Config) -> Flask:
+    """All the app takes from its config: the config, its database, and what each blueprint's `configure` sets."""
+    app.config["POSTBACK"] = config
+    open_database(config.database)
+    for name in BLUEPRINTS:
+        configure = getattr(import_module(name), "configure", None)
+        if configure is not None:
+            configure(app, config)
     return app
 
 

@@ -8,7 +8,7 @@ import secrets
 import sys
 from functools import wraps
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, Flask, current_app, jsonify, request
 
 from config import Config
 from console import kept
@@ -55,10 +55,8 @@ def admin_password() -> str:
     return generated[path]
 
 
-@bp.record_once
-def _generate_password(state) -> None:
+def configure(app: Flask, config: Config) -> None:
     """At start-up, with `admin.password` empty: make the password (one for all workers) and print it once."""
-    config = state.app.config["POSTBACK"]
     if config.admin_password:
         return
     path = password_file(config)

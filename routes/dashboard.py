@@ -5,7 +5,7 @@ import json
 import os
 import secrets
 
-from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, session, url_for
+from flask import Blueprint, Flask, abort, current_app, flash, redirect, render_template, request, session, url_for
 from werkzeug.exceptions import HTTPException
 
 from console import chart, kept
@@ -13,6 +13,7 @@ from console.events import Filters, listing
 from console.overview import overview as overview_of
 from console.settings import shown_config
 from console.story import replay, story
+from config import Config
 from ingest import inspector
 from ingest.canonical import utcnow
 from console.sessions import end_session, open_session, valid_session
@@ -26,11 +27,9 @@ OPEN_PAGES = {"dashboard.login", "dashboard.root"}
 INSPECTOR_ROWS = 200
 
 
-@bp.record_once
-def _cookie_settings(state) -> None:
+def configure(app: Flask, config: Config) -> None:
     """The console's cookie: signed with a key kept beside the database (the same in every worker), never sent to
     scripts or from other sites' forms, and only over HTTPS when Postback is served over HTTPS."""
-    app, config = state.app, state.app.config["POSTBACK"]
     app.secret_key = kept.keep(os.path.join(kept.folder(config.database), KEY_FILE), lambda: secrets.token_hex(32))[0]
     app.config.update(
         SESSION_COOKIE_NAME="postback_console",

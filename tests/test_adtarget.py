@@ -1,7 +1,6 @@
 """AdTarget's API through the Flask test client (seed 004; SPEC §6): visits, invites, conversions, leads, channels."""
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 
@@ -12,6 +11,7 @@ from dialects.adtarget.funnel import Conversion, InviteLink, Lead, TrackingSessi
 from models import Event, Send
 from tests.conftest import RAW_PII
 from tests.fakes.telegram import NOT_ENOUGH_RIGHTS, FakeTelegram, telegram_section
+from tests.helpers import sha
 
 KEY = {"Authorization": "Bearer atk_live_demo"}
 VIP, FREE = "-1001234567890", "-1009876543210"
@@ -26,10 +26,6 @@ NO_SEND_WARNING = f"No CAPI event was scheduled: meta: {META_ATTRIBUTION}"
 
 EMAIL, PHONE = "lead.buyer@example.com", "+1 415 555 0123"
 RAW_PII.extend([EMAIL, PHONE, "4155550123", "Lena", "Buyerova"])
-
-
-def sha(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def millis(moment) -> int:

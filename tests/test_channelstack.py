@@ -1,7 +1,6 @@
 """ChannelStack `POST /v1/track` through the Flask test client (seed 000; SPEC §4, §5, §6)."""
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -13,6 +12,7 @@ import pytest
 
 from models import Event, Send
 from tests.conftest import BROWSER, RAW_PII, SEED_EXAMPLE
+from tests.helpers import sha
 
 GOLDEN = Path(__file__).parent / "golden"
 UA = BROWSER["User-Agent"]
@@ -31,10 +31,6 @@ PII_PROPERTIES = {
 IDENTITY_EXTRAS = {"gender": "Female", "date_of_birth": "04.07.1985", "email": "jane.roe(at)example.net", "phone": "+47 12"}
 NESTED_EMAIL = "nested.buyer@example.net"
 RAW_PII.extend([*PII_PROPERTIES.values(), *IDENTITY_EXTRAS.values(), NESTED_EMAIL])
-
-
-def sha(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def stored() -> tuple[int, int]:
@@ -473,15 +469,15 @@ def test_x_forwarded_for_counts_only_with_trusted_proxies(raw_config, make_clien
     assert Event.get().ip == expected
 
 
-@pytest.mark.parametrize("source_url, referer, page", [
+@pytest.mark.parametrize("source_url, referer, page_url", [
     (None, "https://shop.example/thanks", "https://shop.example/thanks"),
     ("https://shop.example/checkout", "https://shop.example/thanks", "https://shop.example/checkout"),
     ("javascript:alert(1)", "https://shop.example/thanks", "https://shop.example/thanks"),
 ])
-def test_the_referer_is_the_page_url_when_source_url_is_absent(client, source_url, referer, page):
+def test_the_referer_is_the_page_url_when_source_url_is_absent(client, source_url, referer, page_url):
     body = {**SEED_EXAMPLE, "source_url": source_url}
     answer = dry_run(client, body, headers={**BROWSER, "Referer": referer})
-    assert answer["destinations"][0]["payload"]["event_source_url"] == page
+    assert answer["destinations"][0]["payload"]["event_source_url"] == page_url
     assert answer["notes"] == SEED_NOTES + (["source_url: dropped, not an http(s) URL"] if source_url == "javascript:alert(1)" else [])
 
 

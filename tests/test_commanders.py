@@ -1,7 +1,6 @@
 """Commanders Act `POST /events`, User API and Product API through the Flask test client (seed 002; SPEC §4–§6)."""
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from datetime import datetime, timedelta, timezone
@@ -18,6 +17,7 @@ from models import Event, Send, database
 from platforms import meta
 from dialects.commanders.profiles import Profile
 from tests.conftest import BROWSER, RAW_PII, build_config, meta_destination, with_destinations
+from tests.helpers import sha
 
 AUTH = {"Authorization": "Bearer key_demo_123"}
 SEED_UA = ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_11_0) AppleWebKit/537.36 (KHTML, like Gecko) "
@@ -63,10 +63,6 @@ ERASED_EMAIL, SECOND_EMAIL, OTHER_EMAIL = "margot.lefevre@example.fr", "m.lefevr
 ERASED_PHONE = "+33 6 12 34 56 78"
 RAW_PII.extend([SEED_EMAIL, ERASED_EMAIL, SECOND_EMAIL, OTHER_EMAIL, ERASED_PHONE, "+33612345678", "33612345678",
                 "Margot", "Lefevre", "Girard", "not-an-email", "1985-07-04", "+1 (555) 123-4567"])
-
-
-def sha(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def post(client, path: str, body, query: str = "tc_s=shop", headers: dict | None = None, **kwargs):
@@ -344,7 +340,7 @@ def test_context_fields_win_over_the_request_and_the_request_fills_the_rest(clie
         "203.0.113.7", BROWSER["User-Agent"], "https://shop.example/cart", "de-DE", None)
 
 
-@pytest.mark.parametrize("context, notes", [
+@pytest.mark.parametrize("request_context, notes", [
     ({"device": {"ip": "999.1.1.1"}}, ["context.device.ip: dropped, not an IP address"]),
     ({"device": {"ip": 12}}, ["context.device.ip: dropped, not an IP address"]),
     ({"device": {"user_agent": ["x"]}}, ["context.device.user_agent: dropped, must be a string"]),
@@ -352,8 +348,8 @@ def test_context_fields_win_over_the_request_and_the_request_fills_the_rest(clie
     ({"page": "https://shop.example/"}, ["context.page: ignored, must be an object"]),
     ({"device": [1, 2]}, ["context.device: ignored, must be an object"]),
 ])
-def test_a_bad_context_field_is_dropped_with_a_reason_and_the_request_fills_in(client, context, notes):
-    event(client, {"event_name": "page_view", "context": context}, headers={**AUTH, **BROWSER})
+def test_a_bad_context_field_is_dropped_with_a_reason_and_the_request_fills_in(client, request_context, notes):
+    event(client, {"event_name": "page_view", "context": request_context}, headers={**AUTH, **BROWSER})
     row = Event.get()
     assert (row.notes, row.ip, row.user_agent, row.page_url) == (notes, "203.0.113.7", BROWSER["User-Agent"], None)
     assert refusals() == [("shop", "commanders", "partly accepted: " + "; ".join(notes))]

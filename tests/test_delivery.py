@@ -1,15 +1,14 @@
 """Delivery end to end: events posted to /v1/track, drained at explicit times, checked at the fake Meta."""
 from __future__ import annotations
 
-import hashlib
 import ipaddress
-import json
 import subprocess
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
+from datetime import timedelta
+from functools import partial
 
 import pytest
 import yaml
@@ -21,72 +20,19 @@ from cli import cli
 from ingest.canonical import utcnow
 from config import Config
 from delivery.dispatcher import Dispatcher, LeaderLock
-from models import DestinationState, Event, Send
+from models import DestinationState, Event
 from platforms import meta
 from ingest.privacy import reduce_ip
-from tests.conftest import BROWSER, ROOT, SEED_EXAMPLE, build_config, meta_destination, with_destinations
+from tests import helpers
+from tests.conftest import ROOT, build_config, fbtrace_id, meta_destination, with_destinations
 from tests.fakes.meta import EXPIRED, FakeMeta
+from tests.helpers import received, signup, track
 
 SECOND = timedelta(seconds=1)
 UNKNOWN_ERROR = "Meta error 1: An unknown error occurred"
 
-
-def digest(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def signup(event_id: str, **fields) -> dict:
-    """A small website sign-up in the ChannelStack dialect; its identifiers are the user id, IP and UA."""
-    return {"api_key": "key_demo_123", "event": "signed_up", "event_id": event_id,
-            "distinct_id": f"user-{event_id}", "source_url": "https://shop.example/welcome", **fields}
-
-
-def track(client, *bodies: dict) -> datetime:
-    """Post each body as a browser would; returns a moment at which all of them are due."""
-    for body in bodies:
-        response = client.post("/v1/track", json=body, headers=BROWSER)
-        assert response.status_code == 200, response.get_json()
-    return utcnow()
-
-
-def send_of(event_id: str, destination: str = "shop/meta") -> Send:
-    return (Send.select().join(Event)
-            .where((Event.event_id == event_id) & (Send.destination == destination)).get())
-
-
-def row(event_id: str, destination: str = "shop/meta") -> dict:
-    """The stored send's outcome fields, fresh from the database."""
-    send = send_of(event_id, destination)
-    return {key: getattr(send, key) for key in
-            ("status", "reason", "attempts", "retries", "last_status", "last_error", "trace_id")}
-
-
-def received(fake: FakeMeta) -> list[str]:
-    return [event["event_id"] for event in fake.events]
-
-
-def trace(request: dict) -> str:
-    """The fbtrace_id the fake answered a request with, success or error."""
-    answer = request["answer"]
-    return answer["fbtrace_id"] if "fbtrace_id" in answer else answer["error"]["fbtrace_id"]
-
-
-@pytest.fixture
-def meta_settings() -> dict:
-    return {}
-
-
-@pytest.fixture
-def dispatch_settings() -> dict:
-    return {"timeout_seconds": 1}
-
-
-@pytest.fixture
-def raw(raw_config, fake_meta, meta_settings, dispatch_settings) -> dict:
-    """The example config whose only destination is a live Meta pointing at the fake."""
-    raw = with_destinations(raw_config, meta_destination(fake_meta.url, **meta_settings))
-    raw["dispatch"].update(dispatch_settings)
-    return raw
+send_of = partial(helpers.send_of, destination="shop/meta")
+row = partial(helpers.row, destination="shop/meta")
 
 
 @pytest.fixture
@@ -108,109 +54,6 @@ def command(tmp_path):
     return run
 
 
-def test_the_seeds_complete_example_reaches_meta_as_exactly_this_item(client, fake_meta, dispatcher):
-    now = track(client, SEED_EXAMPLE)
-    occurred_at = Event.get().occurred_at
-
-    assert dispatcher.drain_once(now=now) == {"shop/meta": 1}
-
-    # The seed's fbc/fbp ("_fbc.1.1554...") are not Meta cookies: dropped at ingest; gclid is not Meta's.
-    expected = {
-        "event_name": "Purchase",
-        "event_time": int(occurred_at.timestamp()),
-        "event_id": "evt_unique123",
-        "action_source": "website",
-        "event_source_url": "https://example.com/checkout",
-        "user_data": {
-            "em": [digest("john.doe@example.com")],
-            "ph": [digest("15551234567")],
-            "fn": [digest("john")],
-            "ln": [digest("doe")],
-            "ct": [digest("sanfrancisco")],
-            "st": [digest("ca")],
-            "zp": [digest("94102")],
-            "country": [digest("us")],
-            "external_id": [digest("user_123")],
-            "client_ip_address": "203.0.113.7",
-            "client_user_agent": BROWSER["User-Agent"],
-        },
-        "custom_data": {
-            "value": 149.99, "currency": "USD", "order_id": "ord_abc123",
-            "product_category": "electronics", "coupon_used": "SAVE20",
-        },
-    }
-    [request] = fake_meta.requests
-    assert (request["method"], request["path"], request["query"], request["token_in_query"]) == \
-        ("POST", "/v25.0/123/events", {}, False)
-    assert request["body"] == {"data": [expected], "access_token": "meta-token"}
-    assert request["status"] == 200 and fake_meta.events == [expected]
-    assert row("evt_unique123") == {
-        "status": "sent", "reason": None, "attempts": 1, "retries": 0, "last_status": 200,
-        "last_error": None, "trace_id": request["answer"]["fbtrace_id"],
-    }
-    send = send_of("evt_unique123")
-    assert send.payload == expected
-    assert send.match_quality == {"score": 10.0, "identifiers": [
-        "em", "ph", "external_id", "client_ip_address", "client_user_agent",
-        "fn", "ln", "ct", "st", "zp", "country"]}
-    assert json.loads(send.response_excerpt) == request["answer"]
-    assert (send.finished_at, send.lease_owner, send.lease_until) == (now, None, None)
-    assert Event.get().ip == "203.0.113.0"  # privacy.ip truncate: every send of the event is final
-
-
-def test_a_500_is_retried_after_the_backoff_and_delivered_on_the_retry(client, fake_meta, dispatcher):
-    fake_meta.script("500")
-    now = track(client, signup("e1"))
-
-    dispatcher.drain_once(now=now)
-
-    first = fake_meta.requests[0]
-    assert row("e1") == {
-        "status": "pending", "reason": None, "attempts": 1, "retries": 1, "last_status": 500,
-        "last_error": UNKNOWN_ERROR, "trace_id": trace(first),
-    }
-    assert now + 8 * SECOND <= send_of("e1").next_attempt_at <= now + 12 * SECOND  # 10 s ± 20 %
-    assert dispatcher.drain_once(now=now + 7 * SECOND) == {"shop/meta": 0}
-    assert len(fake_meta.requests) == 1
-
-    assert dispatcher.drain_once(now=now + 12 * SECOND) == {"shop/meta": 1}
-
-    assert received(fake_meta) == ["e1"]
-    assert row("e1") == {
-        "status": "sent", "reason": None, "attempts": 2, "retries": 1, "last_status": 200,
-        "last_error": None, "trace_id": trace(fake_meta.requests[1]),
-    }
-
-
-@pytest.mark.parametrize("answer, status, error, wait", [
-    ("429", 429, "Meta error 4: (#4) Application request limit reached", (1, 1)),  # Retry-After: 1
-    (("throttle", 17), 400, "Meta error 17/2446079: (#17) User request limit reached", (8, 12)),
-    (("throttle", 80004), 400, "Meta error 80004: (#80004) There have been too many calls to this ad-account. "
-                               "Wait a bit and try again.", (8, 12)),
-])
-def test_a_throttled_send_is_delivered_later_without_counting_a_retry(client, fake_meta, dispatcher,
-                                                                       answer, status, error, wait):
-    fake_meta.script(answer)
-    now = track(client, signup("e1"))
-
-    dispatcher.drain_once(now=now)
-
-    assert row("e1") == {
-        "status": "pending", "reason": None, "attempts": 1, "retries": 0, "last_status": status,
-        "last_error": error, "trace_id": trace(fake_meta.requests[0]),
-    }
-    shortest, longest = wait
-    assert now + shortest * SECOND <= send_of("e1").next_attempt_at <= now + longest * SECOND
-
-    dispatcher.drain_once(now=now + longest * SECOND)
-
-    assert received(fake_meta) == ["e1"]
-    assert row("e1") == {
-        "status": "sent", "reason": None, "attempts": 2, "retries": 0, "last_status": 200,
-        "last_error": None, "trace_id": trace(fake_meta.requests[1]),
-    }
-
-
 @pytest.mark.parametrize("dispatch_settings", [{"timeout_seconds": 1, "max_attempts": 1}])
 def test_throttles_never_use_up_the_retry_budget(client, fake_meta, dispatcher):
     fake_meta.script("429", "429", "429")
@@ -222,37 +65,6 @@ def test_throttles_never_use_up_the_retry_budget(client, fake_meta, dispatcher):
     assert received(fake_meta) == ["e1"]
     assert row("e1")["status"] == "sent"
     assert (row("e1")["attempts"], row("e1")["retries"]) == (4, 0)
-
-
-def test_an_invalid_token_pauses_the_destination_until_its_config_changes(client, fake_meta, raw, live, dispatcher):
-    fake_meta.set_token("rotated-token")  # the admin rotated the token at Meta, not yet in the config
-    now = track(client, signup("e1"))
-
-    assert dispatcher.drain_once(now=now) == {"shop/meta": 1}
-
-    message = "Meta error 190: Invalid OAuth access token - Cannot parse access token"
-    paused = DestinationState.get()
-    assert (paused.destination, paused.paused_reason, paused.paused_at, paused.fingerprint) == \
-        ("shop/meta", message, now, live.config.destination("shop/meta").fingerprint())
-    assert row("e1") == {
-        "status": "pending", "reason": None, "attempts": 0, "retries": 0, "last_status": 400,
-        "last_error": message, "trace_id": trace(fake_meta.requests[0]),
-    }
-    assert send_of("e1").next_attempt_at == now
-
-    assert dispatcher.drain_once(now=now + timedelta(hours=1)) == {"shop/meta": 0}
-    assert len(fake_meta.requests) == 1
-
-    live.config = build_config(with_destinations(raw, meta_destination(fake_meta.url, access_token="rotated-token")))
-    assert dispatcher.drain_once(now=now + timedelta(hours=1)) == {"shop/meta": 1}
-
-    assert fake_meta.requests[1]["body"]["access_token"] == "rotated-token"
-    assert received(fake_meta) == ["e1"]
-    assert row("e1") == {
-        "status": "sent", "reason": None, "attempts": 1, "retries": 0, "last_status": 200,
-        "last_error": None, "trace_id": trace(fake_meta.requests[1]),
-    }
-    assert DestinationState.select().count() == 0
 
 
 def test_an_expired_token_pauses_the_destination_until_an_admin_resumes_it(client, fake_meta, raw, dispatcher, command):
@@ -271,7 +83,7 @@ def test_an_expired_token_pauses_the_destination_until_an_admin_resumes_it(clien
     assert received(fake_meta) == ["e1"]
     assert row("e1") == {
         "status": "sent", "reason": None, "attempts": 1, "retries": 0, "last_status": 200,
-        "last_error": None, "trace_id": trace(fake_meta.requests[1]),
+        "last_error": None, "trace_id": fbtrace_id(fake_meta.requests[1]),
     }
     assert command(raw, "resume", "shop/meta") == "shop/meta: was not paused\n"
 
@@ -284,41 +96,6 @@ def test_resume_destination_says_whether_the_destination_was_paused(client, fake
     assert delivery.resume_destination("shop/meta") is True
     assert delivery.paused_reason(config.destination("shop/meta")) is None
     assert delivery.resume_destination("shop/meta") is False
-
-
-def test_one_rejected_event_in_a_batch_of_50_fails_alone_and_the_other_49_are_sent(client, fake_meta, dispatcher):
-    ids = [f"e{i:02}" for i in range(50)]
-    fake_meta.reject_event("e17", "Invalid parameter: custom_data.contents must be a list")
-    now = track(client, *(signup(i) for i in ids))
-
-    assert dispatcher.drain_once(now=now) == {"shop/meta": 50}
-
-    assert len(fake_meta.requests[0]["body"]["data"]) == 50  # one batch first, split only when rejected
-    assert sorted(received(fake_meta)) == [i for i in ids if i != "e17"]
-    rejected = [r for r in fake_meta.requests if r["status"] == 400 and len(r["body"]["data"]) == 1]
-    assert row("e17") == {
-        "status": "failed", "reason": "Meta error 100/2804019: Invalid parameter: custom_data.contents must be a list",
-        "attempts": 1, "retries": 0, "last_status": 400,
-        "last_error": "Meta error 100/2804019: Invalid parameter: custom_data.contents must be a list",
-        "trace_id": trace(rejected[0]),
-    }
-    others = [row(i) for i in ids if i != "e17"]
-    assert {(r["status"], r["reason"], r["attempts"], r["retries"], r["last_status"]) for r in others} == \
-        {("sent", None, 1, 0, 200)}
-
-
-def test_an_event_past_metas_7_day_window_fails_without_being_sent(client, fake_meta, dispatcher):
-    eight_days_ago = (utcnow() - timedelta(days=8)).isoformat()
-    now = track(client, signup("old", occurred_at=eight_days_ago), signup("fresh"))
-
-    assert dispatcher.drain_once(now=now) == {"shop/meta": 2}
-
-    assert row("old") == {
-        "status": "failed", "reason": "older than Meta's 7-day window: not sent", "attempts": 0, "retries": 0,
-        "last_status": None, "last_error": None, "trace_id": None,
-    }
-    assert received(fake_meta) == ["fresh"]  # the old one did not sink the batch
-    assert [item["event_id"] for r in fake_meta.requests for item in r["body"]["data"]] == ["fresh"]
 
 
 def test_a_send_whose_dispatcher_died_mid_send_is_delivered_once_after_its_lease_expires(client, fake_meta, dispatcher):
@@ -337,7 +114,7 @@ def test_a_send_whose_dispatcher_died_mid_send_is_delivered_once_after_its_lease
     assert received(fake_meta) == ["e1"]
     assert row("e1") == {  # the lost try counts, as an attempt and as a retry
         "status": "sent", "reason": None, "attempts": 2, "retries": 1, "last_status": 200,
-        "last_error": None, "trace_id": trace(fake_meta.requests[0]),
+        "last_error": None, "trace_id": fbtrace_id(fake_meta.requests[0]),
     }
 
 
@@ -407,12 +184,12 @@ def test_a_hung_meta_destination_does_not_hold_up_another_one(raw, fake_meta, do
         while time.monotonic() < deadline and not (down_meta.requests and row("e1")["status"] == "sent"):
             time.sleep(0.01)
 
-        assert (row("e1")["status"], row("e1", "shop/meta_down")["status"]) == ("sent", "sending")
+        assert (row("e1")["status"], helpers.row("e1", "shop/meta_down")["status"]) == ("sent", "sending")
         assert received(fake_meta) == ["e1"] and len(down_meta.requests) == 1
     finally:
         down_meta.stop()  # the hung request fails now
         dispatcher.close()
-    assert (row("e1", "shop/meta_down")["status"], row("e1", "shop/meta_down")["retries"]) == ("pending", 1)
+    assert (helpers.row("e1", "shop/meta_down")["status"], helpers.row("e1", "shop/meta_down")["retries"]) == ("pending", 1)
 
 
 @pytest.mark.parametrize("dispatch_settings", [{"timeout_seconds": 1, "max_attempts": 3}])
@@ -426,51 +203,9 @@ def test_a_send_that_keeps_failing_gives_up_after_max_attempts(client, fake_meta
     assert len(fake_meta.requests) == 3 and fake_meta.events == []
     assert row("e1") == {
         "status": "failed", "reason": f"gave up after 3 attempts: {UNKNOWN_ERROR}", "attempts": 3, "retries": 3,
-        "last_status": 500, "last_error": UNKNOWN_ERROR, "trace_id": trace(fake_meta.requests[2]),
+        "last_status": 500, "last_error": UNKNOWN_ERROR, "trace_id": fbtrace_id(fake_meta.requests[2]),
     }
     assert Event.get().ip == "203.0.113.0"
-
-
-@pytest.mark.parametrize("meta_settings", [{"mode": "dry"}])
-def test_a_dry_destination_records_the_payload_and_sends_nothing(client, fake_meta, dispatcher):
-    now = track(client, signup("e1"))
-
-    assert dispatcher.drain_once(now=now) == {"shop/meta": 1}
-
-    assert fake_meta.requests == []
-    assert row("e1") == {
-        "status": "skipped", "reason": "dry mode", "attempts": 0, "retries": 0, "last_status": None,
-        "last_error": None, "trace_id": None,
-    }
-    send = send_of("e1")
-    assert send.payload == {
-        "event_name": "CompleteRegistration",
-        "event_time": int(Event.get().occurred_at.timestamp()),
-        "event_id": "e1",
-        "action_source": "website",
-        "event_source_url": "https://shop.example/welcome",
-        "user_data": {
-            "country": [digest("us")],  # the site's default_country
-            "external_id": [digest("user-e1")],
-            "client_ip_address": "203.0.113.7",
-            "client_user_agent": BROWSER["User-Agent"],
-        },
-    }
-    assert send.match_quality == {
-        "score": 2.8, "identifiers": ["external_id", "client_ip_address", "client_user_agent", "country"]}
-    assert Event.get().ip == "203.0.113.0"
-
-
-@pytest.mark.parametrize("meta_settings", [{"mode": "test", "test_event_code": "TEST123"}])
-def test_a_test_destination_sends_the_test_event_code(client, fake_meta, dispatcher):
-    now = track(client, signup("e1"))
-
-    dispatcher.drain_once(now=now)
-
-    [request] = fake_meta.requests
-    assert request["body"] == {"data": [send_of("e1").payload], "access_token": "meta-token", "test_event_code": "TEST123"}
-    assert [e["event_id"] for e in fake_meta.test_events] == ["e1"] and fake_meta.events == []
-    assert (row("e1")["status"], row("e1")["attempts"]) == ("sent", 1)
 
 
 def test_a_rejected_send_replayed_by_id_is_rebuilt_with_the_current_config(client, fake_meta, raw, live, dispatcher, command):
@@ -493,7 +228,7 @@ def test_a_rejected_send_replayed_by_id_is_rebuilt_with_the_current_config(clien
     assert received(fake_meta) == ["e1"]
     assert row("e1") == {
         "status": "sent", "reason": None, "attempts": 2, "retries": 0, "last_status": 200,
-        "last_error": None, "trace_id": trace(request),
+        "last_error": None, "trace_id": fbtrace_id(request),
     }
 
 
@@ -513,31 +248,15 @@ def test_every_failed_send_of_a_destination_can_be_replayed_at_once(client, fake
     assert [(row(i)["status"], row(i)["reason"]) for i in ("e1", "e2", "e3")] == [("sent", None)] * 3
 
 
-def test_a_request_that_outlasts_the_timeout_is_retried(client, fake_meta, dispatcher):
-    fake_meta.script(("hang", 5))
-    now = track(client, signup("e1"))
-
-    dispatcher.drain_once(now=now)
-
-    assert row("e1") == {
-        "status": "pending", "reason": None, "attempts": 1, "retries": 1, "last_status": None,
-        "last_error": "no answer within 1 s", "trace_id": None,
-    }
-    assert now + 8 * SECOND <= send_of("e1").next_attempt_at <= now + 12 * SECOND
-
-    dispatcher.drain_once(now=now + 12 * SECOND)
-    assert received(fake_meta) == ["e1"] and row("e1")["status"] == "sent"
-
-
 def test_the_dispatcher_follows_a_changed_timeout(client, fake_meta, raw, live, dispatcher):
     fake_meta.script(("hang", 5))
     now = track(client, signup("e1"))
-    raw["dispatch"]["timeout_seconds"] = 0.5
+    raw["dispatch"]["timeout_seconds"] = 0.1
     live.config = build_config(raw)
 
     dispatcher.drain_once(now=now)
 
-    assert row("e1")["last_error"] == "no answer within 0.5 s"
+    assert row("e1")["last_error"] == "no answer within 0.1 s"
 
 
 def test_a_long_batch_split_keeps_its_lease_while_it_lasts(client, fake_meta, dispatcher):

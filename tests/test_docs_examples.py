@@ -196,9 +196,9 @@ def run(script: str, base: str, folder: Path) -> str:
 WITH_EXAMPLES = [page for page in PAGES if examples(page.read_text())]
 
 
-@pytest.mark.parametrize("page", WITH_EXAMPLES, ids=[str(p.relative_to(ROOT)) for p in WITH_EXAMPLES])
-def test_every_curl_example_answers_what_its_page_shows(page, tmp_path):
-    found = examples(page.read_text())
+@pytest.mark.parametrize("doc", WITH_EXAMPLES, ids=[str(p.relative_to(ROOT)) for p in WITH_EXAMPLES])
+def test_every_curl_example_answers_what_its_page_shows(doc, tmp_path):
+    found = examples(doc.read_text())
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed")
     server = Server(tmp_path)

@@ -1,7 +1,6 @@
 """Octeth `POST /api/v1/event` and `POST /api/v1/website_events.properties` (seed 001; SPEC §4, §5, §6)."""
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from datetime import datetime, timezone
@@ -15,6 +14,7 @@ from ingest.inspector import Refusal
 from models import Event, Send
 from dialects.octeth.store import OctethProperty, OctethSubscriber
 from tests.conftest import BROWSER, RAW_PII, build_config, meta_destination, with_destinations
+from tests.helpers import sha
 
 EVENT_URL = "/api/v1/event"
 PROPERTIES_URL = "/api/v1/website_events.properties"
@@ -56,10 +56,6 @@ MINIMAL = {"APIKey": KEY, "ListID": 94, "event": "pageView", "email": EMAIL}
 PERSON = {"firstName": "Ada", "lastName": "Lovelace", "phone": "+1 415 555 0199"}
 OTHER_EMAIL = "ada.lovelace@example.org"
 RAW_PII.extend([EMAIL, OTHER_EMAIL, "ADA.Lovelace@Example.org", *PERSON.values(), "Ada Lovelace"])
-
-
-def sha(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def post(client, url: str, body, query: str = "", headers: dict | None = None, **kwargs):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import logging
 import re
@@ -27,6 +26,7 @@ from models import Event, Send
 from dialects.pixel.profiles import PixelProfile
 from routes.pixel import COOKIE, GIF
 from tests.conftest import BROWSER, RAW_PII, ROOT, build_config, meta_destination, with_destinations
+from tests.helpers import sha
 
 TOKEN = "52fb5565a7b23ec66fad3988"
 UA = BROWSER["User-Agent"]
@@ -46,10 +46,6 @@ RAW_PII.extend([OTHER_EMAIL, ACCESS_TOKEN, "+1 415 555 0100", "Marigold Quixote"
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 EVENT_ID_RE = re.compile(r"evt_[0-9a-f]{32}")
 DROPPED_KEY = "dropped, keys starting with $ or _ or containing . are ignored"
-
-
-def sha(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def b64(value, url_safe: bool = False, padded: bool = True) -> str:

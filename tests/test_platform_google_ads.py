@@ -17,7 +17,7 @@ from platforms.base import REJECTED, RETRY, SENT, SETUP, THROTTLE, Outcome, Skip
 from tests import helpers
 from tests.conftest import RAW_PII, SEED_EXAMPLE, at, build_config, with_destinations
 from tests.fakes.google_ads import MESSAGES, PERMISSION, REVOKED, UNAUTHENTICATED, FakeGoogleAds
-from tests.helpers import check_golden, dry_run, dry_run_entry, golden, sha, track
+from tests.helpers import answer, check_golden, dry_run, dry_run_entry, golden, sha, track
 
 SECOND = timedelta(seconds=1)
 PURCHASE_ACTION = "customers/1234567890/conversionActions/42"
@@ -56,9 +56,9 @@ def gads_settings() -> dict:
 
 
 @pytest.fixture
-def raw(raw_config, fake, gads_settings) -> dict:
+def raw(raw_config, fake, gads_settings, dispatch_settings) -> dict:
     raw = with_destinations(raw_config, gads_destination(fake, **gads_settings))
-    raw["dispatch"]["timeout_seconds"] = 1
+    raw["dispatch"].update(dispatch_settings)
     return raw
 
 
@@ -270,8 +270,7 @@ def test_the_conversion_time_is_googles_format_in_utc(moment, text):
 
 # --- Classification (platforms.md §9.4) --------------------------------------------------------
 
-def answer(status: int, body, headers: dict | None = None) -> requests.Response:
-    return helpers.answer(status, body, {"request-id": "req-1"} if headers is None else headers)
+REQUEST_ID = {"request-id": "req-1"}  # the header Google puts on every answer
 
 
 def failure(*errors: dict, status: int | None = None, state: str | None = None, message: str = "Request failed") -> dict:
@@ -326,7 +325,7 @@ def test_a_partial_failure_is_classified_on_the_row_it_names(index, code, catego
             "partialFailureError": failure(ads_error(code, "Google says no", index, category))}
     text = json.dumps(body)
 
-    outcomes = google_ads.classify(answer(200, body), ITEMS)
+    outcomes = google_ads.classify(answer(200, body, REQUEST_ID), ITEMS)
 
     error = None if kind == SENT else f"Google Ads error {code}: Google says no"
     named = Outcome(kind, 200, error, "req-1", text, retry_after)
@@ -336,12 +335,12 @@ def test_a_partial_failure_is_classified_on_the_row_it_names(index, code, catego
 
 def test_an_answer_without_partial_failures_sends_every_row():
     body = {"results": [{"gclid": "G0"}, {"userIdentifiers": []}, {"gbraid": "B2"}], "jobId": "7"}
-    assert google_ads.classify(answer(200, body), ITEMS) == [Outcome(SENT, 200, None, "req-1", json.dumps(body))] * 3
+    assert google_ads.classify(answer(200, body, REQUEST_ID), ITEMS) == [Outcome(SENT, 200, None, "req-1", json.dumps(body))] * 3
 
 
 def test_an_error_without_a_row_lands_on_the_rows_google_did_not_accept():
     body = {"results": [{"gclid": "G0"}, {}, {"gbraid": "B2"}], "partialFailureError": failure(ads_error("EXPIRED_EVENT"))}
-    kinds = [o.kind for o in google_ads.classify(answer(200, body), ITEMS)]
+    kinds = [o.kind for o in google_ads.classify(answer(200, body, REQUEST_ID), ITEMS)]
     assert kinds == [SENT, REJECTED, SENT]
 
 
@@ -389,7 +388,7 @@ QUOTA = ads_error("RESOURCE_EXHAUSTED", "Too many requests. Retry in 30 seconds.
      "Google Ads error TOO_MANY_CONVERSIONS_IN_REQUEST: Upload fewer than 2001 events in a single request.", None),
 ])
 def test_a_whole_request_error_is_classified_on_googles_status_and_codes(status, body, headers, kind, error, retry_after):
-    outcomes = google_ads.classify(answer(status, body, headers), ITEMS)
+    outcomes = google_ads.classify(answer(status, body, REQUEST_ID if headers is None else headers), ITEMS)
 
     text = body if isinstance(body, str) else json.dumps(body)
     trace = "req-1" if headers is None else headers.get("request-id")
@@ -399,7 +398,7 @@ def test_a_whole_request_error_is_classified_on_googles_status_and_codes(status,
 
 def test_a_whole_request_rejection_of_a_single_conversion_is_not_split_further():
     body = failure(status=400, state="INVALID_ARGUMENT", message="Invalid JSON payload received.")
-    [outcome] = google_ads.classify(answer(400, body), ITEMS[:1])
+    [outcome] = google_ads.classify(answer(400, body, REQUEST_ID), ITEMS[:1])
     assert (outcome.kind, outcome.whole_batch) == (REJECTED, False)
 
 
@@ -750,13 +749,14 @@ def test_events_google_cannot_take_are_skipped_with_their_reasons(client, fake, 
     assert [c["orderId"] for c in fake.conversions] == ["l2"]
 
 
+@pytest.mark.parametrize("dispatch_settings", [{"timeout_seconds": 0.1}])  # the hang is cut short soon
 def test_a_hung_upload_is_retried(client, fake, dispatcher):
     fake.script(("hang", 5))
     now = track(client, purchase("p1"))
 
     dispatcher.drain_once(now=now)
 
-    assert (row("p1")["status"], row("p1")["retries"], row("p1")["last_error"]) == ("pending", 1, "no answer within 1 s")
+    assert (row("p1")["status"], row("p1")["retries"], row("p1")["last_error"]) == ("pending", 1, "no answer within 0.1 s")
 
 
 # --- The fake checks like Google ------------------------------------------------------------

@@ -5,7 +5,6 @@ Meta's is tests/fakes/meta.py, drained by the dispatcher as in tests/test_delive
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import socket
@@ -20,12 +19,12 @@ from cli import cli
 from ingest import inspector
 from dialects.adtarget import telegram as telegram_api
 from ingest.canonical import utcnow
-from delivery.dispatcher import Dispatcher
 from dialects.adtarget.funnel import Conversion, InviteLink, Lead, Visit
 from models import Event, Send
 from dialects.adtarget.telegram import TelegramError, TelegramNotConfigured
 from tests.conftest import RAW_PII, meta_destination, with_destinations
 from tests.fakes.telegram import FakeTelegram, chat_member, join_request, telegram_section
+from tests.helpers import sha
 
 KEY = {"Authorization": "Bearer atk_live_demo"}
 SECRET = "whsec_Test-Secret_1"
@@ -41,10 +40,6 @@ PROXY = {"X-Adtarget-Client-IP": IP, "X-Adtarget-Client-User-Agent": UA}
 OK = {"ok": True}
 FORBIDDEN = {"error": "FORBIDDEN", "message": "Wrong or missing X-Telegram-Bot-Api-Secret-Token"}
 RAW_PII.extend(["Tatiana", "Joinova", "tatiana_joins"])  # the names Telegram sends with every update
-
-
-def sha(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 @pytest.fixture
@@ -74,13 +69,6 @@ def raw_config(raw_config, fake_telegram, fake_meta, webhook_secret, with_telegr
         raw["sites"][0].pop("telegram", None)
     raw["dispatch"]["timeout_seconds"] = 2
     return raw
-
-
-@pytest.fixture
-def dispatcher(config):
-    dispatcher = Dispatcher(lambda: config)
-    yield dispatcher
-    dispatcher.close()
 
 
 def api(client, path: str, body: dict, headers: dict | None = None) -> dict:

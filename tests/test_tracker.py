@@ -5,7 +5,6 @@ drained by the dispatcher as in tests/test_delivery.py.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 
@@ -14,12 +13,11 @@ from markupsafe import escape
 
 from ingest import inspector
 from ingest.canonical import utcnow
-from delivery.dispatcher import Dispatcher
 from dialects.adtarget.funnel import InviteLink, TrackingSession, Visit
 from models import Event, Send
-from platforms import meta
 from tests.conftest import BROWSER, RAW_PII, meta_destination, with_destinations
 from tests.fakes.telegram import FakeTelegram, chat_member, telegram_section
+from tests.helpers import sha
 
 VIP, FREE = "-1001234567890", "-1009876543210"
 SHOP = "https://shop.example"
@@ -34,12 +32,6 @@ CORS = {"Access-Control-Allow-Origin": SHOP, "Access-Control-Allow-Credentials":
         "Access-Control-Allow-Methods": "POST, OPTIONS", "Access-Control-Allow-Headers": "Content-Type",
         "Access-Control-Max-Age": "600"}
 RAW_PII.extend(value for value in ("Tatiana", "Joinova", "tatiana_joins") if value not in RAW_PII)
-
-
-@pytest.fixture(autouse=True)
-def meta_attribution_keys(monkeypatch):
-    if not hasattr(meta, "ATTRIBUTION_KEYS"):
-        monkeypatch.setattr(meta, "ATTRIBUTION_KEYS", ("fbc", "fbp"), raising=False)
 
 
 @pytest.fixture
@@ -73,17 +65,6 @@ def raw_config(raw_config, fake_telegram, fake_meta, bot_token, origins, trusted
     raw["server"]["trusted_proxies"] = trusted_proxies
     raw["dispatch"]["timeout_seconds"] = 2
     return raw
-
-
-@pytest.fixture
-def dispatcher(config):
-    dispatcher = Dispatcher(lambda: config)
-    yield dispatcher
-    dispatcher.close()
-
-
-def sha(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def millis(moment) -> int:

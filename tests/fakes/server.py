@@ -86,7 +86,8 @@ class FakeServer:
         self._server = _Server(("127.0.0.1", 0), Handler)
         self._server.fake = self
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        # stop() waits until the loop next looks up: a short poll keeps each test's teardown short
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.005}, daemon=True)
         self._thread.start()
         return self
 
