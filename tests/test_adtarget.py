@@ -1,4 +1,4 @@
-"""AdTarget's API through the Flask test client (seed 004; SPEC §6): visits, invites, conversions, leads, channels."""
+"""AdTarget's API through the Flask test client (docs/dialects/adtarget.md): visits, invites, conversions, leads, channels."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""ChannelStack `POST /v1/track` through the Flask test client (seed 000; SPEC §4, §5, §6)."""
+"""ChannelStack `POST /v1/track` through the Flask test client (docs/dialects/channelstack.md)."""
 from __future__ import annotations
 
 import io

@@ -1,4 +1,4 @@
-"""Commanders Act `POST /events`, User API and Product API through the Flask test client (seed 002; SPEC §4–§6)."""
+"""Commanders Act `POST /events`, User API and Product API through the Flask test client (docs/dialects/commanders.md)."""
 from __future__ import annotations
 
 import json

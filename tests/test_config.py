@@ -1,4 +1,4 @@
-"""The admin's one YAML file (SPEC §3): the example loads as it is; every mistake is one message naming its path."""
+"""The admin's one YAML file (docs/configuration.md): the example loads as it is; every mistake is one message naming its path."""
 from __future__ import annotations
 
 import copy
@@ -56,7 +56,7 @@ def test_the_shipped_example_loads_as_it_is():
     assert (shop.default_country, shop.default_currency, shop.allowed_origins) == ("US", "USD", ("https://shop.example",))
     assert dict(shop.event_map) == {"signed_up": "CompleteRegistration", "purchase_completed": "Purchase"}
     assert config.site_for_key("key_demo_123") is shop and config.site_for_key("atk_live_demo") is shop
-    # Every built platform, all in dry mode (SPEC §3), so `make run` works without a single credential.
+    # Every built platform, all in dry mode (docs/configuration.md), so `make run` works without a single credential.
     assert [(d.key, d.platform, d.mode) for d in config.destinations()] == [
         ("shop/meta", "meta", "dry"), ("shop/tiktok", "tiktok", "dry"), ("shop/snap", "snapchat", "dry"),
         ("shop/gads", "google_ads", "dry"), ("shop/ga4", "ga4", "dry"),

@@ -1,4 +1,4 @@
-"""Group commit (SPEC §8): many requests' events in one transaction, each answered only once it has committed."""
+"""Group commit (docs/performance.md): many requests' events in one transaction, each answered only once it has committed."""
 from __future__ import annotations
 
 import sqlite3

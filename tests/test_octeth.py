@@ -1,4 +1,4 @@
-"""Octeth `POST /api/v1/event` and `POST /api/v1/website_events.properties` (seed 001; SPEC §4, §5, §6)."""
+"""Octeth `POST /api/v1/event` and `POST /api/v1/website_events.properties` (docs/dialects/octeth.md)."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""PitchTarget pixel `GET /{app_token}/{event|revenue}.gif` through the Flask test client (seed 003; SPEC §4–§7)."""
+"""PitchTarget pixel `GET /{app_token}/{event|revenue}.gif` through the Flask test client (docs/dialects/pixel.md)."""
 from __future__ import annotations
 
 import base64

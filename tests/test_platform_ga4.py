@@ -1,4 +1,4 @@
-"""GA4 Measurement Protocol: payloads, answers and delivery end to end against the fake GA4 (platforms.md §5)."""
+"""GA4 Measurement Protocol: payloads, answers and delivery end to end against the fake GA4 (docs/platforms/ga4.md)."""
 from __future__ import annotations
 
 import hashlib

@@ -162,7 +162,7 @@ IDENTITY = {"em_google": sha("jane@example.org"), "ph_e164": sha("+15551234567")
 @pytest.mark.parametrize("click_ids, expected", [
     ({"gclid": "G1", "wbraid": "W1"}, {"gclid": "G1", "userIdentifiers": [
         {"hashedEmail": IDENTITY["em_google"]}, {"hashedPhoneNumber": IDENTITY["ph_e164"]}]}),
-    ({"wbraid": "W1"}, {"wbraid": "W1"}),  # no userIdentifiers beside a braid (platforms.md §4.4)
+    ({"wbraid": "W1"}, {"wbraid": "W1"}),  # no userIdentifiers beside a braid (docs/platforms/google-ads.md)
     ({"gbraid": "B1"}, {"gbraid": "B1"}),
     ({}, {"userIdentifiers": [{"hashedEmail": IDENTITY["em_google"]}, {"hashedPhoneNumber": IDENTITY["ph_e164"]}]}),
 ])
@@ -268,7 +268,7 @@ def test_the_conversion_time_is_googles_format_in_utc(moment, text):
     assert google_ads.conversion_date_time(moment) == text
 
 
-# --- Classification (platforms.md §9.4) --------------------------------------------------------
+# --- Classification (docs/platforms/google-ads.md) --------------------------------------------------------
 
 REQUEST_ID = {"request-id": "req-1"}  # the header Google puts on every answer
 

@@ -83,7 +83,7 @@ def test_the_seeds_complete_purchase_matches_the_golden_payload(client, frozen_i
     assert (entry["status"], entry["url"]) == ("would_send", "https://tr.snapchat.com/v3/px-1/events?access_token=***")
     payload = entry["payload"]
     assert (payload["event_name"], payload["event_time"], payload["action_source"]) == ("PURCHASE", 1772366400, "WEB")
-    # The golden's hashes, derived by hand from Snap's normalization rules (platforms.md §3.3).
+    # The golden's hashes, derived by hand from Snap's normalization rules (docs/platforms/snapchat.md).
     assert {k: v for k, v in payload["user_data"].items() if isinstance(v, list)} == {
         "em": [sha("john.doe@example.com")], "ph": [sha("15551234567")], "fn": [sha("john")], "ln": [sha("doe")],
         "ct": [sha("sanfrancisco")], "st": [sha("ca")], "zp": [sha("94102")], "country": [sha("us")],
@@ -241,7 +241,7 @@ def test_snapchat_is_in_the_registry():
     assert REGISTRY["snapchat"] is snapchat
 
 
-# --- classification (platforms.md §9.4: 5xx retry, 429 throttle, 401/403 setup, 400 INVALID rejected) ------
+# --- classification (docs/platforms/snapchat.md: 5xx retry, 429 throttle, 401/403 setup, 400 INVALID rejected) ------
 
 def invalid(reason: str, **extra) -> dict:
     return {"status": "INVALID", "reason": reason, **extra}

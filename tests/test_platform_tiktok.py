@@ -230,7 +230,7 @@ def tt(code: int, message: str) -> dict:
 
 
 @pytest.mark.parametrize("status, body, headers, kind, error, retry_after", [
-    # sent: code 0; 20001 too, as RudderStack counts it (platforms.md §10.9)
+    # sent: code 0; 20001 too, as RudderStack counts it (docs/platforms/tiktok.md)
     (200, tt(0, "OK"), {}, SENT, None, None),
     (200, tt(20001, "Partial success"), {}, SENT, None, None),
     # retry: 5xxxx codes, HTTP 5xx, HTML gateway pages, RudderStack's 40700

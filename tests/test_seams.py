@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
 from datetime import timedelta
 from pathlib import Path
 from types import ModuleType
@@ -223,3 +224,12 @@ def test_a_telegram_conversion_without_the_new_click_id_is_not_sent_to_the_new_p
     assert missing_attribution(chat, dest) == "no XY Ads attribution signal (xyclid) on this Telegram conversion"
     chat.click_ids = {"xyclid": "xy-4"}
     assert missing_attribution(chat, dest) is None
+
+
+def test_no_file_of_the_repository_points_at_a_document_outside_it():
+    """A user who clones Postback has docs/ and the vendors' pages, not the notes the product was specified in."""
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    outside = re.compile(r"\bSPEC\.md|\bSPEC\s§|\bplatforms\.md|\bRECIPES\.md|\bSTYLE\.md|\bseeds?/\d|\(seed \d")
+    pointing = [path for path in tracked if path.endswith((".py", ".md", ".yaml", ".txt", ".html", "Makefile", ".ini"))
+                and (ROOT / path).is_file() and outside.search((ROOT / path).read_text(errors="replace"))]
+    assert pointing == []

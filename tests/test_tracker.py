@@ -1,4 +1,4 @@
-"""The tracker (SPEC §6): `POST /track/init` and `GET /track/invite` serve a landing page's browser directly.
+"""The tracker (docs/dialects/adtarget.md): `POST /track/init` and `GET /track/invite` serve a landing page's browser directly.
 
 The test client keeps cookies like a browser; Telegram is tests/fakes/telegram.py, Meta tests/fakes/meta.py
 drained by the dispatcher as in tests/test_delivery.py.

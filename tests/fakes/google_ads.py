@@ -1,6 +1,6 @@
 """A fake Google Ads API (uploadClickConversions over REST) and OAuth2 token endpoint on 127.0.0.1.
 
-It checks like the real service where the docs say how (platforms.md §4) and can be scripted to fail.
+It checks like the real service where Google's docs say how (https://developers.google.com/google-ads/api/docs/conversions/upload-clicks) and can be scripted to fail.
 Where Google's exact error for a rule is not documented, the code used is marked "(guess)".
 """
 from __future__ import annotations
@@ -380,7 +380,7 @@ class FakeGoogleAds(FakeServer):
         match = ACTION.fullmatch(action) if isinstance(action, str) else None
         if not match:
             return bad("requestError", "RESOURCE_NAME_MALFORMED", "Resource name is malformed.", "conversion_action")
-        if match[2] not in self.action_ids:  # Google validates only the action id (platforms.md §4.3)
+        if match[2] not in self.action_ids:  # Google validates only the action id (https://developers.google.com/google-ads/api/docs/conversions/upload-clicks)
             return bad("conversionUploadError", "NO_CONVERSION_ACTION_FOUND", MESSAGES["NO_CONVERSION_ACTION_FOUND"],
                        "conversion_action")
         when = row.get("conversionDateTime")
@@ -393,7 +393,7 @@ class FakeGoogleAds(FakeServer):
         if currency is not None and not (isinstance(currency, str) and re.fullmatch(r"[A-Z]{3}", currency)):
             return bad("currencyCodeError", "UNSUPPORTED", "The currency code is not supported.", "currency_code")
         if (row.get("consent") or {}).get("adPersonalization") is not None:
-            # ad_personalization is only for user lists, not click conversions (platforms.md §4.8). (guess: code)
+            # ad_personalization is only for user lists, not click conversions (https://developers.google.com/google-ads/api/docs/conversions/upload-clicks).
             return bad("fieldError", "VALUE_MUST_BE_UNSET", "The field's value must be unset.", "consent")
         clicks = [k for k in ("gclid", "gbraid", "wbraid") if row.get(k)]
         uids = row.get("userIdentifiers") or []

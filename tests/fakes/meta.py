@@ -19,7 +19,7 @@ PLAIN_IDS = (
     "client_ip_address", "client_user_agent", "fbc", "fbp", "subscription_id", "lead_id",
     "fb_login_id", "anon_id", "madid", "page_id", "ctwa_clid",
 )
-# Meta treats events carrying only one of these identifier sets as unmatchable (platforms.md §1.4).
+# Meta treats events carrying only one of these identifier sets as unmatchable (https://developers.facebook.com/docs/marketing-api/conversions-api/parameters/customer-information-parameters).
 WEAK_SETS = (
     {"ct", "country", "st", "zp", "ge", "client_user_agent"}, {"db", "client_user_agent"},
     {"fn", "ge"}, {"ln", "ge"},
