@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from importlib import import_module
 from importlib.util import find_spec
 
@@ -81,6 +82,56 @@ def drain():
     _open(config)
     for key, count in sorted(Dispatcher(lambda: config).drain_once().items()):
         click.echo(f"{key}: {count} send(s) processed")
+
+
+@cli.command()
+@click.argument("destination")
+@click.option("--since", help="Only events of the last DURATION (s, m, h or d, e.g. 7d), inside the platform's window.")
+@click.option("--dry-run", is_flag=True, help="Print the counts and change nothing.")
+def backfill(destination: str, since: str | None, dry_run: bool):
+    """Queue sends to a destination added later for the stored events it would have taken, e.g. `backfill shop/meta`."""
+    from delivery.backfill import BackfillError, LEFT_OUT, destination_to_backfill, parse_since
+    from delivery.backfill import backfill as queue_backfill
+    from ingest.canonical import utcnow
+
+    try:
+        window = parse_since(since) if since is not None else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
+    config = _load()
+    _open(config)
+    try:
+        dest = destination_to_backfill(config, destination)
+    except BackfillError as exc:
+        _missing(str(exc))
+    with _progress(destination) as progress:
+        outcome = queue_backfill(dest, utcnow(), window, dry_run, progress)
+    since_text = outcome.since.isoformat(timespec="seconds")
+    click.echo(f"{destination}: dry run, {outcome.queued} send(s) would be queued, events since {since_text}"
+               if dry_run else f"{destination}: {outcome.queued} send(s) queued, events since {since_text}")
+    for reason, count in outcome.left_out.items():
+        if count:
+            click.echo(f"left out, {LEFT_OUT[reason]}: {count}")
+
+
+@contextmanager
+def _progress(label: str):
+    """A progress bar on a terminal (tqdm); elsewhere a plain line on stderr per chunk of events."""
+    if not sys.stderr.isatty():
+        yield lambda done, total: click.echo(f"{label}: {done}/{total} event(s) judged", err=True)
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(desc=label, unit="event", file=sys.stderr)
+
+    def show(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        yield show
+    finally:
+        bar.close()
 
 
 @cli.command()

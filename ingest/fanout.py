@@ -13,15 +13,26 @@ from platforms.base import Skip, match_quality
 
 def skip_reason(event: CanonicalEvent, dest: Destination) -> str | None:
     """Why this destination must not get this event at all, whatever the platform; None if it may."""
+    rule = skip_rule(event, dest)
+    return rule[1] if rule else None
+
+
+def skip_rule(event: CanonicalEvent, dest: Destination) -> tuple[str, str] | None:
+    """The shared rule that keeps this event from this destination, as (rule, reason); None if none does.
+
+    The rule is one of `no_consent`, `bot`, `filtered`, `consent_category`, `no_attribution`: a backfill
+    counts the events it leaves out by it.
+    """
     if not event.consent:
-        return "no consent"
+        return "no_consent", "no consent"
     if event.is_bot:
-        return "bot"
+        return "bot", "bot"
     if dest.events is not None and not {event.standard_name, event.event_name} & set(dest.events):
-        return f"event {event.display_name!r} is not in this destination's events"
+        return "filtered", f"event {event.display_name!r} is not in this destination's events"
     if dest.consent_category and dest.consent_category not in (event.consent_categories or ()):
-        return f"no consent for category {dest.consent_category}"
-    return missing_attribution(event, dest)
+        return "consent_category", f"no consent for category {dest.consent_category}"
+    unattributed = missing_attribution(event, dest)
+    return ("no_attribution", unattributed) if unattributed else None
 
 
 def missing_attribution(event: CanonicalEvent, dest: Destination) -> str | None:

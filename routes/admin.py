@@ -17,10 +17,11 @@ from console.overview import overview
 from console.sessions import open_session, valid_session
 from console.settings import shown_config
 from console.story import replay, story
-from dialects.errors import BodyTooLarge, Refused
+from delivery.backfill import BackfillError, backfill, destination_to_backfill, parse_since
+from dialects.errors import BodyTooLarge, FieldError, Refused
 from ingest import inspector
 from ingest.canonical import utcnow
-from routes.common import current_config, read_json
+from routes.common import current_config, read_json, read_object
 
 bp = Blueprint("admin", __name__, url_prefix="/admin/api")
 SESSION_HOURS = 12
@@ -146,6 +147,30 @@ def event_lookup(event_pk: int):
 def replay_send(send_pk: int):
     """Queue a failed send again (as `cli.py replay --send`); `queued` is 0 when it was not failed."""
     return jsonify({"queued": replay(send_pk)})
+
+
+@bp.post("/destinations/<site>/<name>/backfill")
+@admin_required
+def backfill_destination(site: str, name: str):
+    """Queue sends to a destination added later for the stored events it would have taken (as `cli.py backfill`).
+
+    The body is optional: `{"since": "7d", "dry_run": true}`; the answer counts what was queued and what was left out.
+    """
+    config = current_config()
+    has_body = request.content_length or request.headers.get("Transfer-Encoding")
+    body = read_object(request, config.max_body_bytes) if has_body else {}
+    since, dry = body.get("since"), body.get("dry_run", False)
+    if not isinstance(dry, bool):
+        raise FieldError("dry_run", "must be true or false")
+    try:
+        window = parse_since(since) if since is not None else None
+    except ValueError as exc:
+        raise FieldError("since", str(exc)) from None
+    try:
+        dest = destination_to_backfill(config, f"{site}/{name}")
+    except BackfillError as exc:
+        return jsonify({"error": str(exc), "code": 404}), 404
+    return jsonify(backfill(dest, utcnow(), window, dry).as_json())
 
 
 @bp.get("/config")

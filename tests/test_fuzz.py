@@ -202,7 +202,8 @@ def telegram_shape(response) -> bool:
 def admin_shape(response) -> bool:
     body = json_of(response)
     if response.status_code == 200:
-        return isinstance(body, dict) and (set(body) == {"session_id", "expires_at"} or set(body) == {"entries"})
+        return isinstance(body, dict) and (set(body) == {"session_id", "expires_at"} or set(body) == {"entries"}
+                                           or set(body) == {"destination", "since", "dry_run", "queued", "left_out"})
     return isinstance(body, dict) and set(body) == {"error", "code"} and body["code"] == response.status_code
 
 
@@ -263,6 +264,9 @@ ENDPOINTS = [
              personal=("email", "phone")),
     Endpoint("admin inspector", "GET", "/admin/api/inspector", admin_shape,
              headers={"Authorization": f"Bearer {PASSWORD}"}, query={"limit": "5"}),
+    Endpoint("admin backfill", "POST", "/admin/api/destinations/{site}/{name}/backfill", admin_shape,
+             {"since": "7d", "dry_run": True}, {"Authorization": f"Bearer {PASSWORD}"},
+             segments={"site": "shop", "name": "meta"}),
     Endpoint("healthz", "GET", "/healthz", health_shape),
 ]
 
