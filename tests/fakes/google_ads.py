@@ -8,11 +8,10 @@ from __future__ import annotations
 import json
 import random
 import re
-import string
 import time
 from urllib.parse import parse_qsl, urlsplit
 
-from tests.fakes.server import HUNG, FakeServer, Handler
+from tests.fakes.server import HUNG, FakeServer, Handler, opaque_id
 
 MAX_CONVERSIONS = 2000
 MAX_USER_IDENTIFIERS = 5
@@ -77,7 +76,7 @@ REVOKED = "Token has been expired or revoked."
 
 
 def request_id() -> str:
-    return "".join(random.choices(string.ascii_letters + string.digits + "-_", k=22))
+    return opaque_id(22)
 
 
 class _Whole(Exception):
@@ -221,7 +220,7 @@ class FakeGoogleAds(FakeServer):
             return 401, {"error": "invalid_client", "error_description": "Unauthorized"}
         if self.revoked or form.get("refresh_token") != self.refresh_token:
             return 400, {"error": "invalid_grant", "error_description": REVOKED}
-        token = "ya29." + "".join(random.choices(string.ascii_letters + string.digits + "-_", k=40))
+        token = "ya29." + opaque_id(40)
         with self._lock:
             self._tokens[token] = self.clock() + self.expires_in
         return 200, {"access_token": token, "expires_in": self.expires_in, "scope": SCOPE, "token_type": "Bearer"}

@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import json
-import random
 import re
-import string
 from urllib.parse import parse_qsl, urlsplit
 
-from tests.fakes.server import Handler, PixelFake, json_or_none
+from tests.fakes.server import Handler, PixelFake, json_or_none, opaque_id
 
 ACTION_SOURCES = {
     "website", "app", "email", "phone_call", "chat", "physical_store",
@@ -45,7 +43,7 @@ EXPIRED = (
 
 def trace_id() -> str:
     """A random 11-character fbtrace_id."""
-    return "".join(random.choices(string.ascii_letters + string.digits + "-_", k=11))
+    return opaque_id(11)
 
 
 def graph_error(code, message, subcode=None, title=None, user_msg=None, transient=False) -> dict:

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import itertools
 import json
-import secrets
 import string
 from urllib.parse import parse_qsl, urlsplit
 
-from tests.fakes.server import FakeServer, Handler
+from tests.fakes.server import FakeServer, Handler, opaque_id
 
 BOT = {"id": 7000000001, "is_bot": True, "first_name": "Postback Bot", "username": "postback_test_bot"}
 NOT_ENOUGH_RIGHTS = "Bad Request: not enough rights to manage chat invite links"
@@ -103,7 +102,7 @@ class FakeTelegram(FakeServer):
         if params.get("member_limit") is not None and params.get("creates_join_request"):
             return _failure(400, "Bad Request: can't use member limit for invite links that create join requests")
         link = {
-            "invite_link": f"https://t.me/+{secrets.token_urlsafe(12)}{next(self._serial)}",
+            "invite_link": f"https://t.me/+{opaque_id(16)}{next(self._serial)}",
             "creator": BOT,
             "creates_join_request": bool(params.get("creates_join_request")),
             "is_primary": False,
