@@ -178,7 +178,7 @@ def write_turn():
     path = db.database + ".write.lock"
     handle = getattr(_turns, "handle", None)
     try:
-        if handle is None or handle.name != path:
+        if handle is None or handle.name != path or _replaced(handle, path):
             if handle is not None:
                 handle.close()
             handle = _turns.handle = None
@@ -190,6 +190,17 @@ def write_turn():
         yield
     finally:
         fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _replaced(handle, path: str) -> bool:
+    """Whether the lock file was removed or replaced since this handle opened it: a flock on the old one would
+    exclude nobody who opens the path now."""
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        return True
+    then = os.fstat(handle.fileno())
+    return (now.st_dev, now.st_ino) != (then.st_dev, then.st_ino)
 
 
 def forget_write_turn() -> None:

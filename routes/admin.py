@@ -17,7 +17,7 @@ from console.overview import overview
 from console.sessions import open_session, valid_session
 from console.settings import shown_config
 from console.story import replay, story
-from dialects.errors import BodyTooLarge, Refused
+from dialects.errors import BodyTooLarge, Refused, StorageFault
 from ingest import inspector
 from ingest.canonical import utcnow
 from routes.common import current_config, read_json
@@ -29,8 +29,8 @@ PASSWORD_FILE = "admin-password"
 
 @bp.errorhandler(Refused)
 def refused(exc: Refused):
-    """A body that cannot be read: the admin API's `{"error", "code"}`."""
-    status = 413 if isinstance(exc, BodyTooLarge) else 400
+    """A body that cannot be read, or storage that cannot be written: the admin API's `{"error", "code"}`."""
+    status = 503 if isinstance(exc, StorageFault) else 413 if isinstance(exc, BodyTooLarge) else 400
     return jsonify({"error": exc.reason, "code": status}), status
 
 
