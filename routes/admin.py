@@ -17,6 +17,7 @@ from console.overview import overview
 from console.sessions import open_session, valid_session
 from console.settings import shown_config
 from console.story import replay, story
+from delivery import backlog
 from dialects.errors import BodyTooLarge, Refused, StorageFault
 from ingest import inspector
 from ingest.canonical import utcnow
@@ -148,6 +149,16 @@ def event_lookup(event_pk: int):
 def replay_send(send_pk: int):
     """Queue a failed send again (as `cli.py replay --send`); `queued` is 0 when it was not failed."""
     return jsonify({"queued": replay(send_pk)})
+
+
+@bp.post("/destinations/<site>/<name>/retry-now")
+@admin_required
+def retry_destination_now(site: str, name: str):
+    """Make a destination's backing-off sends due now (as `cli.py retry-now SITE/NAME`); `due_now` counts them."""
+    key = f"{site}/{name}"
+    if current_config().destination(key) is None:
+        return jsonify({"error": f"No destination {key}", "code": 404}), 404
+    return jsonify({"destination": key, "due_now": backlog.retry_now(key, utcnow())})
 
 
 @bp.get("/config")
