@@ -3,6 +3,7 @@ dies, stop it with SIGTERM and a bounded wait."""
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import threading
 import time
@@ -22,6 +23,12 @@ class Supervisor:
         self.command, self.stop_wait, self.name = command, stop_wait, name
         self._stopping = threading.Event()
         self._lock = threading.Lock()
+        # A fork in another thread (gunicorn's master forking a worker) while Popen waits for its child's exec would
+        # give that worker the end of the pipe Popen waits on, and Popen would wait until the worker exits: forks
+        # and spawns take turns.
+        self._spawning = threading.Lock()
+        os.register_at_fork(before=self._spawning.acquire, after_in_parent=self._spawning.release,
+                            after_in_child=self._spawning.release)
         self._child: subprocess.Popen | None = None
         self._thread = threading.Thread(target=self._watch, name=f"{name}-supervisor", daemon=True)
 
@@ -65,7 +72,8 @@ class Supervisor:
             with self._lock:
                 if self._stopping.is_set():
                     return
-                self._child = subprocess.Popen(self.command)
+                with self._spawning:
+                    self._child = subprocess.Popen(self.command)
             begun = time.monotonic()
             # Polled, not waited for: gunicorn's master reaps every child it is told of (SIGCHLD), ours too, and a
             # blocking wait on a child reaped elsewhere may never return. Its exit code is then lost (0).

@@ -92,7 +92,7 @@ def hit(app_token: str, category: str):
 def _remember(site: Site, call: pixel.Hit) -> None:
     try:
         pixel_profiles.remember(site.id, call.uuid, call.identity, call.fbid, call.event.received_at)
-    except DatabaseError:
+    except (DatabaseError, StorageFault):
         # The event is stored already; the page still gets its GIF, and the next call carries its own identity.
         log.exception("pixel profile not updated", extra={"site": site.id})
 
