@@ -7,6 +7,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,12 +16,14 @@ from playhouse.db_url import connect
 
 from models import SQLITE_PRAGMAS, database
 from tests.conftest import BROWSER, ROOT, base_config
+from tests.fakes.telegram import chat_member, telegram_section
 from tests.helpers import signup
 
 KEY = {"Authorization": "Bearer key_demo_123"}
 ADTARGET = {"Authorization": "Bearer atk_live_demo"}
 PIXEL = "52fb5565a7b23ec66fad3988"
 READ_ONLY = "Storage unavailable: the database is read-only; nothing was stored, try again later"
+SECRET = "whsec_Test-Secret_1"
 FULL = "Storage unavailable: the disk is full; nothing was stored, try again later"
 
 
@@ -156,3 +159,18 @@ def test_the_dispatch_command_does_not_start_on_a_database_it_cannot_write(unusa
     assert (done.returncode, done.stdout, done.stderr) == (
         1, "", f"cannot write the database sqlite:///{tmp_path}/db/postback.db: the write lock file "
                f"postback.db.write.lock cannot be used (Is a directory)\n")
+
+
+@pytest.fixture
+def raw_config(tmp_path) -> dict:
+    """The example config with a Telegram webhook secret, so the webhook reaches the point of storing."""
+    raw = base_config(tmp_path)
+    raw["sites"][0]["telegram"] = telegram_section("http://127.0.0.1:9", "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw0", SECRET)
+    return raw
+
+
+def test_telegram_is_told_to_deliver_an_update_again_when_it_cannot_be_stored(client, config):
+    reopen(config, query_only=1)
+    update = chat_member(1, "-1001234567890", 600000001, "https://t.me/+abc", int(time.time()))
+    answer = client.post("/telegram/webhook/shop", json=update, headers={"X-Telegram-Bot-Api-Secret-Token": SECRET})
+    assert (answer.status_code, answer.get_json()) == (503, {"error": "STORAGE_UNAVAILABLE", "message": READ_ONLY})
