@@ -181,7 +181,7 @@ def write_turn():
         if handle is None or handle.name != path or _replaced(handle, path):
             if handle is not None:
                 handle.close()
-            handle = _turns.handle = None
+            _turns.handle = None  # so a failed open below is tried again next time, not a closed handle reused
             handle = _turns.handle = open(path, "a+")
         fcntl.flock(handle, fcntl.LOCK_EX)
     except OSError as exc:
