@@ -1,4 +1,5 @@
-"""Postback's command line: `python cli.py <command>` (check-config, drain, resume, replay, purge, stats, ...)."""
+"""Postback's command line: `python cli.py <command>` (check-config, dispatch, drain, resume, retry-now, replay, purge,
+stats, ...)."""
 from __future__ import annotations
 
 import sys
@@ -71,6 +72,39 @@ def replay(send_id: int | None, destination: str | None):
     if count == 0 and destination is not None and config.destination(destination) is None:
         _missing(f"no destination {destination!r} in {config.path} (site/name, e.g. shop/meta)")
     click.echo(f"{count} send(s) queued again")
+
+
+@cli.command("retry-now")
+@click.argument("destination")
+def retry_now(destination: str):
+    """Make a destination's backing-off sends due now, e.g. `retry-now shop/meta` once its outage is over."""
+    from delivery import backlog
+    from ingest.canonical import utcnow
+
+    config = _load()
+    _open(config)
+    if config.destination(destination) is None:
+        _missing(f"no destination {destination!r} in {config.path} (site/name, e.g. shop/meta)")
+    count = backlog.retry_now(destination, utcnow())
+    paused = next((p for p in backlog.paused() if p.destination == destination), None)
+    click.echo(f"{destination}: {count} backing-off send(s) due now"
+               + (f" (paused: {paused.paused_reason}; `resume {destination}` to send them)" if paused else ""))
+
+
+@cli.command()
+@click.option("--parent", type=int, help="Stop when this process (the gunicorn master that started it) is gone.")
+def dispatch(parent: int | None):
+    """Run the dispatcher in the foreground until SIGTERM (what `make run` starts beside the web workers)."""
+    from delivery.process import lock_problem, run
+    from models import unwritable
+
+    config = _load()
+    problem = unwritable(config.database) or lock_problem(config)
+    if problem:
+        click.echo(problem, err=True)
+        sys.exit(1)
+    _open(config)
+    sys.exit(run(lambda: config, parent=parent))
 
 
 @cli.command("drain")
@@ -148,15 +182,24 @@ def purge():
 
 @cli.command()
 def stats():
-    """Events per site, sends per destination and status, and the rows of every table."""
+    """Events per site, sends per destination and status, paused and backing-off destinations, the rows of every table."""
+    from delivery import backlog
+    from ingest.canonical import utcnow
     from storage import retention
 
     _open(_load())
+    now = utcnow()
     counts = retention.stats()
     for site, n in sorted(counts["events"].items()):
         click.echo(f"site {site}: {n} event(s)")
     for destination, by_status in sorted(counts["sends"].items()):
         click.echo(f"{destination}: " + ", ".join(f"{status} {n}" for status, n in sorted(by_status.items())))
+    for state in backlog.paused():
+        click.echo(f"paused {state.destination} since {state.paused_at:%Y-%m-%d %H:%M:%S}Z: {state.paused_reason}")
+    for waiting in backlog.backing_off(now):
+        seconds = max(0, round((waiting.next_attempt_at - now).total_seconds()))
+        click.echo(f"backing off {waiting.destination}: {waiting.sends} send(s), next attempt at "
+                   f"{waiting.next_attempt_at:%Y-%m-%d %H:%M:%S}Z (in {seconds} s)")
     click.echo("rows: " + ", ".join(f"{table} {n}" for table, n in counts["rows"].items()))
 
 

@@ -1,5 +1,7 @@
-"""gunicorn settings for `make run` (and `make bench`): gthread workers, the dispatcher in each worker."""
+"""gunicorn settings for `make run` (and `make bench`): gthread workers; the master keeps the dispatcher running
+as a process of its own (docs/delivery.md#the-dispatcher-process)."""
 import os
+import sys
 
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 wsgi_app = "app:serve()"
@@ -14,12 +16,53 @@ keepalive = 5
 limit_request_line = 8190
 # gunicorn's control socket lives at one path per user: a second instance (a bench beside `make run`) would clash.
 control_socket_disable = True
+# POSTBACK_DISPATCHER=off serves without delivering (a box whose dispatcher runs under systemd: `cli.py dispatch`).
+DISPATCHER = os.environ.get("POSTBACK_DISPATCHER", "on") != "off"
+CLI = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cli.py")
 
 
-def post_worker_init(worker):
-    """Every worker runs the scheduler; only the one holding the lock beside the database drains."""
-    from delivery.dispatcher import Dispatcher, lock_path_for
+def on_starting(server):
+    """Before anything is served: a database or a lock file that cannot be written stops start-up, with one message."""
+    from config import ConfigError, load_config
+    from delivery.process import lock_problem
+    from models import unwritable
+    from platforms import REGISTRY
 
-    app = worker.wsgi
-    config = app.config["POSTBACK"]
-    Dispatcher(lambda: app.config["POSTBACK"]).start(lock_path_for(config.database))
+    try:
+        config = load_config(platforms=REGISTRY)
+    except ConfigError:
+        return  # the workers name each problem and stop gunicorn (app.serve)
+    problem = unwritable(config.database) or (lock_problem(config) if DISPATCHER else None)
+    if problem:
+        print(f"postback: {problem}", file=sys.stderr)
+        sys.exit(1)
+
+
+def when_ready(server):
+    """Start the dispatcher beside the workers; the master starts it again whenever it dies."""
+    if not DISPATCHER:
+        return
+    import logs
+    from config import load_config
+    from delivery.process import STOP_MARGIN, stop_timeout
+    from delivery.supervisor import Supervisor
+    from platforms import REGISTRY
+
+    logs.configure()
+    config = load_config(platforms=REGISTRY)
+    command = [sys.executable, CLI, "dispatch", "--parent", str(os.getpid())]
+    server.postback_dispatcher = Supervisor(command, stop_wait=stop_timeout(config) + STOP_MARGIN).start()
+
+
+def on_reload(server):
+    """A reload (SIGHUP) reads the config again: the dispatcher too."""
+    supervisor = getattr(server, "postback_dispatcher", None)
+    if supervisor is not None:
+        supervisor.restart()
+
+
+def on_exit(server):
+    """Stop the dispatcher: SIGTERM, it finishes or hands back its batch, within a bounded wait."""
+    supervisor = getattr(server, "postback_dispatcher", None)
+    if supervisor is not None:
+        supervisor.stop()

@@ -12,11 +12,12 @@ from functools import reduce
 from typing import Iterable, NamedTuple
 
 from peewee import (
-    OP, SQL, BooleanField, CharField, DatabaseProxy, DateTimeField, Expression, Field, FloatField, ForeignKeyField,
-    IntegerField, IntegrityError, Model, SqliteDatabase, TextField, Value, fn,
+    OP, SQL, BooleanField, CharField, DatabaseError, DatabaseProxy, DateTimeField, Expression, Field, FloatField,
+    ForeignKeyField, IntegerField, IntegrityError, Model, SqliteDatabase, TextField, Value, fn,
 )
 from playhouse.db_url import connect
 
+from dialects.errors import StorageFault
 from ingest.canonical import CanonicalEvent
 from ingest.identity import keys_of
 from ingest.privacy import reduce_ip
@@ -168,6 +169,7 @@ def write_turn():
     SQLite has one writer, and a writer that finds it busy polls with sleeps growing to 100 ms: under
     load one process takes the lock again and again while another sleeps, for seconds. Writers that
     take turns through a flock beside the database instead are woken as soon as the last one is done.
+    A lock file that cannot be opened is a storage fault: nothing can be written until it can.
     """
     db = database.obj
     if not isinstance(db, SqliteDatabase) or db.database == ":memory:":
@@ -175,15 +177,38 @@ def write_turn():
         return
     path = db.database + ".write.lock"
     handle = getattr(_turns, "handle", None)
-    if handle is None or handle.name != path:
-        if handle is not None:
-            handle.close()
-        handle = _turns.handle = open(path, "a+")
-    fcntl.flock(handle, fcntl.LOCK_EX)
+    try:
+        if handle is None or handle.name != path or _replaced(handle, path):
+            if handle is not None:
+                handle.close()
+            _turns.handle = None  # so a failed open below is tried again next time, not a closed handle reused
+            handle = _turns.handle = open(path, "a+")
+        fcntl.flock(handle, fcntl.LOCK_EX)
+    except OSError as exc:
+        raise StorageFault(f"the write lock file {os.path.basename(path)} cannot be used ({exc.strerror})") from exc
     try:
         yield
     finally:
         fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _replaced(handle, path: str) -> bool:
+    """Whether the lock file was removed or replaced since this handle opened it: a flock on the old one would
+    exclude nobody who opens the path now."""
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        return True
+    then = os.fstat(handle.fileno())
+    return (now.st_dev, now.st_ino) != (then.st_dev, then.st_ino)
+
+
+def forget_write_turn() -> None:
+    """Close this thread's lock file (a process about to fork keeps none for its children to share)."""
+    handle = getattr(_turns, "handle", None)
+    if handle is not None:
+        handle.close()
+        _turns.handle = None
 
 
 @contextmanager
@@ -193,13 +218,86 @@ def writing():
     Every write of every store goes through here. Begun as the writer (BEGIN IMMEDIATE on SQLite), it never
     has to upgrade a read to a write: in WAL mode that upgrade fails at once ("database is locked") when
     another connection committed since the read began, whatever the busy timeout.
+
+    A write the storage refuses (disk full, read-only database, unusable lock file) raises StorageFault,
+    and this thread's connection is closed, so the next write opens it afresh once the fault is gone (a
+    connection SQLite opened read-only would stay read-only).
     """
     if database.in_transaction():
         with database.atomic():
             yield
         return
-    with write_turn(), write_transaction(database):
-        yield
+    try:
+        with write_turn(), write_transaction(database):
+            yield
+    except DatabaseError as exc:
+        reason = storage_fault(exc)
+        if reason is None:
+            raise
+        database.close()
+        raise StorageFault(reason) from exc
+
+
+# What the database drivers say when storage, not the statement, is at fault; and what a person reads instead.
+_FAULTS = (
+    ("database or disk is full", "the disk is full"),
+    ("no space left on device", "the disk is full"),
+    ("attempt to write a readonly database", "the database is read-only"),
+    ("read-only transaction", "the database is read-only"),
+    ("unable to open database file", "the database file cannot be opened"),
+    ("disk i/o error", "disk I/O error"),
+)
+_NO_TRANSACTION = "no transaction is active"  # SQLite rolled back on its own (a full disk): the cause is the context
+
+
+def storage_fault(exc: BaseException) -> str | None:
+    """Why the storage refused a write, in words for a person; None when the error is not a storage fault."""
+    if isinstance(exc, StorageFault):
+        return exc.fault
+    message = str(exc).lower()
+    if _NO_TRANSACTION in message and exc.__context__ is not None:
+        return storage_fault(exc.__context__)
+    return next((reason for text, reason in _FAULTS if text in message), None)
+
+
+class _ProbeDone(Exception):
+    """Rolls the probe's transaction back."""
+
+
+PROBE_BYTES = 16384  # a few pages: a write that must find room, as an event with its sends does
+
+
+def write_fault() -> str | None:
+    """Why the database cannot be written now, or None: a small write in a transaction that is rolled back."""
+    try:
+        with writing():
+            database.execute_sql("CREATE TABLE postback_write_probe (filler TEXT)")
+            database.execute_sql("INSERT INTO postback_write_probe (filler) VALUES (" + database.param + ")",
+                                 ["0" * PROBE_BYTES])
+            raise _ProbeDone
+    except _ProbeDone:
+        return None
+    except StorageFault as exc:
+        return exc.fault
+
+
+def unwritable(url: str) -> str | None:
+    """Why the database at `url` cannot be opened, brought up to date and written, or None; for start-up checks,
+    so it leaves no connection and no lock file open (a process about to fork must not share them)."""
+    try:
+        open_database(url)
+        fault = write_fault()
+    except StorageFault as exc:
+        fault = exc.fault
+    except DatabaseError as exc:
+        fault = storage_fault(exc)
+        if fault is None:
+            raise
+    finally:
+        if database.obj is not None:
+            database.close()
+        forget_write_turn()
+    return None if fault is None else f"cannot write the database {url}: {fault}"
 
 
 def record_event(event: CanonicalEvent, sends: Iterable[dict], ip_policy: str) -> tuple[Event, bool]:

@@ -1,8 +1,9 @@
 """`make bench`: Postback's first benchmark, on this one box, printed as ONE Markdown table.
 
 1. Ingest: wrk POSTs a ~600-byte purchase event with a unique event_id per request (bench/track.lua)
-   to Postback under gunicorn with gunicorn.conf.py (what `make run` uses; the dispatcher runs in a
-   worker as in production, draining the example's destinations, all in dry mode), and
+   to Postback under gunicorn with gunicorn.conf.py (what `make run` uses; the dispatcher runs in its own
+   process that gunicorn's master starts, as in production, draining the example's destinations, all in
+   dry mode), and
    in the same run to a bare Flask endpoint (bench/bare.py) under the same gunicorn settings
    (bench/gunicorn_bare.conf.py). Runs alternate between the two so drifting load on the shared box
    hits both; every Postback run starts with the dispatcher's backlog empty.
@@ -10,8 +11,8 @@
    models.record_event, the rest copied by INSERT ... SELECT), a live Meta destination pointed at
    FakeMeta running in a process of its own; Dispatcher.drain_once is timed from the first claim
    to the last recorded outcome.
-3. Footprint: peak RSS (VmHWM) of a gunicorn worker during the ingest runs, and database bytes per
-   stored event (file + WAL after a checkpoint).
+3. Footprint: peak RSS (VmHWM) of a gunicorn worker and of the dispatcher process during the ingest runs,
+   and database bytes per stored event (file + WAL after a checkpoint).
 
 Every figure is the median of several runs, with min and max. Knobs (environment):
 BENCH_RUNS (3), BENCH_SECONDS (8), BENCH_CONNECTIONS ("16,64"), BENCH_WRK_THREADS (2),
@@ -215,10 +216,10 @@ def flock_holder(path: Path) -> int | None:
 
 
 def children(pid: int) -> list[int]:
-    """The live child processes of pid (gunicorn's workers, for its master)."""
+    """The live child processes of pid (gunicorn's workers and dispatcher, for its master), whichever of its threads
+    started them (the master's supervisor thread starts the dispatcher)."""
     try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-        return [int(p) for p in text.split()]
+        return [int(p) for task in Path(f"/proc/{pid}/task").iterdir() for p in (task / "children").read_text().split()]
     except OSError:
         pass
     found = []
@@ -231,6 +232,14 @@ def children(pid: int) -> list[int]:
             if int(text[text.rindex(")") + 2:].split()[1]) == pid:
                 found.append(int(entry.name))
     return found
+
+
+def is_dispatcher(pid: int) -> bool:
+    """Whether pid is the dispatcher process gunicorn's master keeps (`cli.py dispatch`)."""
+    try:
+        return b"dispatch" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
 
 
 def status_kib(pid: int, key: str) -> int | None:
@@ -325,9 +334,9 @@ class Server:
 
     def __init__(self, name: str, conf: Path, env: dict, log: Path, workers: int):
         self.name, self.workers = name, workers
-        binary = Path(sys.executable).parent / "gunicorn"
-        executable = str(binary) if binary.exists() else shutil.which("gunicorn") or "gunicorn"
-        self.proc = Proc(name, [executable, "-c", str(conf)], log, env={**env, "HOST": "127.0.0.1", "PORT": "0"})
+        # `python -m gunicorn` with this interpreter: a venv made without console scripts has no gunicorn binary.
+        self.proc = Proc(name, [sys.executable, "-m", "gunicorn", "-c", str(conf)], log,
+                         env={**env, "HOST": "127.0.0.1", "PORT": "0"})
         self.url: str | None = None
         self.peak_kib: dict[int, int] = {}  # worker pid -> VmHWM
 
@@ -338,7 +347,7 @@ class Server:
                 raise BenchError(f"{self.name}: gunicorn exited with {self.proc.popen.returncode}:\n{self.proc.log_tail()}")
             if self.url is None and (match := LISTENING.search(self.proc.log_tail(100_000))):
                 self.url = f"http://127.0.0.1:{match[1]}"
-            if self.url and len(children(self.proc.pid)) >= self.workers and self._healthy():
+            if self.url and len(self.worker_pids()) >= self.workers and self._healthy():
                 return
             time.sleep(0.1)
         raise BenchError(f"{self.name}: not ready within {timeout:g} s:\n{self.proc.log_tail()}")
@@ -351,13 +360,15 @@ class Server:
             return False
 
     def worker_pids(self) -> list[int]:
-        return children(self.proc.pid)
+        """The master's children but the dispatcher process: the request workers."""
+        return [pid for pid in children(self.proc.pid) if not is_dispatcher(pid)]
 
     def cpu_ticks(self) -> int:
-        return cpu_ticks(self.proc.pid) + sum(cpu_ticks(pid) for pid in self.worker_pids())
+        """The master, its workers and the dispatcher process: the whole service."""
+        return cpu_ticks(self.proc.pid) + sum(cpu_ticks(pid) for pid in children(self.proc.pid))
 
     def sample_memory(self) -> None:
-        for pid in self.worker_pids():
+        for pid in children(self.proc.pid):
             peak = status_kib(pid, "VmHWM")
             if peak is not None:
                 self.peak_kib[pid] = max(peak, self.peak_kib.get(pid, 0))
@@ -542,7 +553,7 @@ def run_wrk(server: Server, s: Settings, connections: int, seconds: int, tag: st
 class IngestResult:
     runs: list[WrkRun] = field(default_factory=list)
     peak_rss_mib: dict[str, list[float]] = field(default_factory=dict)
-    dispatcher_rss_mib: float | None = None  # the Postback worker that held the dispatch lock
+    dispatcher_rss_mib: float | None = None  # the dispatcher process (it holds the dispatch lock)
     waits: list[float] = field(default_factory=list)  # seconds the dispatcher took to empty its backlog
     stored: int = 0
     answered: int = 0
@@ -593,9 +604,9 @@ def ingest(s: Settings, work: Path, gconf: dict) -> IngestResult:
                                              f"after a run (raise BENCH_DRAIN_WAIT?)\n{postback.proc.log_tail()}")
                         result.waits.append(waited)
         sampler.stop()
-        for server in (postback, bare):
-            result.peak_rss_mib[server.name] = [kib / 1024 for kib in server.peak_kib.values()]
         leader = flock_holder(Path(f"{db_path}.dispatch.lock"))
+        for server in (postback, bare):
+            result.peak_rss_mib[server.name] = [kib / 1024 for pid, kib in server.peak_kib.items() if pid != leader]
         if leader in postback.peak_kib:
             result.dispatcher_rss_mib = postback.peak_kib[leader] / 1024
     finally:
@@ -860,7 +871,7 @@ def report(s: Settings, gconf: dict, ing: IngestResult, disp: list[DispatchRun],
         if peaks:
             note = "VmHWM of each worker (one value per worker) over the ingest runs"
             if name == "postback" and ing.dispatcher_rss_mib is not None:
-                note += f"; the one running the dispatcher: {ing.dispatcher_rss_mib:.1f} MiB"
+                note += f"; the dispatcher process beside them: {ing.dispatcher_rss_mib:.1f} MiB"
             lines.append(table_row(f"Footprint: peak RSS of a {label} gunicorn worker", peaks, "MiB", note))
     events, size, per_event = ing.db
     lines.append(table_row("Footprint: database bytes per event after ingest", [per_event], "",

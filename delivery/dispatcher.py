@@ -14,6 +14,7 @@ from typing import Callable
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from delivery import sends as delivery
+from delivery.states import Health
 from ingest.canonical import utcnow
 from config import Config, Destination
 from models import FAILED, SENT, SKIPPED, Send, writing
@@ -28,6 +29,7 @@ BACKOFF_FIRST = 10.0
 BACKOFF_CAP = 3600.0
 JITTER = 0.2
 MAX_DRAIN_THREADS = 32
+RECORD_CHUNK = 256  # outcomes per transaction: a 1,000-event batch holds the write lock four short times, not once
 
 
 def backoff(retries: int, rng: Callable[[], float] = random.random) -> float:
@@ -59,6 +61,9 @@ class Dispatcher:
         self._caches: dict[tuple[str, str], object] = {}
         self._pool = ThreadPoolExecutor(MAX_DRAIN_THREADS, thread_name_prefix="drain")
         self._running: dict[str, Future] = {}
+        self._stopping = threading.Event()
+        self._held: dict[str, list[Send]] = {}  # per destination, the claim in flight: handed back if a stop times out
+        self._health = Health()
         # Drains take turns at their Python work (claim, build, record): the GIL runs one at a time anyway, and in
         # parallel every write transaction one of them holds (the box's one write lock) lasts as long as its waits
         # for the GIL. HTTP calls are made outside the turn, so a slow platform still holds no other.
@@ -81,6 +86,8 @@ class Dispatcher:
 
     def tick(self) -> None:
         """The scheduler's job: start a drain for each destination that is not still busy with the last one."""
+        if self._stopping.is_set():
+            return
         delivery.release_expired(self.clock(), self.config.max_attempts, self.config.ip_policy)
         for dest in self.config.destinations():
             running = self._running.get(dest.key)
@@ -98,16 +105,19 @@ class Dispatcher:
         module = REGISTRY[dest.platform]
         self.http.timeout = self.config.timeout_seconds  # the config may have been reloaded since the last pass
         processed = 0
-        while delivery.paused_reason(dest) is None:
+        while not self._stopping.is_set() and delivery.paused_reason(dest) is None:
             moment = now or self.clock()
             with self._turn:
-                rows = delivery.claim(dest.key, module.BATCH_LIMIT, moment, self.lease)
+                rows = self._held[dest.key] = delivery.claim(dest.key, module.BATCH_LIMIT, moment, self.lease)
                 batch = self._prepare(dest, module, rows, moment)
-            if not rows:
-                break
-            processed += len(rows)
-            if self._deliver(dest, module, batch, moment):
-                break
+            try:
+                if not rows:
+                    break
+                processed += len(rows)
+                if self._deliver(dest, module, batch, moment):
+                    break
+            finally:
+                self._held.pop(dest.key, None)
         return processed
 
     def _prepare(self, dest: Destination, module, rows: list[Send], now: datetime) -> list[tuple]:
@@ -143,7 +153,7 @@ class Dispatcher:
         """Send the batch in as many requests as the platform needs; True = stop (throttled or paused)."""
         requests = split_requests(module, batch)
         for i, request in enumerate(requests):
-            if self._send(dest, module, request, now):
+            if self._stopping.is_set() or self._send(dest, module, request, now):
                 delivery.put_back([row for later in requests[i + 1:] for row, _, _ in later], now)
                 return True
         return False
@@ -152,23 +162,34 @@ class Dispatcher:
         """POST one batch; a batch rejected as a whole for one event is split until that event is found."""
         # From the clock, not `now` (the claim's time): a split's later requests start later.
         delivery.renew([row for row, _, _ in batch], max(now, self.clock()) + self.lease)
+        started = self.monotonic()
         outcomes = self._platform_send(dest, module, [item for _, item, _ in batch])
+        self._note_slow(dest, self.monotonic() - started)
         if len(batch) > 1 and any(o.kind == REJECTED and o.whole_batch for o in outcomes):
             middle = len(batch) // 2
-            if self._send(dest, module, batch[:middle], now):
+            if self._send(dest, module, batch[:middle], now) or self._stopping.is_set():
                 delivery.put_back([row for row, _, _ in batch[middle:]], now)
                 return True
             return self._send(dest, module, batch[middle:], now)
         changes = [self._change(row, item, quality, outcome, now)
                    for (row, item, quality), outcome in zip(batch, outcomes)]
         setup = [o for o in outcomes if o.kind == SETUP]
-        with self._turn, writing():
-            delivery.record(changes, self.config.ip_policy)
+        with self._turn:
+            for start in range(0, len(changes), RECORD_CHUNK):
+                delivery.record(changes[start:start + RECORD_CHUNK], self.config.ip_policy)
             if setup:
                 delivery.pause(dest, setup[-1].error or "setup error", now)
-        if setup:
-            log.warning("destination paused", extra={"destination": dest.key, "error": setup[-1].error})
+        self._health.observe(dest.key, outcomes, changes, now)
         return any(o.kind in (THROTTLE, SETUP) for o in outcomes)
+
+    def _note_slow(self, dest: Destination, seconds: float) -> None:
+        """Say once per destination that it answers slower than timeout_seconds: what it got may come again."""
+        timeout = self.config.timeout_seconds
+        if seconds >= timeout and dest.key not in self._health.slow:
+            self._health.slow.add(dest.key)
+            log.warning("destination slower than timeout_seconds: a request it received after we gave up is sent "
+                        "again on retry (duplicates, unless it deduplicates on event_id)",
+                        extra={"destination": dest.key, "timeout_seconds": timeout, "took_seconds": round(seconds, 1)})
 
     def _platform_send(self, dest: Destination, module, items: list[dict]) -> list[Outcome]:
         """The platform's send, given the cache it keeps for this destination between sends if it keeps one."""
@@ -206,16 +227,32 @@ class Dispatcher:
         """Wait for the drains in flight, then stop the worker threads."""
         self._pool.shutdown(wait=True)
 
-    def start(self, lock_path: str | None) -> BackgroundScheduler:
-        """Run `tick` every interval in this process; only the holder of `lock_path` drains (one per box)."""
-        lock = LeaderLock(lock_path)
+    def stop_claiming(self) -> None:
+        """From now on no drain claims another batch, nor sends the rest of one whose first request went out."""
+        self._stopping.set()
 
-        def job():
-            if lock.acquire():
-                self.tick()
+    def stop(self, timeout: float) -> int:
+        """Stop claiming; wait up to `timeout` for the requests in flight and their outcomes to be recorded.
 
-        scheduler = BackgroundScheduler(daemon=True)
-        scheduler.add_job(job, "interval", seconds=self.config.interval_seconds, max_instances=1,
+        Returns how many claimed sends were handed back untried because a request outlived the wait.
+        """
+        self.stop_claiming()
+        deadline = self.monotonic() + timeout
+        for future in list(self._running.values()):
+            try:
+                future.result(timeout=max(0.0, deadline - self.monotonic()))
+            except Exception:  # noqa: BLE001 - a timeout, or a drain that failed (logged by the drain itself)
+                pass
+        held = [row for rows in list(self._held.values()) for row in rows]
+        if held:  # whatever those requests bring back no longer matches a claim, so nothing is recorded twice
+            delivery.put_back(held, self.clock())
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        return len(held)
+
+    def schedule(self) -> BackgroundScheduler:
+        """Run `tick` every interval_seconds on a scheduler of its own (APScheduler); the caller shuts it down."""
+        scheduler = BackgroundScheduler()
+        scheduler.add_job(self.tick, "interval", seconds=self.config.interval_seconds, max_instances=1,
                           coalesce=True, next_run_time=utcnow())
         scheduler.start()
         return scheduler

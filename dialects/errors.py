@@ -42,3 +42,17 @@ class NotAnObject(Refused):
 
     def __init__(self, reason: str = "Request body must be a JSON object"):
         super().__init__(reason)
+
+
+class StorageFault(Refused):
+    """Our storage cannot take a write now (disk full, read-only database, unusable lock file): answered 503, the
+    request is not stored and can be sent again; `reason` says what is wrong, for the operator."""
+
+    def __init__(self, reason: str):
+        super().__init__(f"Storage unavailable: {reason}; nothing was stored, try again later")
+        self.fault = reason
+        self.status = 503
+        self.retry_after = RETRY_AFTER
+
+
+RETRY_AFTER = 30  # seconds a client is told to wait after a storage fault (the Retry-After header)

@@ -17,8 +17,9 @@ from console.overview import overview
 from console.sessions import open_session, valid_session
 from console.settings import shown_config
 from console.story import replay, story
+from delivery import backlog
 from delivery.backfill import BackfillError, backfill, destination_to_backfill, parse_since
-from dialects.errors import BodyTooLarge, FieldError, Refused
+from dialects.errors import BodyTooLarge, FieldError, Refused, StorageFault
 from ingest import inspector
 from ingest.canonical import utcnow
 from routes.common import current_config, read_json, read_object
@@ -30,8 +31,8 @@ PASSWORD_FILE = "admin-password"
 
 @bp.errorhandler(Refused)
 def refused(exc: Refused):
-    """A body that cannot be read: the admin API's `{"error", "code"}`."""
-    status = 413 if isinstance(exc, BodyTooLarge) else 400
+    """A body that cannot be read, or storage that cannot be written: the admin API's `{"error", "code"}`."""
+    status = 503 if isinstance(exc, StorageFault) else 413 if isinstance(exc, BodyTooLarge) else 400
     return jsonify({"error": exc.reason, "code": status}), status
 
 
@@ -171,6 +172,16 @@ def backfill_destination(site: str, name: str):
     except BackfillError as exc:
         return jsonify({"error": str(exc), "code": 404}), 404
     return jsonify(backfill(dest, utcnow(), window, dry).as_json())
+
+
+@bp.post("/destinations/<site>/<name>/retry-now")
+@admin_required
+def retry_destination_now(site: str, name: str):
+    """Make a destination's backing-off sends due now (as `cli.py retry-now SITE/NAME`); `due_now` counts them."""
+    key = f"{site}/{name}"
+    if current_config().destination(key) is None:
+        return jsonify({"error": f"No destination {key}", "code": 404}), 404
+    return jsonify({"destination": key, "due_now": backlog.retry_now(key, utcnow())})
 
 
 @bp.get("/config")

@@ -14,7 +14,7 @@ from ingest.canonical import utcnow
 from config import Config, Site
 from dialects.adtarget import parse as adtarget
 from dialects.common import ClientContext
-from dialects.errors import BadCredentials, Refused
+from dialects.errors import BadCredentials, Refused, StorageFault
 from dialects.adtarget.funnel import ConversionResult, FunnelError
 from routes.common import client_context, current_config, dry_run, outbound_http, read_object, valid_ip
 
@@ -25,9 +25,11 @@ FORWARDED_UA = "X-Adtarget-Client-User-Agent"
 
 @bp.errorhandler(Refused)
 def refused(exc: Refused):
-    """`{"error": CODE, "message"}`; the refusal is kept for the inspector (a dry run keeps nothing)."""
+    """`{"error": CODE, "message"}`; the refusal is kept for the inspector (a dry run keeps nothing; a storage
+    fault is ours, and the inspector could not keep it)."""
+    stored = not isinstance(exc, StorageFault)
     exc = FunnelError.of(exc)
-    if not dry_run():
+    if stored and not dry_run():
         site = g.get("site")
         inspector.record(adtarget.DIALECT, site.id if site else None, f"{exc.code}: {exc.reason}", g.get("body"))
     response = jsonify({"error": exc.code, "message": exc.reason})

@@ -6,7 +6,7 @@ from flask import Blueprint, Response, g, jsonify, request
 from ingest import inspector
 from ingest.canonical import utcnow
 from dialects.channelstack import parse as channelstack
-from dialects.errors import BadCredentials, BodyTooLarge, NotAnObject, Refused
+from dialects.errors import BadCredentials, BodyTooLarge, NotAnObject, Refused, StorageFault
 from ingest.accept import accept, already_stored
 from routes.common import allow_origin, client_context, current_config, dry_run, read_json
 from ingest.fanout import preview
@@ -15,8 +15,10 @@ bp = Blueprint("channelstack", __name__)
 
 
 @bp.errorhandler(Refused)
-def refused(exc: Refused) -> tuple[Response, int]:
+def refused(exc: Refused) -> tuple:
     """`{"error", "code"}`; the refusal is kept for the inspector (a dry run keeps nothing)."""
+    if isinstance(exc, StorageFault):  # our failure, not the request's: nothing for the inspector, try again later
+        return jsonify({"error": exc.reason, "code": exc.status}), exc.status, {"Retry-After": str(exc.retry_after)}
     status = 413 if isinstance(exc, BodyTooLarge) else 401 if isinstance(exc, BadCredentials) else 400
     if not dry_run():
         site = g.get("site")

@@ -15,7 +15,7 @@ from ingest.canonical import utcnow
 from config import Config, Site
 from dialects.commanders import parse as commanders
 from dialects.common import MAX_ID_CHARS
-from dialects.errors import BadCredentials, BodyTooLarge, FieldError, InvalidJSON, NotAnObject, Refused
+from dialects.errors import BadCredentials, BodyTooLarge, FieldError, InvalidJSON, NotAnObject, Refused, StorageFault
 from ingest.accept import accept
 from routes.common import CORS_HEADERS, allow_origin, client_context, current_config, dry_run, read_json
 from ingest.fanout import preview
@@ -25,10 +25,13 @@ OK = {"status": "ok"}
 
 
 @bp.errorhandler(Refused)
-def refused(exc: Refused) -> Response | tuple[Response, int]:
+def refused(exc: Refused) -> Response | tuple:
     """An oversize or non-JSON body is the vendor's only 400; any other refusal still answers 200, the events
     endpoint silently and the User and Product APIs with a body that tells the truth. The inspector keeps each,
-    with the body the view kept in `g.body`."""
+    with the body the view kept in `g.body`. A storage fault is ours, not the request's: 503, and the silent 200
+    would tell the tag its event was kept."""
+    if isinstance(exc, StorageFault):
+        return jsonify({"status": "error", "message": exc.reason}), exc.status, {"Retry-After": str(exc.retry_after)}
     if isinstance(exc, (BodyTooLarge, InvalidJSON)):
         g.site = current_config().site(request.args.get("tc_s", "").strip())  # unauthenticated, but names where to look
         record(exc.reason)

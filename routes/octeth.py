@@ -14,7 +14,7 @@ from dialects.octeth import store as octeth_store
 from ingest.canonical import utcnow
 from config import Config, Site
 from dialects.octeth import parse as octeth
-from dialects.errors import BodyTooLarge, Refused
+from dialects.errors import BodyTooLarge, Refused, StorageFault
 from ingest.accept import accept
 from console.sessions import valid_session
 from routes.common import allow_origin, client_context, current_config, dry_run, read_body
@@ -28,6 +28,9 @@ PROPERTIES_URL = "/api/v1/website_events.properties"
 @bp.errorhandler(Refused)
 def refused(exc: Refused):
     """The vendor's `{"Errors": [...]}`; the refusal is kept for the inspector (a dry run keeps nothing)."""
+    if isinstance(exc, StorageFault):  # ours, not the request's: the same Code 0 outside the vendor's numbers
+        answer = octeth.ErrorList(exc.status, [octeth.Problem(0, exc.reason)])
+        return jsonify(answer.body()), answer.status, {"Retry-After": str(exc.retry_after)}
     if not isinstance(exc, octeth.ErrorList):  # an unreadable body: Code 0 is outside the vendor's numbered errors
         exc = octeth.ErrorList(413 if isinstance(exc, BodyTooLarge) else 422, [octeth.Problem(0, exc.reason)])
     if not dry_run():

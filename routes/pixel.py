@@ -13,7 +13,7 @@ from dialects.pixel import profiles as pixel_profiles
 from ingest.canonical import utcnow
 from config import Config, Site
 from dialects.pixel import parse as pixel
-from dialects.errors import Refused
+from dialects.errors import Refused, StorageFault
 from ingest import clickids
 from ingest.accept import accept
 from models import Event, Send
@@ -36,6 +36,17 @@ def debug() -> bool:
 def not_found() -> Response:
     """The vendor's docs: without a valid token and category "the GIF will not load"; no body worth parsing."""
     return Response(b"", status=404, mimetype="text/plain", headers=NO_STORE)
+
+
+@bp.errorhandler(StorageFault)
+def not_stored(exc: StorageFault) -> Response:
+    """A page must still get its GIF (a broken image is the page owner's problem, not the visitor's); nothing is
+    stored, and `debug=1` says why with a 503."""
+    visitor = pixel.valid_visitor_id(request.cookies.get(COOKIE))
+    response = _answer(visitor, {"accepted": False, "stored": False, "error": exc.reason})
+    if debug():
+        response.status_code = exc.status
+    return response
 
 
 # Only `<token>/<category>.gif`, two segments: `/static/…` and every other route's static prefix win over it.
@@ -81,7 +92,7 @@ def hit(app_token: str, category: str):
 def _remember(site: Site, call: pixel.Hit) -> None:
     try:
         pixel_profiles.remember(site.id, call.uuid, call.identity, call.fbid, call.event.received_at)
-    except DatabaseError:
+    except (DatabaseError, StorageFault):
         # The event is stored already; the page still gets its GIF, and the next call carries its own identity.
         log.exception("pixel profile not updated", extra={"site": site.id})
 

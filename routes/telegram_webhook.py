@@ -2,7 +2,8 @@
 
 Telegram redelivers any update that does not get a 2xx, for hours: every update is answered 200 —
 attributed, duplicate or ignored (ignored ones go to the inspector) — except a call without the
-site's secret, which is refused with 403.
+site's secret, which is refused with 403, and an update we could not store (a storage fault), answered 503
+so that Telegram delivers it again later.
 """
 from __future__ import annotations
 
@@ -16,12 +17,17 @@ from ingest.canonical import utcnow
 from config import Site
 from dialects.adtarget import parse as adtarget
 from dialects.adtarget.parse import Ignored
-from dialects.errors import BodyTooLarge, InvalidJSON
+from dialects.errors import BodyTooLarge, InvalidJSON, StorageFault
 from routes.common import current_config, read_json
 
 log = logging.getLogger(__name__)
 bp = Blueprint("telegram_webhook", __name__)
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+
+
+@bp.errorhandler(StorageFault)
+def not_stored(exc: StorageFault):
+    return jsonify({"error": "STORAGE_UNAVAILABLE", "message": exc.reason}), exc.status, {"Retry-After": str(exc.retry_after)}
 
 
 def acknowledged():

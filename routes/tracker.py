@@ -21,7 +21,7 @@ from config import Channel, Config, Site
 from dialects.adtarget import parse as adtarget
 from dialects.adtarget.parse import VisitInput
 from dialects.common import ClientContext, clean_url, present, read_id, split_url
-from dialects.errors import FieldError, Refused
+from dialects.errors import FieldError, Refused, StorageFault
 from ingest import clickids
 from dialects.adtarget.funnel import SESSION_COOKIE, SESSION_COOKIE_MAX_AGE, TEMP_COOKIE, TEMP_COOKIE_MAX_AGE, FunnelError
 from routes.common import allow_origin, client_context, current_config, dry_run, outbound_http, reached_over_https, read_object
@@ -42,8 +42,9 @@ TITLES = {
 @bp.errorhandler(Refused)
 def refused(exc: Refused):
     """JSON for /track/init (AdTarget's error body); a small page for /track/invite, which a person follows."""
+    keep = not isinstance(exc, StorageFault)  # ours, not the request's: and the inspector could not keep it
     exc = FunnelError.of(exc)
-    if not (request.endpoint == "tracker.init" and dry_run()):  # an invite a person follows is never a dry run
+    if keep and not (request.endpoint == "tracker.init" and dry_run()):  # an invite a person follows is never a dry run
         site = g.get("site")
         step = request.endpoint.rpartition(".")[2] if request.endpoint else "tracker"
         inspector.record(DIALECT, site.id if site else None, f"{step}: {exc.code}: {exc.reason}", g.get("body"))

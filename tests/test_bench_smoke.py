@@ -51,7 +51,7 @@ def test_the_baseline_server_has_postbacks_gunicorn_settings_but_no_dispatcher()
     bare = runpy.run_path(str(ROOT / "bench" / "gunicorn_bare.conf.py"))
     for key in ("worker_class", "workers", "threads", "keepalive", "bind", "accesslog"):
         assert bare[key] == postback[key]
-    assert bare["wsgi_app"] == "bench.bare:app" and "post_worker_init" not in bare
+    assert bare["wsgi_app"] == "bench.bare:app" and "when_ready" not in bare
 
 
 def test_the_bare_endpoint_only_parses_the_json_and_answers():

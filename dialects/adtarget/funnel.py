@@ -22,7 +22,7 @@ from ingest.canonical import CUSTOM, CanonicalEvent, standard_name
 from config import Channel, Config, Site
 from dialects.adtarget.parse import DIALECT, Attribution, ConversionInput, Ignored, Join, ValueInput, VisitInput
 from dialects.common import is_bot
-from dialects.errors import BadCredentials, BodyTooLarge, InvalidJSON, NotAnObject, Refused
+from dialects.errors import BadCredentials, BodyTooLarge, InvalidJSON, NotAnObject, Refused, StorageFault
 from ingest.identity import Identity
 from ingest.clickids import from_ad_click
 from ingest.accept import accept
@@ -63,6 +63,8 @@ class FunnelError(Refused):
             return cls("INVALID_JSON", 400, exc.reason)
         if isinstance(exc, BadCredentials):
             return cls("UNAUTHORIZED", 401, exc.reason)
+        if isinstance(exc, StorageFault):
+            return cls("STORAGE_UNAVAILABLE", exc.status, exc.reason, exc.retry_after)
         return cls("VALIDATION_ERROR", 400, exc.reason)
 
 
