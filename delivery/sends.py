@@ -132,9 +132,9 @@ def _reduce(reductions: list[list]) -> None:
 def pause(dest: Destination, reason: str, now: datetime) -> None:
     """A setup error: the destination waits until its config changes or an admin resumes it."""
     with writing():
-        (DestinationState.insert(destination=dest.key, paused_reason=reason, paused_at=now,
-                                 fingerprint=dest.fingerprint())
-         .on_conflict_replace().execute())
+        state = {"paused_reason": reason, "paused_at": now, "fingerprint": dest.fingerprint()}
+        (DestinationState.insert(destination=dest.key, **state)
+         .on_conflict(conflict_target=[DestinationState.destination], update=state).execute())
 
 
 def paused_reason(dest: Destination) -> str | None:

@@ -1,7 +1,13 @@
-"""Fixtures that compose: config -> app (temp-file SQLite) -> client; fake platforms on 127.0.0.1."""
+"""Fixtures that compose: config -> app -> client; fake platforms on 127.0.0.1.
+
+The database is a temp-file SQLite, or with `DATABASE_URL=postgresql://…` (`make test-postgres`) a schema of
+its own in that PostgreSQL database for each config a test builds. Tests about one backend are marked
+`sqlite_only(reason)` or `postgres_only(reason)` and skipped on the other.
+"""
 from __future__ import annotations
 
 import copy
+import itertools
 import os
 from datetime import datetime, timezone
 from pathlib import Path
@@ -50,11 +56,34 @@ BROWSER = {
 RAW_PII = ["john.doe@example.com", "+15551234567", "15551234567", "John", "Doe", "jane@example.org", "4155550100"]
 
 
+# Taken out of the environment: there it would override the database of every config the tests write.
+POSTGRES_URL = os.environ.pop("DATABASE_URL") if os.environ.get("DATABASE_URL", "").startswith("postgres") else ""
+_schemas = itertools.count(1)
+
+
+def on_postgres() -> bool:
+    """The suite runs against PostgreSQL (`make test-postgres`), not SQLite files."""
+    return bool(POSTGRES_URL)
+
+
+def fresh_database(tmp_path: Path) -> str:
+    """A new, empty database's URL: a file in the temp folder, or a new schema in the PostgreSQL database."""
+    if not on_postgres():
+        return f"sqlite:///{tmp_path}/db/postback.db"
+    import psycopg2  # only the PostgreSQL run needs the driver
+
+    schema = f"test_{os.getpid()}_{next(_schemas)}"
+    with psycopg2.connect(POSTGRES_URL) as connection, connection.cursor() as cursor:
+        cursor.execute(f"CREATE SCHEMA {schema}")
+    connection.close()
+    return f"{POSTGRES_URL}{'&' if '?' in POSTGRES_URL else '?'}options=-csearch_path%3D{schema}"
+
+
 def base_config(tmp_path: Path, all_destinations: bool = False) -> dict:
-    """The example config with the database in a temp folder; by default with its Meta destination only,
+    """The example config with a fresh database (fresh_database); by default with its Meta destination only,
     so a test sees one platform unless it asks for more (test_all_platforms uses them all)."""
     raw = yaml.safe_load((ROOT / "config.example.yaml").read_text())
-    raw["storage"]["database"] = f"sqlite:///{tmp_path}/db/postback.db"
+    raw["storage"]["database"] = fresh_database(tmp_path)
     if not all_destinations:
         site = raw["sites"][0]
         site["destinations"] = [d for d in site["destinations"] if d["platform"] == "meta"]
@@ -78,10 +107,15 @@ def config(raw_config) -> Config:
 DATABASE_FILES: list[Path] = []
 
 
+def remember_database(url: str) -> None:
+    """Have the end-of-run scan read this SQLite file (PostgreSQL's schemas are all scanned anyway)."""
+    if url.startswith("sqlite:///"):
+        DATABASE_FILES.append(Path(url[len("sqlite:///"):]))
+
+
 @pytest.fixture
 def app(config):
-    if config.database.startswith("sqlite:///"):
-        DATABASE_FILES.append(Path(config.database[len("sqlite:///"):]))
+    remember_database(config.database)
     app = create_app(config)
     app.testing = True
     yield app
@@ -152,12 +186,47 @@ def url_secrets_masked():
 
 @pytest.fixture(scope="session", autouse=True)
 def no_raw_pii_in_databases():
-    """After the whole suite, scan every database file the tests wrote for the raw PII they sent."""
+    """After the whole suite, scan every database file the tests wrote, and every row of every table of the
+    PostgreSQL database, for the raw PII they sent."""
     yield
     files = [f for db in DATABASE_FILES for f in (db, db.with_name(db.name + "-wal")) if f.exists()]
     leaks = [f"{f}: {value}" for f in files for value in RAW_PII if value.encode() in f.read_bytes()]
-    assert not leaks, f"raw personal data found in database files: {leaks}"
+    if on_postgres():
+        leaks += postgres_rows_holding(RAW_PII)
+    assert not leaks, f"raw personal data found in databases: {leaks}"
     assert all(db.exists() for db in DATABASE_FILES), "a database the tests used is gone before the scan"
+
+
+def postgres_rows_holding(values: list[str]) -> list[str]:
+    """"schema.table: row" for each row of every table in the PostgreSQL database whose text holds one of `values`."""
+    import psycopg2
+
+    connection = psycopg2.connect(POSTGRES_URL)
+    connection.autocommit = True  # a transaction per statement: one over every table would run out of locks
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT quote_ident(schemaname) || '.' || quote_ident(tablename) FROM pg_tables "
+                       "WHERE schemaname NOT IN ('pg_catalog', 'information_schema')")
+        tables = [row[0] for row in cursor.fetchall()]
+        found = []
+        for start in range(0, len(tables), 200):  # one statement per 200 tables: the scan takes seconds, not minutes
+            cursor.execute(" UNION ALL ".join(f"(SELECT '{table}', r::text FROM {table} r WHERE r::text LIKE ANY(%(v)s))"
+                                              for table in tables[start:start + 200]),
+                           {"v": [f"%{value}%" for value in values]})
+            found += [f"{table}: {row}" for table, row in cursor.fetchall()]
+    connection.close()
+    return found
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "sqlite_only(reason): about SQLite itself; skipped on PostgreSQL")
+    config.addinivalue_line("markers", "postgres_only(reason): about PostgreSQL itself; skipped on SQLite")
+
+
+def pytest_runtest_setup(item):
+    other = "sqlite_only" if on_postgres() else "postgres_only"
+    marker = item.get_closest_marker(other)
+    if marker is not None:
+        pytest.skip(f"{other}: {marker.kwargs.get('reason') or (marker.args or ('',))[0]}")
 
 
 os.environ.setdefault("POSTBACK_CONFIG", str(ROOT / "config.example.yaml"))
