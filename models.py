@@ -158,6 +158,13 @@ def open_database(url: str, migrate: bool = True, steps: tuple[Step, ...] = STEP
     return db
 
 
+def release_connection(_error: BaseException | None = None) -> None:
+    """After each request (Flask's teardown): on PostgreSQL the thread's connection is closed, or handed back to
+    its pool (`postgresql+pool://`), so a node holds connections only while it uses them. SQLite keeps its own."""
+    if not isinstance(database.obj, SqliteDatabase) and not database.in_transaction():
+        database.close()
+
+
 _turns = threading.local()  # a lock file per thread: a flock excludes other open files, not threads sharing one
 
 

@@ -104,6 +104,10 @@ class Dispatcher:
                 rows = delivery.claim(dest.key, module.BATCH_LIMIT, moment, self.lease)
                 batch = self._prepare(dest, module, rows, moment)
             if not rows:
+                # Another claimer (a node sharing PostgreSQL) may hold the due rows for a moment; while
+                # any are left unclaimed, this drain goes on rather than waiting for the next tick.
+                if delivery.any_due(dest.key, moment):
+                    continue
                 break
             processed += len(rows)
             if self._deliver(dest, module, batch, moment):
