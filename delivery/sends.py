@@ -31,8 +31,11 @@ def claim(destination: str, limit: int, now: datetime, lease: timedelta) -> list
     if not isinstance(database.obj, SqliteDatabase):  # SQLite has no row locks: its one writer claims alone
         due = due.for_update(skip_locked=True)
     with writing():
+        # Picked first, then updated: as a subquery of the UPDATE, PostgreSQL may run the pick more than once
+        # and lease more rows than `limit`.
+        ids = [send_id for send_id, in due.tuples()]
         (Send.update(status=SENDING, lease_owner=owner, lease_until=now + lease)
-         .where(Send.id.in_(due) & (Send.status == PENDING)).execute())
+         .where(Send.id.in_(ids) & (Send.status == PENDING)).execute())
     return list(Send.select(*CLAIM_COLUMNS, Event).join(Event)
                 .where((Send.lease_owner == owner) & (Send.status == SENDING)).order_by(Send.id))
 
