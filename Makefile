@@ -1,4 +1,5 @@
-# Postback's front door. `make run` serves; `make test` runs the whole suite.
+# Postback's front door. `make run` serves; `make test` runs the whole suite; `make test-postgres` runs it again
+# against a throwaway PostgreSQL server (scripts/with-postgres.sh).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -9,7 +10,7 @@ else
 CONFIG_FILE :=
 endif
 
-.PHONY: run test chromium check-config bench clean
+.PHONY: run test test-postgres chromium check-config bench clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +30,10 @@ run: $(VENV)/.installed $(CONFIG_FILE)
 
 test: $(VENV)/.installed-dev chromium
 	$(PY) -m pytest -rs $(PYTEST_ARGS)
+
+# The same suite with DATABASE_URL naming a PostgreSQL server started for it, and stopped after (docs/postgresql.md).
+test-postgres: $(VENV)/.installed-dev
+	scripts/with-postgres.sh $(MAKE) test
 
 # The console's browser tests drive Debian's Chromium (never Playwright's own download). Where it cannot be
 # installed they skip, with the reason in pytest's summary; under CI=true they fail instead.

@@ -11,7 +11,7 @@ from werkzeug.exceptions import HTTPException
 
 import logs
 from config import Config, ConfigError, load_config
-from models import open_database
+from models import open_database, release_connection
 from storage.migrations import SchemaError
 from platforms import REGISTRY
 
@@ -37,6 +37,7 @@ def create_app(config: Config) -> Flask:
     app = Flask(__name__)
     app.config["WTF_CSRF_CHECK_DEFAULT"] = False  # the console checks its own forms; the dialects' POSTs are APIs
     CSRFProtect(app)
+    app.teardown_appcontext(release_connection)
     for name in BLUEPRINTS:
         app.register_blueprint(import_module(name).bp)
 

@@ -12,7 +12,7 @@ from functools import reduce
 from typing import Iterable, NamedTuple
 
 from peewee import (
-    OP, SQL, BooleanField, CharField, DatabaseError, DatabaseProxy, DateTimeField, Expression, Field, FloatField,
+    OP, SQL, BooleanField, DatabaseError, DatabaseProxy, DateTimeField, DoubleField, Expression, Field,
     ForeignKeyField, IntegerField, IntegrityError, Model, SqliteDatabase, TextField, Value, fn,
 )
 from playhouse.db_url import connect
@@ -23,7 +23,7 @@ from ingest.identity import keys_of
 from ingest.privacy import reduce_ip
 from ingest.writer import GroupWriter
 from storage.migrations import STEPS, Step, upgrade, write_transaction
-from storage.stores import Person, Store
+from storage.stores import Person, Store, tables
 
 database = DatabaseProxy()
 
@@ -65,27 +65,27 @@ class BaseModel(Model):
 
 
 class Event(BaseModel):
-    site = CharField()
-    dialect = CharField()
-    event_name = CharField()
-    standard_name = CharField()
-    event_id = CharField()  # the dedup key: the client's id, or one we generated
-    channel = CharField(default="web")
+    site = TextField()
+    dialect = TextField()
+    event_name = TextField()
+    standard_name = TextField()
+    event_id = TextField()  # the dedup key: the client's id, or one we generated
+    channel = TextField(default="web")
     occurred_at = UTCDateTimeField()
     received_at = UTCDateTimeField()
-    external_id = CharField(null=True)
-    anonymous_id = CharField(null=True)
+    external_id = TextField(null=True)
+    anonymous_id = TextField(null=True)
     identity = JSONField(default=dict)
     location = JSONField(default=dict)
     click_ids = JSONField(default=dict)
-    ip = CharField(null=True)
+    ip = TextField(null=True)
     user_agent = TextField(null=True)
     page_url = TextField(null=True)
     referrer = TextField(null=True)
-    language = CharField(null=True)
-    value = FloatField(null=True)
-    currency = CharField(null=True)
-    order_id = CharField(null=True)
+    language = TextField(null=True)
+    value = DoubleField(null=True)
+    currency = TextField(null=True)
+    order_id = TextField(null=True)
     items = JSONField(default=list)
     consent = BooleanField(default=True)
     consent_categories = JSONField(null=True)
@@ -107,20 +107,20 @@ class Event(BaseModel):
 
 class Send(BaseModel):
     event = ForeignKeyField(Event, backref="sends", on_delete="CASCADE")
-    site = CharField()
-    destination = CharField()  # "<site>/<name>": names are unique per site only
-    platform = CharField()
-    status = CharField(default=PENDING)
+    site = TextField()
+    destination = TextField()  # "<site>/<name>": names are unique per site only
+    platform = TextField()
+    status = TextField(default=PENDING)
     reason = TextField(null=True)  # why skipped/failed, for a person to act on
     attempts = IntegerField(default=0)  # every try; only retries count toward max_attempts
     retries = IntegerField(default=0)
     next_attempt_at = UTCDateTimeField()
-    lease_owner = CharField(null=True)
+    lease_owner = TextField(null=True)
     lease_until = UTCDateTimeField(null=True)
     last_status = IntegerField(null=True)
     last_error = TextField(null=True)
     response_excerpt = TextField(null=True)
-    trace_id = CharField(null=True)
+    trace_id = TextField(null=True)
     payload = JSONField(null=True)
     match_quality = JSONField(null=True)
     finished_at = UTCDateTimeField(null=True)
@@ -133,10 +133,10 @@ class Send(BaseModel):
 class DestinationState(BaseModel):
     """A paused destination: its sends wait until its config changes or an admin resumes it."""
 
-    destination = CharField(primary_key=True)
+    destination = TextField(primary_key=True)
     paused_reason = TextField()
     paused_at = UTCDateTimeField()
-    fingerprint = CharField()  # the config it was paused under
+    fingerprint = TextField()  # the config it was paused under
 
     class Meta:
         table_name = "destination_state"
@@ -157,6 +157,13 @@ def open_database(url: str, migrate: bool = True, steps: tuple[Step, ...] = STEP
     if migrate:
         upgrade(db, write_turn, steps)
     return db
+
+
+def release_connection(_error: BaseException | None = None) -> None:
+    """After each request (Flask's teardown): on PostgreSQL the thread's connection is closed, or handed back to
+    its pool (`postgresql+pool://`), so a node holds connections only while it uses them. SQLite keeps its own."""
+    if not isinstance(database.obj, SqliteDatabase) and not database.in_transaction():
+        database.close()
 
 
 _turns = threading.local()  # a lock file per thread: a flock excludes other open files, not threads sharing one
@@ -373,7 +380,8 @@ def insert_rows(table: str, columns: list[str], rows: list[list], suffix: str = 
     for chunk in _chunks(rows, len(columns)):
         cursor = database.execute_sql(f"INSERT INTO {table} ({', '.join(columns)}) VALUES {_values(chunk)}{suffix}",
                                       [value for row in chunk for value in row])
-        returned.extend(cursor.fetchall())
+        if cursor.description is not None:  # the statement returns rows (PostgreSQL's driver refuses a fetch if not)
+            returned.extend(cursor.fetchall())
     return returned
 
 
@@ -386,13 +394,32 @@ def update_rows(table: str, match: list[str], columns: list[str], rows: list[lis
     """
     sets = ", ".join(f"{column} = v.column{len(match) + i}" for i, column in enumerate(columns, 1))
     conditions = [f"{table}.{column} = v.column{i}" for i, column in enumerate(match, 1)] + ([where] if where else [])
+    types = _column_types(table, [*match, *columns])
     changed = 0
     for chunk in _chunks(rows, len(match) + len(columns)):
         cursor = database.execute_sql(
-            f"UPDATE {table} SET {sets} FROM (VALUES {_values(chunk)}) AS v WHERE {' AND '.join(conditions)}",
+            f"UPDATE {table} SET {sets} FROM (VALUES {_values(chunk, types)}) AS v WHERE {' AND '.join(conditions)}",
             [*(value for row in chunk for value in row), *params])
         changed += cursor.rowcount
     return changed
+
+
+def _column_types(table: str, columns: list[str]) -> list[str] | None:
+    """PostgreSQL: the SQL types of the table's columns, for a VALUES list to cast its first row to.
+
+    PostgreSQL types each VALUES column from its values, and one that is all NULL as text, which no timestamp
+    or integer column takes. SQLite is typeless: None, no casts.
+    """
+    if isinstance(database.obj, SqliteDatabase):
+        return None
+    model = next(model for model in tables() if model._meta.table_name == table)
+    fields = {field.column_name: field for field in model._meta.sorted_fields}
+    types = []
+    for column in columns:
+        context = database.get_sql_context()
+        kind = context.sql(fields[column].ddl_datatype(context)).query()[0]
+        types.append({"SERIAL": "INTEGER", "BIGSERIAL": "BIGINT"}.get(kind, kind))
+    return types
 
 
 def _chunks(rows: list[list], width: int):
@@ -406,9 +433,11 @@ def _chunks(rows: list[list], width: int):
         start += size
 
 
-def _values(rows: list[list]) -> str:
+def _values(rows: list[list], types: list[str] | None = None) -> str:
+    """Placeholders for rows of values; with `types`, the first row's cast to them (the others follow it)."""
     one = f"({', '.join([database.param] * len(rows[0]))})"
-    return ", ".join([one] * len(rows))
+    first = f"({', '.join(f'{database.param}::{kind}' for kind in types)})" if types else one
+    return ", ".join([first] + [one] * (len(rows) - 1))
 
 
 # --- retention and erasure of events and their sends --------------------------------------------------------

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from peewee import Case, fn
+from peewee import Case, Cast, fn
 
 from config import Config, Destination
 from models import FINAL, PENDING, SENDING, SENT, SKIPPED, DestinationState, Event, Send
@@ -34,7 +34,7 @@ def overview(config: Config, now: datetime) -> dict:
 def events_per_day(site_id: str, today: datetime) -> list[dict]:
     """The site's events received on each of the last DAYS days, oldest first, days without any included."""
     first = today - timedelta(days=DAYS - 1)
-    day = fn.date(Event.received_at).coerce(False)  # the day as text, not read back as a datetime
+    day = Cast(fn.date(Event.received_at), "TEXT").coerce(False)  # the day as text on both backends (PostgreSQL: a date)
     counts = dict(Event.select(day, fn.COUNT(Event.id))
                   .where((Event.site == site_id) & (Event.received_at >= first)).group_by(day).tuples())
     dates = [(first + timedelta(days=i)).date().isoformat() for i in range(DAYS)]

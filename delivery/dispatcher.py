@@ -17,7 +17,7 @@ from delivery import sends as delivery
 from delivery.states import Health
 from ingest.canonical import utcnow
 from config import Config, Destination
-from models import FAILED, SENT, SKIPPED, Send, writing
+from models import FAILED, SENT, SKIPPED, Send
 from platforms import REGISTRY
 from ingest.fanout import past_window
 from outbound import Http
@@ -112,6 +112,10 @@ class Dispatcher:
                 batch = self._prepare(dest, module, rows, moment)
             try:
                 if not rows:
+                    # Another claimer (a node sharing PostgreSQL) may hold the due rows for a moment; while
+                    # any are left unclaimed, this drain goes on rather than waiting for the next tick.
+                    if delivery.any_due(dest.key, moment):
+                        continue
                     break
                 processed += len(rows)
                 if self._deliver(dest, module, batch, moment):

@@ -7,6 +7,8 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 
+from peewee import SqliteDatabase
+
 from ingest.canonical import utcnow
 from config import Destination
 from models import (
@@ -19,18 +21,33 @@ def claim(destination: str, limit: int, now: datetime, lease: timedelta) -> list
     """Lease up to `limit` due sends of one destination; a row is only ever claimed by one owner.
 
     One UPDATE whose WHERE re-checks `status = pending` is the compare-and-set: a racing claimer's
-    statement matches no row this one took. Each send comes with its event, and with the columns of
-    its own that the dispatcher reads (building model rows costs more than the query).
+    statement matches no row this one took. On PostgreSQL the rows are picked `FOR UPDATE SKIP LOCKED`,
+    so claimers on several nodes each take rows the others are not taking, instead of all racing for the
+    same first ones. Each send comes with its event, and with the columns of its own that the dispatcher
+    reads (building model rows costs more than the query).
     """
     owner = uuid.uuid4().hex
-    due = (Send.select(Send.id)
-           .where((Send.destination == destination) & (Send.status == PENDING) & (Send.next_attempt_at <= now))
-           .order_by(Send.next_attempt_at, Send.id).limit(limit))
+    due = _due(destination, now).select(Send.id).order_by(Send.next_attempt_at, Send.id).limit(limit)
+    if not isinstance(database.obj, SqliteDatabase):  # SQLite has no row locks: its one writer claims alone
+        due = due.for_update(skip_locked=True)
     with writing():
+        # Picked first, then updated: as a subquery of the UPDATE, PostgreSQL may run the pick more than once
+        # and lease more rows than `limit`.
+        ids = [send_id for send_id, in due.tuples()]
         (Send.update(status=SENDING, lease_owner=owner, lease_until=now + lease)
-         .where(Send.id.in_(due) & (Send.status == PENDING)).execute())
+         .where(Send.id.in_(ids) & (Send.status == PENDING)).execute())
     return list(Send.select(*CLAIM_COLUMNS, Event).join(Event)
                 .where((Send.lease_owner == owner) & (Send.status == SENDING)).order_by(Send.id))
+
+
+def any_due(destination: str, now: datetime) -> bool:
+    """Whether a send of the destination is due and unclaimed (one another claimer is taking right now counts)."""
+    return _due(destination, now).exists()
+
+
+def _due(destination: str, now: datetime):
+    return Send.select().where((Send.destination == destination) & (Send.status == PENDING)
+                               & (Send.next_attempt_at <= now))
 
 
 CLAIM_COLUMNS = (Send.id, Send.event, Send.status, Send.attempts, Send.retries, Send.lease_owner, Send.lease_until)
@@ -132,9 +149,9 @@ def _reduce(reductions: list[list]) -> None:
 def pause(dest: Destination, reason: str, now: datetime) -> None:
     """A setup error: the destination waits until its config changes or an admin resumes it."""
     with writing():
-        (DestinationState.insert(destination=dest.key, paused_reason=reason, paused_at=now,
-                                 fingerprint=dest.fingerprint())
-         .on_conflict_replace().execute())
+        state = {"paused_reason": reason, "paused_at": now, "fingerprint": dest.fingerprint()}
+        (DestinationState.insert(destination=dest.key, **state)
+         .on_conflict(conflict_target=[DestinationState.destination], update=state).execute())
 
 
 def paused_reason(dest: Destination) -> str | None:

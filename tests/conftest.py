@@ -1,8 +1,14 @@
-"""Fixtures that compose: config -> app (temp-file SQLite) -> client; fake platforms on 127.0.0.1."""
+"""Fixtures that compose: config -> app -> client; fake platforms on 127.0.0.1.
+
+The database is a temp-file SQLite, or with `DATABASE_URL=postgresql://…` (`make test-postgres`) a schema of
+its own in that PostgreSQL database for each config a test builds. Tests about one backend are marked
+`sqlite_only(reason)` or `postgres_only(reason)` and skipped on the other.
+"""
 from __future__ import annotations
 
 import copy
 import functools
+import itertools
 import os
 import re
 import shutil
@@ -60,11 +66,34 @@ def example_config() -> dict:
     return yaml.load((ROOT / "config.example.yaml").read_text(), Loader=yaml.CSafeLoader)
 
 
+# Taken out of the environment: there it would override the database of every config the tests write.
+POSTGRES_URL = os.environ.pop("DATABASE_URL") if os.environ.get("DATABASE_URL", "").startswith("postgres") else ""
+_schemas = itertools.count(1)
+
+
+def on_postgres() -> bool:
+    """The suite runs against PostgreSQL (`make test-postgres`), not SQLite files."""
+    return bool(POSTGRES_URL)
+
+
+def fresh_database(tmp_path: Path) -> str:
+    """A new, empty database's URL: a file in the temp folder, or a new schema in the PostgreSQL database."""
+    if not on_postgres():
+        return f"sqlite:///{tmp_path}/db/postback.db"
+    import psycopg2  # only the PostgreSQL run needs the driver
+
+    schema = f"test_{os.getpid()}_{next(_schemas)}"
+    with psycopg2.connect(POSTGRES_URL) as connection, connection.cursor() as cursor:
+        cursor.execute(f"CREATE SCHEMA {schema}")
+    connection.close()
+    return f"{POSTGRES_URL}{'&' if '?' in POSTGRES_URL else '?'}options=-csearch_path%3D{schema}"
+
+
 def base_config(tmp_path: Path, all_destinations: bool = False) -> dict:
-    """The example config with the database in a temp folder; by default with its Meta destination only,
+    """The example config with a fresh database (fresh_database); by default with its Meta destination only,
     so a test sees one platform unless it asks for more (test_all_platforms uses them all)."""
     raw = copy.deepcopy(example_config())
-    raw["storage"]["database"] = f"sqlite:///{tmp_path}/db/postback.db"
+    raw["storage"]["database"] = fresh_database(tmp_path)
     if not all_destinations:
         site = raw["sites"][0]
         site["destinations"] = [d for d in site["destinations"] if d["platform"] == "meta"]
@@ -86,6 +115,12 @@ def config(raw_config) -> Config:
 
 
 DATABASE_FILES: list[Path] = []
+
+
+def remember_database(url: str) -> None:
+    """Have the end-of-run scan read this SQLite file (PostgreSQL's schemas are all scanned anyway)."""
+    if url.startswith("sqlite:///"):
+        DATABASE_FILES.append(Path(url[len("sqlite:///"):]))
 
 
 @pytest.fixture(scope="session")
@@ -131,9 +166,9 @@ def assembly(app: Flask) -> tuple:
 
 @pytest.fixture
 def app(config, template_database, assembled_app):
+    remember_database(config.database)
     path = sqlite_path(config)
     if path is not None:
-        DATABASE_FILES.append(path)
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(template_database, path)
@@ -229,7 +264,8 @@ def url_secrets_masked():
 
 @pytest.fixture(scope="session", autouse=True)
 def no_raw_pii_in_databases():
-    """After the whole suite, scan every database file the tests wrote for the raw PII they sent."""
+    """After the whole suite, scan every database file the tests wrote, and every row of every table of the
+    PostgreSQL database, for the raw PII they sent."""
     yield
     files = [f for db in DATABASE_FILES for f in (db, db.with_name(db.name + "-wal")) if f.exists()]
     # No raw value holds a NUL byte, so one is in a file exactly when it is in the file with its runs of NULs
@@ -237,8 +273,42 @@ def no_raw_pii_in_databases():
     assert not any("\0" in value for value in RAW_PII)
     squeezed = {f: re.sub(rb"\0+", b"\0", f.read_bytes()) for f in files}
     leaks = [f"{f}: {value}" for f, data in squeezed.items() for value in RAW_PII if value.encode() in data]
-    assert not leaks, f"raw personal data found in database files: {leaks}"
+    if on_postgres():
+        leaks += postgres_rows_holding(RAW_PII)
+    assert not leaks, f"raw personal data found in databases: {leaks}"
     assert all(db.exists() for db in DATABASE_FILES), "a database the tests used is gone before the scan"
+
+
+def postgres_rows_holding(values: list[str]) -> list[str]:
+    """"schema.table: row" for each row of every table in the PostgreSQL database whose text holds one of `values`."""
+    import psycopg2
+
+    connection = psycopg2.connect(POSTGRES_URL)
+    connection.autocommit = True  # a transaction per statement: one over every table would run out of locks
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT quote_ident(schemaname) || '.' || quote_ident(tablename) FROM pg_tables "
+                       "WHERE schemaname NOT IN ('pg_catalog', 'information_schema')")
+        tables = [row[0] for row in cursor.fetchall()]
+        found = []
+        for start in range(0, len(tables), 200):  # one statement per 200 tables: the scan takes seconds, not minutes
+            cursor.execute(" UNION ALL ".join(f"(SELECT '{table}', r::text FROM {table} r WHERE r::text LIKE ANY(%(v)s))"
+                                              for table in tables[start:start + 200]),
+                           {"v": [f"%{value}%" for value in values]})
+            found += [f"{table}: {row}" for table, row in cursor.fetchall()]
+    connection.close()
+    return found
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "sqlite_only(reason): about SQLite itself; skipped on PostgreSQL")
+    config.addinivalue_line("markers", "postgres_only(reason): about PostgreSQL itself; skipped on SQLite")
+
+
+def pytest_runtest_setup(item):
+    other = "sqlite_only" if on_postgres() else "postgres_only"
+    marker = item.get_closest_marker(other)
+    if marker is not None:
+        pytest.skip(f"{other}: {marker.kwargs.get('reason') or (marker.args or ('',))[0]}")
 
 
 os.environ.setdefault("POSTBACK_CONFIG", str(ROOT / "config.example.yaml"))

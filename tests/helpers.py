@@ -11,11 +11,17 @@ import requests
 from requests.structures import CaseInsensitiveDict
 
 from ingest.canonical import utcnow
-from models import Event, Send
+from models import Event, Send, database
 from tests.conftest import BROWSER
 
 GOLDEN = Path(__file__).parent / "golden"
 ROW_FIELDS = ("status", "reason", "attempts", "retries", "last_status", "last_error", "trace_id")
+
+
+def every_table_text() -> str:
+    """Every row of every table in the database, as text (SQLite or PostgreSQL)."""
+    db = database.obj
+    return "\n".join(repr(row) for table in db.get_tables() for row in db.execute_sql(f'SELECT * FROM "{table}"'))
 
 
 def sha(text: str) -> str:

@@ -13,19 +13,21 @@ import base64
 import json
 import os
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
 from collections import Counter
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import requests
 import yaml
+from playhouse.db_url import connect
 
-from tests.conftest import DATABASE_FILES, RAW_PII, ROOT, base_config, meta_destination
+from tests.conftest import RAW_PII, ROOT, base_config, meta_destination, remember_database
 from tests.fakes.meta import FakeMeta
 from tests.fakes.telegram import FakeTelegram, chat_member, telegram_section
 
@@ -69,7 +71,7 @@ def fakes():
 
 @pytest.fixture
 def server(tmp_path, fakes):
-    """gunicorn on a free port with gunicorn.conf.py, serving a config of its own; its base URL and database path."""
+    """gunicorn on a free port with gunicorn.conf.py, serving a config of its own; its base URL and database URL."""
     meta, telegram = fakes
     raw = base_config(tmp_path)
     site = raw["sites"][0]
@@ -77,20 +79,27 @@ def server(tmp_path, fakes):
     site["telegram"] = telegram_section(telegram.url, telegram.token, SECRET)
     raw["admin"] = {"password": PASSWORD}
     raw["dispatch"]["interval_seconds"] = 1
-    config = tmp_path / "config.yaml"
+    with gunicorn(tmp_path, raw) as (base, log):
+        yield base, raw["storage"]["database"], log
+
+
+@contextmanager
+def gunicorn(folder: Path, raw: dict, name: str = "gunicorn") -> Iterator[tuple[str, Path]]:
+    """A gunicorn on a free port with gunicorn.conf.py serving this config; its base URL and log, stopped after."""
+    config = folder / f"{name}.yaml"
     config.write_text(yaml.safe_dump(raw))
-    database = tmp_path / "db" / "postback.db"
-    DATABASE_FILES.append(database)
+    remember_database(raw["storage"]["database"])
     port = free_port()
     env = {**os.environ, "POSTBACK_CONFIG": str(config), "HOST": "127.0.0.1", "PORT": str(port),
-           "ACCESS_LOG": str(tmp_path / "access.log")}
-    log = (tmp_path / "gunicorn.log").open("w")
+           "ACCESS_LOG": str(folder / f"{name}.access.log")}
+    path = folder / f"{name}.log"
+    log = path.open("w")
     process = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"], cwd=ROOT, env=env,
                                stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_until_up(base, process, tmp_path / "gunicorn.log")
-        yield base, database, tmp_path / "gunicorn.log"
+        _wait_until_up(base, process, path)
+        yield base, path
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -184,15 +193,16 @@ class Walker:
                   headers={"X-Telegram-Bot-Api-Secret-Token": SECRET})
 
 
-def stored(database: Path) -> Counter:
+def stored(database: str) -> Counter:
     """Rows per table, events per dialect."""
-    with sqlite3.connect(database) as db:
-        rows = Counter({f"events/{dialect}": n for dialect, n in
-                        db.execute("SELECT dialect, count(*) FROM events GROUP BY dialect")})
-        for table in ("octeth_subscribers", "funnel_visits", "funnel_sessions", "funnel_invite_links",
-                      "funnel_conversions", "funnel_leads", "admin_sessions", "user_profiles", "products",
-                      "pixel_profiles"):
-            rows[table] = db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    db = connect(database)
+    rows = Counter({f"events/{dialect}": n for dialect, n in
+                    db.execute_sql("SELECT dialect, count(*) FROM events GROUP BY dialect").fetchall()})
+    for table in ("octeth_subscribers", "funnel_visits", "funnel_sessions", "funnel_invite_links",
+                  "funnel_conversions", "funnel_leads", "admin_sessions", "user_profiles", "products",
+                  "pixel_profiles"):
+        rows[table] = db.execute_sql(f"SELECT count(*) FROM {table}").fetchone()[0]
+    db.close()
     return rows
 
 

@@ -81,6 +81,7 @@ def test_signing_out_ends_the_session(client):
     assert client.get("/dashboard/").status_code == 302
 
 
+@pytest.mark.sqlite_only(reason="the generated password is kept beside the SQLite file; on PostgreSQL in data/")
 def test_without_a_password_one_is_generated_kept_private_and_printed_once(raw_config, tmp_path, capsys):
     raw_config["admin"]["password"] = ""
     from app import create_app
@@ -106,6 +107,7 @@ def test_workers_starting_together_generate_one_password(tmp_path):
     assert sorted(results) == [("0", False)] * 7 + [("0", True)]
 
 
+@pytest.mark.sqlite_only(reason="the generated password is kept beside the SQLite file; on PostgreSQL in data/")
 def test_the_login_page_says_where_the_generated_password_is(raw_config, tmp_path, request):
     raw_config["admin"]["password"] = ""
     page = request.getfixturevalue("client").get("/dashboard/login").get_data(as_text=True)

@@ -11,6 +11,8 @@ from models import database
 from tests.conftest import BROWSER
 from tests.helpers import signup
 
+pytestmark = pytest.mark.sqlite_only(reason="SQLite's EXPLAIN QUERY PLAN")
+
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 
 

@@ -111,6 +111,7 @@ def test_events_waiting_together_are_written_in_one_transaction(config, groups, 
     assert Event.select().count() == 10
 
 
+@pytest.mark.sqlite_only(reason="reads the SQLite file from a second connection while the group is written")
 def test_a_caller_is_answered_only_once_its_group_has_committed(config, groups, pool):
     site = config.site_for_key("key_demo_123")
     first = hold(pool)

@@ -101,6 +101,7 @@ def test_a_login_session_authenticates_like_the_password(client):
     assert response.get_json() == {"entries": []}
 
 
+@pytest.mark.sqlite_only(reason="the generated password is kept beside the SQLite file; on PostgreSQL in data/")
 def test_without_an_admin_password_the_admin_api_takes_the_generated_one(raw_config, tmp_path, request):
     raw_config["admin"]["password"] = ""
     client = request.getfixturevalue("client")

@@ -25,6 +25,8 @@ from models import Send, database, open_database
 from storage.migrations import STEPS, VERSION_TABLE, SchemaError, Step, status
 from tests.conftest import DATABASE_FILES, ROOT, SEED_EXAMPLE, base_config, build_config
 
+pytestmark = pytest.mark.sqlite_only(reason="upgrades SQLite files made before migrations (PostgreSQL's first start: test_backends)")
+
 FIXTURE = ROOT / "tests" / "fixtures" / "before_migrations.db"
 FIXTURE_TABLES = {"events": 10, "sends": 50, "user_profiles": 2, "products": 1, "pixel_profiles": 1,
                   "octeth_subscribers": 2, "octeth_properties": 11, "funnel_visits": 2, "funnel_sessions": 2,

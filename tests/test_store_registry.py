@@ -21,6 +21,7 @@ from models import BaseModel, database
 from storage.migrations import VERSION_TABLE
 from storage.stores import Person, Store
 from tests.conftest import BROWSER, RAW_PII
+from tests.helpers import every_table_text
 
 ROOT = Path(__file__).resolve().parent.parent
 DIALECTS = sorted(p.name for p in (ROOT / "dialects").iterdir() if (p / "__init__.py").exists())
@@ -66,11 +67,6 @@ def unregistered() -> list[str]:
     return sorted(model.__name__ for model in defined_models() if listed.count(model) != 1)
 
 
-def every_table_text() -> str:
-    tables = [row[0] for row in database.execute_sql("SELECT name FROM sqlite_master WHERE type = 'table'")]
-    return "\n".join(repr(row) for table in tables for row in database.execute_sql(f'SELECT * FROM "{table}"'))
-
-
 # --- the contract ----------------------------------------------------------------------------------------------
 
 
@@ -106,7 +102,7 @@ def test_the_ordered_table_list_holds_every_table_exactly_once_the_core_first():
 
 
 def test_the_database_has_every_listed_table_and_no_other(client):
-    in_file = {row[0] for row in database.execute_sql("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    in_file = set(database.get_tables())
     assert in_file - {"sqlite_sequence", VERSION_TABLE} == {table._meta.table_name for table in stores.tables()}
 
 

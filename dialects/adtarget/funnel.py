@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Callable
 
 from peewee import (
-    AutoField, BooleanField, CharField, FloatField, ForeignKeyField, IntegerField, IntegrityError, TextField, fn,
+    AutoField, BooleanField, DoubleField, ForeignKeyField, IntegerField, IntegrityError, TextField, fn,
 )
 
 from ingest import inspector
@@ -71,11 +71,11 @@ class FunnelError(Refused):
 class TrackingSession(BaseModel):
     """One browsing session of a visitor (tempId + clientSessionId)."""
 
-    id = CharField(primary_key=True)
-    site = CharField()
-    temp_id = CharField()
-    client_session_id = CharField()
-    external_user_id = CharField(null=True)
+    id = TextField(primary_key=True)
+    site = TextField()
+    temp_id = TextField()
+    client_session_id = TextField()
+    external_user_id = TextField(null=True)
     created_at = UTCDateTimeField()
     last_seen_at = UTCDateTimeField()
 
@@ -88,18 +88,18 @@ class Visit(BaseModel):
     """A landing-page view with everything that later attributes a Telegram join to its ad click."""
 
     id = AutoField()
-    public_id = CharField(unique=True)
-    site = CharField()
+    public_id = TextField(unique=True)
+    site = TextField()
     session = ForeignKeyField(TrackingSession, backref="visits", on_delete="CASCADE")
-    temp_id = CharField()
+    temp_id = TextField()
     href = TextField()
     landing_page = TextField()
     referrer = TextField(null=True)
     click_ids = JSONField(default=dict)
-    ip = CharField(null=True)
+    ip = TextField(null=True)
     user_agent = TextField(null=True)
     location = JSONField(default=dict)
-    external_user_id = CharField(null=True)
+    external_user_id = TextField(null=True)
     utm = JSONField(default=dict)
     properties = JSONField(default=dict)
     created_at = UTCDateTimeField()
@@ -118,12 +118,12 @@ class InviteLink(BaseModel):
     """A named invite link made for one visitor and one channel, and the visit it attributes joins to."""
 
     id = AutoField()
-    site = CharField()
-    channel = CharField()  # the config id
-    temp_id = CharField()
+    site = TextField()
+    channel = TextField()  # the config id
+    temp_id = TextField()
     visit = ForeignKeyField(Visit, backref="invite_links", on_delete="CASCADE")
-    invite_link = CharField(unique=True)
-    name = CharField()
+    invite_link = TextField(unique=True)
+    name = TextField()
     created_at = UTCDateTimeField()
 
     class Meta:
@@ -135,9 +135,9 @@ class Lead(BaseModel):
     """A Telegram user who converted on a site."""
 
     id = AutoField()
-    site = CharField()
-    telegram_user_id = CharField()
-    external_user_id = CharField(null=True)
+    site = TextField()
+    telegram_user_id = TextField()
+    external_user_id = TextField(null=True)
     first_seen_at = UTCDateTimeField()
     last_seen_at = UTCDateTimeField()
 
@@ -150,20 +150,20 @@ class Conversion(BaseModel):
     """One conversion of a lead on a channel; its canonical event's event_id is its public id."""
 
     id = AutoField()
-    public_id = CharField(unique=True)
-    site = CharField()
-    telegram_user_id = CharField()
-    channel = CharField()  # the config id
-    event_type = CharField()
-    event_name = CharField()
-    source = CharField()  # tracker | webhook | api
-    status = CharField()  # dispatched | awaiting_value | skipped
+    public_id = TextField(unique=True)
+    site = TextField()
+    telegram_user_id = TextField()
+    channel = TextField()  # the config id
+    event_type = TextField()
+    event_name = TextField()
+    source = TextField()  # tracker | webhook | api
+    status = TextField()  # dispatched | awaiting_value | skipped
     cold_lead = BooleanField()
     visit = ForeignKeyField(Visit, null=True, backref="conversions", on_delete="SET NULL")
     session = ForeignKeyField(TrackingSession, null=True, backref="conversions", on_delete="SET NULL")
     override = JSONField(default=dict)  # the attribution the request itself supplied (the vendor's apiVisitOverride)
-    value = FloatField(null=True)
-    currency = CharField(null=True)
+    value = DoubleField(null=True)
+    currency = TextField(null=True)
     update_id = IntegerField(null=True)  # the Telegram update it came from: a redelivered update is recorded once
     pending_event = JSONField(null=True)  # awaiting a value: the event to accept once the value arrives
     attributed_at = UTCDateTimeField()

@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Iterable
 
-from peewee import CharField, FloatField, TextField
+from peewee import DoubleField, TextField
 
 from models import BaseModel, JSONField, UTCDateTimeField, writing
 from storage.stores import Store
@@ -17,11 +17,11 @@ COLUMNS = {"name": "name", "price": "price", "currency": "currency", "category":
 class Product(BaseModel):
     """One catalogue item of a site; `product_id` is the shop's own id (the SKU items name)."""
 
-    site = CharField()
-    product_id = CharField()
+    site = TextField()
+    product_id = TextField()
     name = TextField(null=True)
-    price = FloatField(null=True)
-    currency = CharField(null=True)
+    price = DoubleField(null=True)
+    currency = TextField(null=True)
     category = TextField(null=True)
     brand = TextField(null=True)
     url = TextField(null=True)

@@ -5,7 +5,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from peewee import CharField
+from peewee import TextField
 
 from storage import retention
 from models import BaseModel, JSONField, UTCDateTimeField, any_of, holding, personal_hashes, writing
@@ -17,9 +17,9 @@ log = logging.getLogger(__name__)
 class Profile(BaseModel):
     """What the shop told us about one of its users; identity hashed, never raw."""
 
-    site = CharField()
-    user_id = CharField()
-    anonymous_id = CharField(null=True)
+    site = TextField()
+    user_id = TextField()
+    anonymous_id = TextField(null=True)
     identity = JSONField(default=dict)  # flavour -> sha256 hex
     location = JSONField(default=dict)  # normalized, clear (docs/privacy.md)
     created_at = UTCDateTimeField()

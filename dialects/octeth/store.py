@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Iterable
 
-from peewee import AutoField, CharField, IntegrityError, fn
+from peewee import AutoField, IntegrityError, TextField, fn
 
 from models import BaseModel, UTCDateTimeField, any_of, writing
 from storage.stores import Person, Store
@@ -20,11 +20,11 @@ class OctethSubscriber(BaseModel):
     """A subscriber first seen on a list: the event that identified it and its external id."""
 
     id = AutoField()
-    site = CharField()
-    list_id = CharField()
-    email_hash = CharField()  # sha256 of the normalized email, as in the event's identity
-    external_id = CharField()  # the `ID` sent, else one generated on first sight
-    first_event_id = CharField()
+    site = TextField()
+    list_id = TextField()
+    email_hash = TextField()  # sha256 of the normalized email, as in the event's identity
+    external_id = TextField()  # the `ID` sent, else one generated on first sight
+    first_event_id = TextField()
     created_at = UTCDateTimeField()
 
     class Meta:
@@ -36,10 +36,10 @@ class OctethProperty(BaseModel):
     """One property name seen on an event of a list: the catalogue `website_events.properties` answers."""
 
     id = AutoField()
-    site = CharField()
-    list_id = CharField()
-    event = CharField()
-    key = CharField()
+    site = TextField()
+    list_id = TextField()
+    event = TextField()
+    key = TextField()
 
     class Meta:
         table_name = "octeth_properties"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from peewee import CharField
+from peewee import TextField
 
 from ingest.canonical import utcnow
 from models import BaseModel, JSONField, UTCDateTimeField, any_of, holding, writing
@@ -15,10 +15,10 @@ from storage.stores import Person, Store
 
 
 class PixelProfile(BaseModel):
-    site = CharField()
-    uuid = CharField()
+    site = TextField()
+    uuid = TextField()
     identity = JSONField(default=dict)  # flavour -> sha256 hex, as on the canonical event
-    fbid = CharField(null=True)  # kept plain: Meta's fb_login_id must not be hashed
+    fbid = TextField(null=True)  # kept plain: Meta's fb_login_id must not be hashed
     created_at = UTCDateTimeField()
     updated_at = UTCDateTimeField()
 

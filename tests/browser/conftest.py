@@ -45,12 +45,12 @@ def service(tmp_path_factory, fake_meta_server):
 
     from app import create_app
     from models import database
-    from tests.conftest import DATABASE_FILES, base_config, build_config, meta_destination, with_destinations
+    from tests.conftest import base_config, build_config, meta_destination, remember_database, with_destinations
 
     raw = with_destinations(base_config(tmp_path_factory.mktemp("console")), meta_destination(fake_meta_server.url))
     raw["admin"]["password"] = "browser-pass"
     config = build_config(raw)
-    DATABASE_FILES.append(Path(config.database[len("sqlite:///"):]))
+    remember_database(config.database)
     server = make_server("127.0.0.1", 0, create_app(config), threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -1,0 +1,84 @@
+"""The same behaviour on SQLite and PostgreSQL, and what PostgreSQL needs of its own: row locks, one migrator.
+
+With DATABASE_URL=postgresql://… (`make test-postgres`) every test here runs against PostgreSQL too.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import timedelta
+
+import pytest
+from playhouse.db_url import connect
+
+from delivery import sends as delivery
+from ingest.canonical import utcnow
+from models import Event, Send, database
+from storage.migrations import STEPS, VERSION_TABLE
+from storage.stores import tables
+from tests.conftest import BROWSER, ROOT, base_config
+from tests.helpers import signup, track
+
+LONG_NAME = "checkout_" + "x" * 291  # 300 characters: no silent 255 limit on either backend
+
+
+def test_money_keeps_every_digit_a_double_holds(client):
+    track(client, signup("big-order", event="purchase_completed", value=1234567.89, currency="EUR"))
+
+    assert Event.get().value == 1234567.89
+
+
+def test_an_event_name_of_three_hundred_characters_is_stored_whole(client):
+    response = client.post("/v1/track", headers=BROWSER, json={
+        "api_key": "key_demo_123", "event": LONG_NAME, "event_id": "long", "email": "x@example.com"})
+
+    assert (response.status_code, response.get_json()["message"]) == (200, "Event recorded successfully")
+    assert Event.get().event_name == LONG_NAME
+
+
+def test_a_pause_written_twice_keeps_the_latest_reason(client, config):
+    dest = config.destinations()[0]
+    delivery.pause(dest, "token expired", utcnow())
+    delivery.pause(dest, "token revoked", utcnow())
+
+    assert delivery.paused_reason(dest) == "token revoked"
+
+
+@pytest.mark.postgres_only(reason="SQLite has no row locks: its one writer claims alone")
+def test_a_claim_takes_the_due_sends_another_claimer_holds_no_lock_on_without_waiting_for_it(client, config):
+    track(client, *(signup(f"e{n}") for n in range(6)))
+    first_three = [send.id for send in Send.select().order_by(Send.id).limit(3)]
+    other = connect(config.database)  # another node, mid-claim: it holds the first three rows
+    with other.atomic():
+        other.execute_sql("SELECT id FROM sends WHERE id IN %s FOR UPDATE", (tuple(first_three),))
+
+        claimed = delivery.claim("shop/meta", 10, utcnow(), timedelta(seconds=30))
+
+        assert [send.id for send in claimed] == [send.id for send in Send.select().order_by(Send.id)][3:]
+    other.close()
+
+
+# Run in a process of its own: each one opens the database as a starting gunicorn worker does.
+START = "import sys; from models import open_database; open_database(sys.argv[1]); print('ok')"
+
+
+@pytest.mark.postgres_only(reason="PostgreSQL's advisory lock; SQLite's turn is a lock file, tested in test_migrations")
+def test_six_workers_starting_on_an_empty_database_create_and_version_it_once(tmp_path):
+    url = base_config(tmp_path)["storage"]["database"]
+
+    workers = [subprocess.Popen([sys.executable, "-c", START, url], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True) for _ in range(6)]
+    outputs = [worker.communicate(timeout=120)[0] for worker in workers]
+
+    assert outputs == ["ok\n"] * 6
+    db = connect(url)
+    assert db.execute_sql(f"SELECT version FROM {VERSION_TABLE}").fetchall() == [(STEPS[-1].version,)]
+    assert set(db.get_tables()) == {VERSION_TABLE, *(table._meta.table_name for table in tables())}
+    db.close()
+
+
+@pytest.mark.postgres_only(reason="SQLite keeps its one connection per thread; PostgreSQL's are counted")
+def test_a_request_hands_its_connection_back(client):
+    track(client, signup("e1"))
+
+    assert database.is_closed()
