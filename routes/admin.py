@@ -150,6 +150,29 @@ def replay_send(send_pk: int):
     return jsonify({"queued": replay(send_pk)})
 
 
+@bp.post("/erase")
+@admin_required
+def erase_person():
+    """Erase a person (GDPR) by `email` or `phone` from every store, on one `site` or all; rows erased per site."""
+    from storage import retention
+
+    config = current_config()
+    body = read_json(request, config.max_body_bytes)
+    if not isinstance(body, dict):
+        return jsonify({"error": "Request body must be a JSON object", "code": 400}), 400
+    email, phone, site_id = (body.get(key) for key in ("email", "phone", "site"))
+    if not all(value is None or isinstance(value, str) for value in (email, phone, site_id)) or bool(email) == bool(phone):
+        return jsonify({"error": "Give one of email or phone (text), and optionally site", "code": 400}), 400
+    sites = [site for site in config.sites if site_id in (None, site.id)]
+    if not sites:
+        return jsonify({"error": "Unknown site", "code": 404}), 404
+    try:  # every site's person first: a value one site's country refuses erases nothing anywhere
+        people = [retention.person_named(site, "admin API", email, phone) for site in sites]
+    except ValueError as exc:  # the reason never quotes the value
+        return jsonify({"error": f"Nothing erased: {exc}", "code": 400}), 400
+    return jsonify({"erased": {person.site: retention.erase(person, utcnow()) for person in people}})
+
+
 @bp.get("/config")
 @admin_required
 def config_lookup():
