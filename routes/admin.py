@@ -7,20 +7,22 @@ import os
 import secrets
 import sys
 from functools import wraps
+from typing import Callable
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 
 from config import Config
 from console import kept
 from console.events import Filters, listing
 from console.overview import overview
-from console.sessions import open_session, valid_session
+from console import throttle
+from console.sessions import end_session, open_session, valid_session
 from console.settings import shown_config
 from console.story import replay, story
 from dialects.errors import BodyTooLarge, Refused
 from ingest import inspector
 from ingest.canonical import utcnow
-from routes.common import current_config, read_json
+from routes.common import current_config, read_json, requester_ip
 
 bp = Blueprint("admin", __name__, url_prefix="/admin/api")
 SESSION_HOURS = 12
@@ -74,20 +76,59 @@ def password_matches(given: str | None) -> bool:
     return given is not None and hmac.compare_digest(given.encode(), expected.encode())
 
 
-def _authorized() -> bool:
+class Throttled(Exception):
+    """Too many wrong admin credentials from this client: it must wait `seconds` before its next try counts."""
+
+    def __init__(self, seconds: int):
+        super().__init__(f"Too many failed attempts: retry in {seconds} s")
+        self.seconds = seconds
+
+
+def guarded(check: Callable[[], bool]) -> bool:
+    """One try of an admin credential from this client, through the throttle (console/throttle.py): raises
+    Throttled while it must wait, whatever the credential; else whether `check` accepts it, counted."""
+    client, now = requester_ip(request, current_config().trusted_proxies), utcnow()
+    wait = throttle.retry_after(client, now)
+    if wait:
+        raise Throttled(wait)
+    if check():
+        throttle.succeeded(client)
+        return True
+    throttle.failed(client, now)
+    return False
+
+
+def throttled(exc: Throttled) -> Response:
+    """429 with `Retry-After`, in the admin API's `{"error", "code"}`."""
+    response = jsonify({"error": str(exc), "code": 429})
+    response.status_code = 429
+    response.headers["Retry-After"] = str(exc.seconds)
+    return response
+
+
+def _bearer() -> str | None:
     header = request.headers.get("Authorization", "")
-    if header.startswith("Bearer "):
-        token = header[len("Bearer "):]
-        return password_matches(token) or valid_session(token)
+    return header[len("Bearer "):] if header.startswith("Bearer ") else None
+
+
+def _authorized() -> bool:
+    """A credential is given and right (no credential at all is not a failed try)."""
+    token = _bearer()
+    if token is not None:
+        return guarded(lambda: password_matches(token) or valid_session(token))
     if request.authorization and request.authorization.type == "basic":
-        return password_matches(request.authorization.password)
+        return guarded(lambda: password_matches(request.authorization.password))
     return False
 
 
 def admin_required(view):
     @wraps(view)
     def wrapper(*args, **kwargs):
-        if not _authorized():
+        try:
+            authorized = _authorized()
+        except Throttled as exc:
+            return throttled(exc)
+        if not authorized:
             response = jsonify({"error": "Authentication required", "code": 401})
             response.headers["WWW-Authenticate"] = 'Basic realm="Postback admin"'
             return response, 401
@@ -100,10 +141,23 @@ def login():
     """Exchange the admin password for a session id (also usable as Octeth's SessionID)."""
     body = read_json(request, current_config().max_body_bytes)  # bounded, as every dialect reads its body
     password = body.get("password") if isinstance(body, dict) else None
-    if not isinstance(password, str) or not password_matches(password):
+    try:
+        right = isinstance(password, str) and guarded(lambda: password_matches(password))
+    except Throttled as exc:
+        return throttled(exc)
+    if not right:
         return jsonify({"error": "Wrong password", "code": 401}), 401
     session = open_session(SESSION_HOURS)
     return jsonify({"session_id": session.id, "expires_at": session.expires_at.isoformat()})
+
+
+@bp.post("/logout")
+def logout():
+    """End the session whose id is the Bearer token: it no longer signs anyone in."""
+    token = _bearer()
+    if token is None or not end_session(token):
+        return jsonify({"error": "No such session", "code": 404}), 404
+    return jsonify({"logged_out": True})
 
 
 @bp.get("/inspector")

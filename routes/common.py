@@ -88,12 +88,25 @@ def client_context(request: Request, trusted_proxies: int) -> ClientContext:
     )
 
 
+def cookies_secure(request: Request) -> bool:
+    """Whether cookies get the Secure flag: when Postback is served over HTTPS (`server.public_url`), or the
+    browser reached it so."""
+    config = current_config()
+    return str(config.server.get("public_url") or "").startswith("https://") or reached_over_https(
+        request, config.trusted_proxies)
+
+
 def reached_over_https(request: Request, trusted_proxies: int) -> bool:
     """Whether the browser reached us over HTTPS; X-Forwarded-Proto counts only behind trusted proxies."""
     if request.is_secure:
         return True
     hops = [h.strip().lower() for h in request.headers.get("X-Forwarded-Proto", "").split(",") if h.strip()]
     return trusted_proxies > 0 and bool(hops) and hops[-1] == "https"  # the nearest proxy sets or appends it last
+
+
+def requester_ip(request: Request, trusted_proxies: int) -> str:
+    """Who is asking, for throttling: the connection's address (never the client-IP override a caller sets)."""
+    return _connection_ip(request, trusted_proxies) or "unknown"
 
 
 def _connection_ip(request: Request, trusted_proxies: int) -> str | None:
