@@ -2,6 +2,7 @@
 stats, ...)."""
 from __future__ import annotations
 
+import io
 import sys
 from contextlib import contextmanager
 from importlib import import_module
@@ -178,6 +179,35 @@ def purge():
     _open(config)
     removed = retention.purge(config.retention_days, utcnow())
     click.echo("removed " + ", ".join(f"{table} {n}" for table, n in removed.items()))
+
+
+@cli.command()
+@click.option("--email", help="The person's email address, as your shop knows it.")
+@click.option("--phone", help="The person's phone number (national numbers read in each site's default_country).")
+@click.option("--site", "site_id", help="Only this site (default: every site).")
+def erase(email: str | None, phone: str | None, site_id: str | None):
+    """Erase a person (GDPR) by email or phone from every store: events, sends, profiles, subscribers, leads, visits."""
+    from storage import retention
+    from ingest.canonical import utcnow
+
+    if bool(email) == bool(phone):
+        _missing("give one of --email or --phone")
+    config = _load()
+    sites = [s for s in config.sites if site_id in (None, s.id)]
+    if not sites:
+        _missing(f"no site {site_id!r} in {config.path}")
+    try:  # every site's person first: a value one site's country refuses erases nothing anywhere
+        people = [retention.person_named(site, "erase command", email, phone) for site in sites]
+    except ValueError as exc:
+        _missing(f"nothing erased: {exc}")
+    _open(config)
+    lines = []
+    # A bar on a terminal; piped, only the plain lines a script reads.
+    with click.progressbar(people, label="erasing", file=sys.stderr if sys.stderr.isatty() else io.StringIO()) as bar:
+        for person in bar:
+            erased = retention.erase(person, utcnow())
+            lines.append(f"site {person.site}: erased " + ", ".join(f"{table} {n}" for table, n in erased.items()))
+    click.echo("\n".join(lines))
 
 
 @cli.command()

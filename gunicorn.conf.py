@@ -11,6 +11,8 @@ threads = int(os.environ.get("THREADS", "8"))
 accesslog = os.environ.get("ACCESS_LOG", "-")
 # Path without the query string (the pixel's `params` carries an email) and no client IP: no personal data.
 access_log_format = '"%(m)s %(U)s" %(s)s %(B)s %(M)sms'
+# Redacts a path segment that is an email or phone, and escapes control characters (a forged log line).
+logger_class = "logs.AccessLogger"
 keepalive = 5
 # The pixel carries its data in the query string; gunicorn's default refuses request lines over 4 KB.
 limit_request_line = 8190

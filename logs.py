@@ -6,6 +6,11 @@ import logging
 import os
 import re
 import sys
+from urllib.parse import unquote
+
+from gunicorn.glogging import Logger as GunicornLogger
+
+from ingest import personal
 
 # Secrets some APIs force into URLs: Snapchat's access_token, GA4's api_secret, Telegram's /bot<token>/.
 _URL_SECRETS = (
@@ -65,6 +70,27 @@ class _RedactURLSecrets(logging.Filter):
         if clean != message:
             record.msg, record.args = clean, ()
         return True
+
+
+def access_path(path: str) -> str:
+    """A request path as the access log writes it: a segment that is an email address or phone number (a User API
+    `DELETE /users/<email>`) redacted, control characters escaped so no one can forge a log line."""
+    return escape_control("/".join("redacted" if personal.kind(unquote(segment)) else segment
+                                   for segment in path.split("/")))
+
+
+def escape_control(text: str) -> str:
+    """Text with its control characters (CR, LF, ESC, …) written as escapes: one line stays one line."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
+class AccessLogger(GunicornLogger):
+    """gunicorn's logger, whose access-log atoms carry no personal path segments and no control characters."""
+
+    def atoms(self, resp, req, environ, request_time) -> dict:
+        atoms = super().atoms(resp, req, environ, request_time)
+        escaped = {key: escape_control(value) for key, value in atoms.items() if isinstance(value, str)}
+        return {**atoms, **escaped, "U": access_path(atoms.get("U") or "")}
 
 
 def mask_url_secrets() -> None:

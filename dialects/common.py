@@ -1,5 +1,5 @@
 """What every dialect parser shares: the request's client context, typed-field readers,
-PII-named property filtering and bot detection (click ids: ingest/clickids.py)."""
+personal-data filtering of properties, URLs and user ids, and bot detection (click ids: ingest/clickids.py)."""
 from __future__ import annotations
 
 import math
@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any, Mapping
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from user_agents import parse as parse_user_agent
 
 from dialects.errors import FieldError
 from ingest.canonical import fold
+from ingest import personal
 from ingest.iso import currency_code
 
 MAX_ID_CHARS = 255
@@ -139,41 +140,115 @@ def split_url(url: str) -> SplitResult | None:
         return None
 
 
-def clean_url(value: Any, key: str, notes: list[str]) -> str | None:
+def clean_url(value: Any, key: str, notes: list[str], country: str | None = None) -> str | None:
+    """An http(s) URL without the personal data it carries (`url_without_pii`); None, with a reason, for anything else."""
     if not present(value):
         return None
     if isinstance(value, str):
         parts = split_url(value.strip())
         if parts is not None and parts.scheme in ("http", "https") and parts.netloc:
-            return value.strip()
+            return url_without_pii(value.strip(), key, notes, country)
     notes.append(f"{key}: dropped, not an http(s) URL")
     return None
+
+
+REDACTED = "redacted"
+
+
+def url_without_pii(url: str | None, key: str, notes: list[str], country: str | None = None) -> str | None:
+    """The URL without the query parameters whose value is an email address or phone number (each dropped with a
+    reason), such path segments and fragment replaced by `redacted`, and no user name or password."""
+    parts = split_url(url) if url else None
+    if parts is None:
+        return url
+    netloc, query, fragment = parts.netloc, parts.query, parts.fragment
+    if "@" in netloc:
+        netloc = netloc.rsplit("@", 1)[1]
+        notes.append(f"{key}: user name dropped from the URL")
+    pairs = parse_qsl(query, keep_blank_values=True)
+    kept = []
+    for name, value in pairs:
+        found = personal.kind(value, country) or personal.kind(name, country)
+        if found:
+            notes.append(f"{key}: query parameter {_safe_name(name, country)!r} dropped, its value is {found}")
+        else:
+            kept.append((name, value))
+    if len(kept) < len(pairs):
+        query = urlencode(kept)
+    segments = parts.path.split("/")
+    redacted = [REDACTED if personal.kind(unquote(segment), country) else segment for segment in segments]
+    if redacted != segments:
+        notes.append(f"{key}: a path segment that is an email address or phone number redacted")
+    if fragment and (personal.kind(unquote(fragment), country)
+                     or any(personal.kind(v, country) for _, v in parse_qsl(fragment))):
+        fragment = REDACTED
+        notes.append(f"{key}: fragment redacted, it holds an email address or phone number")
+    if (netloc, query, redacted, fragment) == (parts.netloc, parts.query, segments, parts.fragment):
+        return url
+    return urlunsplit((parts.scheme, netloc, "/".join(redacted), query, fragment))
+
+
+def _safe_name(name: str, country: str | None) -> str:
+    """A key as a reason may quote it: not when the key itself is personal data."""
+    return "(personal data)" if personal.kind(name, country) else name
+
+
+def kept_user_id(value: str | None, key: str, notes: list[str], country: str | None = None) -> str | None:
+    """A shop's user id as it is kept: in clear, unless its value is an email address or phone number, which is
+    hashed like any personal data (docs/privacy.md)."""
+    if value is None:
+        return None
+    digest = personal.hashed_id(value, country)
+    if digest is None:
+        return value
+    notes.append(f"{key}: hashed, its value is {personal.kind(value, country)}; "
+                 "a destination that takes only a plain user id gets none")
+    return digest
 
 
 MAX_PROPERTY_DEPTH = 16
 
 
-def custom_properties(raw: Mapping[str, Any], notes: list[str], path: str = "", depth: int = 0) -> dict[str, Any]:
-    """Unknown keys are kept as properties, except keys that name personal data (at any depth)."""
+def custom_properties(raw: Mapping[str, Any], notes: list[str], path: str = "", depth: int = 0,
+                      country: str | None = None) -> dict[str, Any]:
+    """Unknown keys are kept as properties, except (at any depth) keys that name personal data and values that are
+    personal data, whatever their key (`ingest/personal.py`): those are dropped with a reason."""
     kept = {}
     for key, value in raw.items():
+        name = f"{path}{_safe_name(str(key), country)}"
         if fold(str(key)) in PII_PROPERTY_KEYS:
-            notes.append(f"{path}{key}: dropped, a custom property named like personal data is never stored")
-        else:
-            kept[str(key)] = _without_pii(value, f"{path}{key}", notes, depth + 1)
+            notes.append(f"{name}: dropped, a custom property named like personal data is never stored")
+        elif found := personal.kind(str(key), country):
+            notes.append(f"{name}: dropped, its key is {found}")
+        elif not _dropped(value, name, notes, country):
+            kept[str(key)] = _without_pii(value, name, notes, depth + 1, country)
     return kept
 
 
-def _without_pii(value: Any, path: str, notes: list[str], depth: int) -> Any:
-    """A nested object's PII-named keys would otherwise reach the database raw."""
+def _without_pii(value: Any, path: str, notes: list[str], depth: int, country: str | None) -> Any:
+    """A nested object's or list's personal data would otherwise reach the database raw."""
     if isinstance(value, (Mapping, list)) and depth > MAX_PROPERTY_DEPTH:
         notes.append(f"{path}: dropped, nested deeper than {MAX_PROPERTY_DEPTH} levels")
         return None
+    if isinstance(value, str) and value.startswith(("http://", "https://")):
+        return url_without_pii(value, path, notes, country)
     if isinstance(value, Mapping):
-        return custom_properties(value, notes, f"{path}.", depth)
+        return custom_properties(value, notes, f"{path}.", depth, country)
     if isinstance(value, list):
-        return [_without_pii(item, f"{path}[{i}]", notes, depth + 1) for i, item in enumerate(value)]
+        return [_without_pii(item, f"{path}[{i}]", notes, depth + 1, country)
+                for i, item in enumerate(value) if not _dropped(item, f"{path}[{i}]", notes, country)]
     return value
+
+
+def _dropped(value: Any, path: str, notes: list[str], country: str | None) -> bool:
+    """Whether a value is personal data itself, or a URL that holds some: dropped, with a reason (a URL's
+    personal parameters alone are dropped, `url_without_pii`, by the caller)."""
+    if isinstance(value, str) and value.startswith(("http://", "https://")):
+        value = url_without_pii(value, path, [], country)
+    found = personal.kind(value, country)
+    if found:
+        notes.append(f"{path}: dropped, its value is {found}")
+    return bool(found)
 
 
 def number_text(value: int | float) -> str:

@@ -12,6 +12,7 @@ import requests
 
 import logs
 from ingest.canonical import CanonicalEvent
+from ingest.hashing import HASHED_RE
 from config import Destination
 from platforms.base import (
     REJECTED, RETRY, SENT, SETUP, THROTTLE, ClickId, Cookie, Flavour, Http, Outcome, Skip, everyone, excerpt,
@@ -170,7 +171,9 @@ def _user_id(event: CanonicalEvent) -> str | None:
     """The shop's own user id, plain; never an email address (GA4 forbids PII in user_id)."""
     # https://developers.google.com/analytics/devguides/collection/ga4/policy
     user_id = (event.external_id or "").strip()
-    if not user_id or "@" in user_id or len(user_id) > MAX_USER_ID_CHARS:
+    # A digest is an id ingest hashed because it was an email or phone (the event's notes say so): GA4 wants the
+    # shop's plain id, and a hash of personal data is not one.
+    if not user_id or "@" in user_id or HASHED_RE.match(user_id) or len(user_id) > MAX_USER_ID_CHARS:
         return None
     return user_id
 

@@ -7,14 +7,16 @@ import os
 import secrets
 import sys
 from functools import wraps
+from typing import Callable
 
-from flask import Blueprint, Flask, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
 from config import Config
 from console import kept
 from console.events import Filters, listing
 from console.overview import overview
-from console.sessions import open_session, valid_session
+from console import throttle
+from console.sessions import end_session, open_session, valid_session
 from console.settings import shown_config
 from console.story import replay, story
 from delivery import backlog
@@ -22,7 +24,7 @@ from delivery.backfill import BackfillError, backfill, destination_to_backfill, 
 from dialects.errors import BodyTooLarge, FieldError, Refused, StorageFault
 from ingest import inspector
 from ingest.canonical import utcnow
-from routes.common import current_config, read_json, read_object
+from routes.common import current_config, read_json, read_object, requester_ip
 
 bp = Blueprint("admin", __name__, url_prefix="/admin/api")
 SESSION_HOURS = 12
@@ -74,20 +76,59 @@ def password_matches(given: str | None) -> bool:
     return given is not None and hmac.compare_digest(given.encode(), expected.encode())
 
 
-def _authorized() -> bool:
+class Throttled(Exception):
+    """Too many wrong admin credentials from this client: it must wait `seconds` before its next try counts."""
+
+    def __init__(self, seconds: int):
+        super().__init__(f"Too many failed attempts: retry in {seconds} s")
+        self.seconds = seconds
+
+
+def guarded(check: Callable[[], bool]) -> bool:
+    """One try of an admin credential from this client, through the throttle (console/throttle.py): raises
+    Throttled while it must wait, whatever the credential; else whether `check` accepts it, counted."""
+    client, now = requester_ip(request, current_config().trusted_proxies), utcnow()
+    wait = throttle.retry_after(client, now)
+    if wait:
+        raise Throttled(wait)
+    if check():
+        throttle.succeeded(client)
+        return True
+    throttle.failed(client, now)
+    return False
+
+
+def throttled(exc: Throttled) -> Response:
+    """429 with `Retry-After`, in the admin API's `{"error", "code"}`."""
+    response = jsonify({"error": str(exc), "code": 429})
+    response.status_code = 429
+    response.headers["Retry-After"] = str(exc.seconds)
+    return response
+
+
+def _bearer() -> str | None:
     header = request.headers.get("Authorization", "")
-    if header.startswith("Bearer "):
-        token = header[len("Bearer "):]
-        return password_matches(token) or valid_session(token)
+    return header[len("Bearer "):] if header.startswith("Bearer ") else None
+
+
+def _authorized() -> bool:
+    """A credential is given and right (no credential at all is not a failed try)."""
+    token = _bearer()
+    if token is not None:
+        return guarded(lambda: password_matches(token) or valid_session(token))
     if request.authorization and request.authorization.type == "basic":
-        return password_matches(request.authorization.password)
+        return guarded(lambda: password_matches(request.authorization.password))
     return False
 
 
 def admin_required(view):
     @wraps(view)
     def wrapper(*args, **kwargs):
-        if not _authorized():
+        try:
+            authorized = _authorized()
+        except Throttled as exc:
+            return throttled(exc)
+        if not authorized:
             response = jsonify({"error": "Authentication required", "code": 401})
             response.headers["WWW-Authenticate"] = 'Basic realm="Postback admin"'
             return response, 401
@@ -100,10 +141,23 @@ def login():
     """Exchange the admin password for a session id (also usable as Octeth's SessionID)."""
     body = read_json(request, current_config().max_body_bytes)  # bounded, as every dialect reads its body
     password = body.get("password") if isinstance(body, dict) else None
-    if not isinstance(password, str) or not password_matches(password):
+    try:
+        right = isinstance(password, str) and guarded(lambda: password_matches(password))
+    except Throttled as exc:
+        return throttled(exc)
+    if not right:
         return jsonify({"error": "Wrong password", "code": 401}), 401
     session = open_session(SESSION_HOURS)
     return jsonify({"session_id": session.id, "expires_at": session.expires_at.isoformat()})
+
+
+@bp.post("/logout")
+def logout():
+    """End the session whose id is the Bearer token: it no longer signs anyone in."""
+    token = _bearer()
+    if token is None or not end_session(token):
+        return jsonify({"error": "No such session", "code": 404}), 404
+    return jsonify({"logged_out": True})
 
 
 @bp.get("/inspector")
@@ -182,6 +236,29 @@ def retry_destination_now(site: str, name: str):
     if current_config().destination(key) is None:
         return jsonify({"error": f"No destination {key}", "code": 404}), 404
     return jsonify({"destination": key, "due_now": backlog.retry_now(key, utcnow())})
+
+
+@bp.post("/erase")
+@admin_required
+def erase_person():
+    """Erase a person (GDPR) by `email` or `phone` from every store, on one `site` or all; rows erased per site."""
+    from storage import retention
+
+    config = current_config()
+    body = read_json(request, config.max_body_bytes)
+    if not isinstance(body, dict):
+        return jsonify({"error": "Request body must be a JSON object", "code": 400}), 400
+    email, phone, site_id = (body.get(key) for key in ("email", "phone", "site"))
+    if not all(value is None or isinstance(value, str) for value in (email, phone, site_id)) or bool(email) == bool(phone):
+        return jsonify({"error": "Give one of email or phone (text), and optionally site", "code": 400}), 400
+    sites = [site for site in config.sites if site_id in (None, site.id)]
+    if not sites:
+        return jsonify({"error": "Unknown site", "code": 404}), 404
+    try:  # every site's person first: a value one site's country refuses erases nothing anywhere
+        people = [retention.person_named(site, "admin API", email, phone) for site in sites]
+    except ValueError as exc:  # the reason never quotes the value
+        return jsonify({"error": f"Nothing erased: {exc}", "code": 400}), 400
+    return jsonify({"erased": {person.site: retention.erase(person, utcnow()) for person in people}})
 
 
 @bp.get("/config")

@@ -62,8 +62,8 @@ def authenticate(config: Config) -> Site:
     if not key:
         raise BadCredentials("Missing source key")
     if not any(hmac.compare_digest(key.encode(), known.encode()) for known in site.keys):
-        other = config.site_for_key(key)
-        raise BadCredentials("Source key belongs to another site" if other else "Invalid source key")
+        # One answer for every unusable key: telling "another site's" apart would confirm a guessed key.
+        raise BadCredentials("Invalid source key")
     return site
 
 
@@ -99,7 +99,7 @@ def events():
     site = authenticate(config)
     if not isinstance(body, dict):
         raise NotAnObject()
-    known = profiles.known(site.id, commanders.user_id(body))
+    known = profiles.known(site.id, commanders.user_id(body, site))
     event = commanders.parse(body, client_context(request, config.trusted_proxies), site, config.consent_default,
                              utcnow(), known)
     event.items = catalog.enrich(event.items, site.id, event.currency)
@@ -135,7 +135,7 @@ def erase_user(user_id: str):
     site = authenticate(current_config())
     if not user_id.strip() or len(user_id) > MAX_ID_CHARS:
         raise Refused(f"Invalid user id (1 to {MAX_ID_CHARS} characters)")
-    erased = profiles.erase(site.id, user_id.strip(), utcnow())
+    erased = profiles.erase(site.id, commanders.stored_user_id(user_id.strip(), site), utcnow())
     return jsonify({**OK, "erased": {"profile": erased.profile, "events": erased.events, "sends": erased.sends}})
 
 

@@ -5,7 +5,7 @@ import ipaddress
 import json
 from typing import Any
 
-from flask import Request, Response, current_app, request
+from flask import Request, Response, current_app, has_request_context, request
 
 from config import Config, Site
 from dialects.common import ClientContext
@@ -88,12 +88,25 @@ def client_context(request: Request, trusted_proxies: int) -> ClientContext:
     )
 
 
+def cookies_secure(request: Request) -> bool:
+    """Whether cookies get the Secure flag: when Postback is served over HTTPS (`server.public_url`), or the
+    browser reached it so."""
+    config = current_config()
+    return str(config.server.get("public_url") or "").startswith("https://") or reached_over_https(
+        request, config.trusted_proxies)
+
+
 def reached_over_https(request: Request, trusted_proxies: int) -> bool:
     """Whether the browser reached us over HTTPS; X-Forwarded-Proto counts only behind trusted proxies."""
     if request.is_secure:
         return True
     hops = [h.strip().lower() for h in request.headers.get("X-Forwarded-Proto", "").split(",") if h.strip()]
     return trusted_proxies > 0 and bool(hops) and hops[-1] == "https"  # the nearest proxy sets or appends it last
+
+
+def requester_ip(request: Request, trusted_proxies: int) -> str:
+    """Who is asking, for throttling: the connection's address (never the client-IP override a caller sets)."""
+    return _connection_ip(request, trusted_proxies) or "unknown"
 
 
 def _connection_ip(request: Request, trusted_proxies: int) -> str | None:
@@ -115,9 +128,9 @@ def valid_ip(value: str | None) -> str | None:
 
 def allow_origin(response: Response, origin: str | None, site: Site | None, config: Config,
                  headers: tuple[str, ...] = CORS_HEADERS, credentials: bool = False) -> Response:
-    """CORS for browser calls: the key's site decides; before the key is known, any site may."""
-    sites = [site] if site else config.sites
-    if origin and any(s.allows_origin(origin) for s in sites):
+    """CORS for browser calls (docs/configuration.md#sites): the key's site decides (`origin_allowed`)."""
+    preflight = has_request_context() and request.method == "OPTIONS"
+    if origin_allowed(origin, site, config, credentials, preflight):
         response.headers["Access-Control-Allow-Origin"] = origin
         if credentials:  # cookies ride along; browsers then refuse `*`, hence the exact origin
             response.headers["Access-Control-Allow-Credentials"] = "true"
@@ -126,3 +139,22 @@ def allow_origin(response: Response, origin: str | None, site: Site | None, conf
         response.headers["Access-Control-Max-Age"] = "600"
         response.vary.add("Origin")
     return response
+
+
+def origin_allowed(origin: str | None, site: Site | None, config: Config, credentials: bool, preflight: bool) -> bool:
+    """Whether a browser at `origin` may read the answer.
+
+    Once the key names the site, that site's `allowed_origins` decide. Before (a refusal, a preflight), only an
+    origin some site lists by name: a site's `"*"` opens its own answers, not the refusals of everyone's, and
+    lets only a preflight through (it tells nothing; the answer after it is the key's site's to allow). With
+    credentials (cookies) only an origin listed by name, and never `null` (a sandboxed or local page), through
+    `"*"`: browsers would send cookies to any page that asks.
+    """
+    if not origin:
+        return False
+    wildcard_ok = not credentials and origin != "null"
+    if site is not None:
+        return origin in site.allowed_origins or (wildcard_ok and "*" in site.allowed_origins)
+    if any(origin in s.allowed_origins for s in config.sites):
+        return True
+    return preflight and wildcard_ok and any("*" in s.allowed_origins for s in config.sites)

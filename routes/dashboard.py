@@ -17,7 +17,7 @@ from config import Config
 from ingest import inspector
 from ingest.canonical import utcnow
 from console.sessions import end_session, open_session, valid_session
-from routes.admin import SESSION_HOURS, password_file, password_matches
+from routes.admin import SESSION_HOURS, Throttled, guarded, password_file, password_matches
 from routes.common import current_config
 
 bp = Blueprint("dashboard", __name__)
@@ -91,15 +91,19 @@ def root():
 @bp.route("/dashboard/login", methods=["GET", "POST"])
 def login():
     """The sign-in form; the password is admin.password, or the generated one."""
-    wrong = request.method == "POST" and not password_matches(request.form.get("password"))
+    wait = 0
+    try:  # the admin API's throttle: a guess here counts as one there
+        wrong = request.method == "POST" and not guarded(lambda: password_matches(request.form.get("password")))
+    except Throttled as exc:
+        wrong, wait = True, exc.seconds
     if request.method == "POST" and not wrong:
         session.clear()
         session[SIGNED_IN] = open_session(SESSION_HOURS).id
         return redirect(url_for("dashboard.overview"))
     config = current_config()
-    page = render_template("login.html", wrong=wrong, generated=not config.admin_password,
+    page = render_template("login.html", wrong=wrong and not wait, wait=wait, generated=not config.admin_password,
                            password_file=password_file(config))
-    return page, 401 if wrong else 200
+    return (page, 429, {"Retry-After": str(wait)}) if wait else (page, 401 if wrong else 200)
 
 
 @bp.post("/dashboard/logout")

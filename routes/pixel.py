@@ -1,6 +1,7 @@
 """PitchTarget pixel `GET /{app_token}/{event|revenue}.gif` (docs/dialects/pixel.md): a GIF whatever happens to the event."""
 from __future__ import annotations
 
+import hmac
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from dialects.errors import Refused, StorageFault
 from ingest import clickids
 from ingest.accept import accept
 from models import Event, Send
-from routes.common import client_context, current_config, reached_over_https
+from routes.common import client_context, cookies_secure, current_config
 
 bp = Blueprint("pixel", __name__)
 log = logging.getLogger(__name__)
@@ -112,7 +113,8 @@ def _report(call: pixel.Hit, row: Event, created: bool, earlier: dict) -> dict:
 
 
 def _site_for_token(config: Config, token: str) -> Site | None:
-    return next((s for s in config.sites if s.pixel_token and s.pixel_token == token), None)
+    given = token.encode()  # compared in constant time: a token is the pixel's only credential
+    return next((s for s in config.sites if s.pixel_token and hmac.compare_digest(s.pixel_token.encode(), given)), None)
 
 
 def _answer(visitor: str | None, report: dict) -> Response:
@@ -122,7 +124,7 @@ def _answer(visitor: str | None, report: dict) -> Response:
     # Pages on any origin embed the pixel, including those that require CORP (COEP: require-corp).
     response.headers["Cross-Origin-Resource-Policy"] = "cross-origin"
     if visitor:
-        secure = reached_over_https(request, current_config().trusted_proxies)
+        secure = cookies_secure(request)
         # SameSite=None lets the cookie ride along on other sites' pages; browsers accept it only with Secure.
         response.set_cookie(COOKIE, visitor, max_age=COOKIE_MAX_AGE, path="/", secure=secure, httponly=True,
                             samesite="None" if secure else "Lax")

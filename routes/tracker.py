@@ -24,7 +24,7 @@ from dialects.common import ClientContext, clean_url, present, read_id, split_ur
 from dialects.errors import FieldError, Refused, StorageFault
 from ingest import clickids
 from dialects.adtarget.funnel import SESSION_COOKIE, SESSION_COOKIE_MAX_AGE, TEMP_COOKIE, TEMP_COOKIE_MAX_AGE, FunnelError
-from routes.common import allow_origin, client_context, current_config, dry_run, outbound_http, reached_over_https, read_object
+from routes.common import allow_origin, client_context, cookies_secure, current_config, dry_run, outbound_http, read_object
 
 bp = Blueprint("tracker", __name__, url_prefix="/track")
 DIALECT = "tracker"
@@ -242,7 +242,7 @@ def keep_visitor(response: Response, temp_id: str, session_id: str | None) -> Re
     host, which the page's own document.cookie cannot read anyway; script on the page never needs it.
     SameSite=Lax (as AdTarget's docs set it): sent on the visitor's click to /track/invite and on same-site fetches.
     """
-    secure = reached_over_https(request, current_config().trusted_proxies)
+    secure = cookies_secure(request)
     response.set_cookie(TEMP_COOKIE, temp_id, max_age=TEMP_COOKIE_MAX_AGE, path="/", secure=secure, httponly=True,
                         samesite="Lax")
     if session_id:

@@ -7,7 +7,9 @@ from typing import Iterator
 
 from peewee import SqliteDatabase
 
-from models import database, writing
+from config import Site
+from ingest.identity import normalize_identity
+from models import database, personal_hashes, writing
 from storage.stores import Person, Rows, Store, registered
 
 
@@ -34,6 +36,19 @@ def erase(person: Person, now: datetime) -> dict[str, int]:
             if store.erase is not None:
                 erased.update(_per_table(store, store.erase(person, now)))
     return erased
+
+
+def person_named(site: Site, requested_by: str, email: str | None = None, phone: str | None = None) -> Person:
+    """The person an email address or phone number names on a site, hashed exactly as ingest hashes them (a user
+    id that was that email or phone is kept as the same hash); ValueError, saying why, for a value ingest would
+    drop."""
+    identity = normalize_identity({"email": email, "phone": phone}, site.default_country)
+    if identity.dropped:
+        raise ValueError("; ".join(identity.dropped))
+    hashes = personal_hashes(identity.hashes)
+    if not hashes:
+        raise ValueError("give an email address or a phone number")
+    return Person(site.id, requested_by, external_ids=set(hashes), hashes=set(hashes))
 
 
 def _per_table(store: Store, rows: Rows) -> dict[str, int]:

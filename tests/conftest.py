@@ -57,7 +57,11 @@ BROWSER = {
     "X-Postback-Client-IP": "203.0.113.7",
 }
 # Every raw personal value the suite sends; none may ever be found in a database file.
-RAW_PII = ["john.doe@example.com", "+15551234567", "15551234567", "John", "Doe", "jane@example.org", "4155550100"]
+RAW_PII = ["john.doe@example.com", "+15551234567", "15551234567", "John", "Doe", "jane@example.org", "4155550100",
+           # sent under names that say nothing (`customer_email`, `billing_phone`, a URL parameter, a user id)
+           "jane.roe@example.com", "user.email@example.org", "contact.person@example.net", "+1 415 555 2671",
+           "14155552671", "in.url@example.com", "in.url%40example.com", "Id.Person@Example.com",
+           "visitor.link@example.com"]
 
 
 @functools.cache

@@ -269,11 +269,14 @@ def test_anything_else_refused_is_a_silent_200_seen_in_the_inspector(client, que
     assert (stored(), refusals()) == ((0, 0), [(site, "commanders", reason)])
 
 
-def test_a_key_of_another_site_is_refused(raw_config, make_client):
+def test_a_key_of_another_site_is_refused_in_the_words_of_an_invalid_key(raw_config, make_client):
     add_blog_site(raw_config)
-    response = event(make_client(), SEED, query="tc_s=blog")
-    assert (response.get_json(), stored(), refusals()) == (
-        {"status": "ok"}, (0, 0), [("blog", "commanders", "Source key belongs to another site")])
+    client = make_client()
+    response = event(client, SEED, query="tc_s=blog")
+    user_api = client.post("/users?tc_s=blog", json={"id": "u1"}, headers=AUTH)
+    assert (response.get_json(), user_api.get_json(), stored(), refusals()) == (
+        {"status": "ok"}, {"status": "error", "message": "Invalid source key"}, (0, 0),
+        [("blog", "commanders", "Invalid source key")] * 2)
 
 
 def test_a_refused_dry_run_says_why_and_keeps_nothing(client):

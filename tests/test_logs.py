@@ -1,9 +1,15 @@
-"""Secrets that some APIs force into URLs never reach a log line."""
+"""Secrets that some APIs force into URLs, and personal data in a request's path, never reach a log line."""
 from __future__ import annotations
 
 import logging
+import runpy
+from datetime import timedelta
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from gunicorn.config import Config as GunicornConfig
+from werkzeug.test import EnvironBuilder
 
 import logs
 
@@ -39,3 +45,30 @@ def test_configure_installs_the_mask_on_the_http_clients_log_lines(monkeypatch):
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
     assert [type(f) for f in logger.filters] == [logs._RedactURLSecrets]
+
+
+# --- the access log ---------------------------------------------------------------------------------------------
+
+def access_line(path: str) -> str:
+    """The line gunicorn writes for a request to `path`, with the logger and format gunicorn.conf.py sets."""
+    settings = runpy.run_path(str(Path(__file__).resolve().parent.parent / "gunicorn.conf.py"))
+    config = GunicornConfig()
+    config.set("logger_class", settings["logger_class"])
+    logger = config.logger_class(config)
+    environ = EnvironBuilder(method="DELETE", path="/").get_environ()
+    environ["PATH_INFO"] = environ["RAW_URI"] = path
+    response = SimpleNamespace(status="200 OK", headers=[("Content-Type", "application/json")], sent=15)
+    atoms = logger.atoms(response, SimpleNamespace(headers=[]), environ, timedelta(milliseconds=3))
+    return settings["access_log_format"] % logger.atoms_wrapper_class(atoms)
+
+
+def test_the_access_log_redacts_a_path_segment_that_is_an_email_or_phone():
+    assert [access_line("/users/jane@example.com"), access_line("/users/jane%40example.com"),
+            access_line("/users/+14155552671/x"), access_line("/users/u-123")] == [
+        '"DELETE /users/redacted" 200 15 3ms', '"DELETE /users/redacted" 200 15 3ms',
+        '"DELETE /users/redacted/x" 200 15 3ms', '"DELETE /users/u-123" 200 15 3ms']
+
+
+def test_the_access_log_escapes_control_characters_so_no_line_can_be_forged():
+    line = access_line('/users/x\r\n"GET /admin" 200 0 1ms\x1b[2J')
+    assert (line, line.count("\n")) == ('"DELETE /users/x\\r\\n\\"GET /admin\\" 200 0 1ms\\x1b[2J" 200 15 3ms', 0)

@@ -408,7 +408,8 @@ def test_a_wrong_api_key_beside_a_valid_session_id_still_passes(admin_client):
 def test_an_expired_session_id_is_invalid(admin_client):
     session = login(admin_client)
     from console.sessions import AdminSession
-    AdminSession.update(expires_at=datetime(2020, 1, 1, tzinfo=timezone.utc)).where(AdminSession.id == session).execute()
+    from ingest.hashing import sha256
+    AdminSession.update(expires_at=datetime(2020, 1, 1, tzinfo=timezone.utc)).where(AdminSession.id == sha256(session)).execute()
     response = track(admin_client, {**MINIMAL, "APIKey": None, "SessionID": session})
     assert (response.status_code, response.get_json()) == (401, errors(INVALID))
 

@@ -13,10 +13,10 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from config import Site
 from dialects.common import (
-    ClientContext, FieldError, clean_url, custom_properties,
+    ClientContext, FieldError, clean_url, custom_properties, url_without_pii, kept_user_id,
     finite, present, read_currency, read_id, read_value, split_url,
 )
-from ingest import clickids
+from ingest import clickids, personal
 from ingest.identity import Identity, normalize_identity
 
 DIALECT = "adtarget"
@@ -139,15 +139,16 @@ def parse_visit(body: Mapping[str, Any], forwarded: ClientContext, connection: C
         raise FieldError("href")
     if not isinstance(href, str) or clean_url(href, "href", []) is None:
         raise FieldError("href", "must be an http(s) URL")
-    href = href.strip()
-    temp_id = read_id(body, "tempId")
+    notes: list[str] = []
+    country = site.default_country
+    query = url_parameters(href.strip())  # read before the personal data leaves it: a click id is no one's
+    href = url_without_pii(href.strip(), "href", notes, country)
+    temp_id = kept_user_id(read_id(body, "tempId"), "tempId", notes, country)
     client_session_id = read_id(body, "clientSessionId")
-    external_user_id = read_id(body, "externalUserId")
+    external_user_id = kept_user_id(read_id(body, "externalUserId"), "externalUserId", notes, country)
     texts = {key: _text(body, key) for key in ("landingPage", "referrer", "clientIp", "userAgent", "country", "city",
                                                "region", *UTM_FIELDS)}
-    notes: list[str] = []
-    landing_page = clean_url(texts["landingPage"], "landingPage", notes) or _without_query(href)
-    query = url_parameters(href)
+    landing_page = clean_url(texts["landingPage"], "landingPage", notes, country) or _without_query(href)
     in_url, _ = clickids.named(query, (clickids.PARAM,))
     given, _ = clickids.named(body, (clickids.KEY,))
     click_ids, click_notes = clickids.clean({**in_url, **given})
@@ -171,13 +172,13 @@ def parse_visit(body: Mapping[str, Any], forwarded: ClientContext, connection: C
             ip=forwarded.ip or _ip(texts["clientIp"], "clientIp", notes) or connection.ip,
             user_agent=forwarded.user_agent or texts["userAgent"] or connection.user_agent,
             page_url=href,
-            referrer=clean_url(texts["referrer"], "referrer", notes),
+            referrer=clean_url(texts["referrer"], "referrer", notes, country),
             anonymous_id=temp_id,
             location=location.location,
             external_id=external_user_id,
         ),
-        utm={k: v for k, v in utm.items() if v},
-        properties=custom_properties({k: v for k, v in body.items() if k not in own}, notes),
+        utm={k: v for k, v in utm.items() if v and not personal.kind(v, country)},
+        properties=custom_properties({k: v for k, v in body.items() if k not in own}, notes, country=country),
         notes=notes,
     )
 
@@ -232,15 +233,16 @@ def parse_conversion(body: Mapping[str, Any], forwarded: ClientContext, site: Si
     value = read_value(body, "value")
     currency = read_currency(body, "currency")
     occurred_at = read_millis(body, "eventTime") or now
-    external_user_id = read_id(body, "externalUserId")
     content_name = _text(body, "contentName")
     identity = read_pii(body.get("pii"), site)
     texts = {key: _text(body, key) for key in ("clientIp", "userAgent", "eventSourceUrl")}
     notes = list(identity.dropped)
+    country = site.default_country
+    external_user_id = kept_user_id(read_id(body, "externalUserId"), "externalUserId", notes, country)
     click_ids, click_notes = clickids.read(body, (clickids.KEY,))
     notes += click_notes
     own = CONVERSION_FIELDS | clickids.names((clickids.KEY,)).keys()
-    properties = custom_properties({k: v for k, v in body.items() if k not in own}, notes)
+    properties = custom_properties({k: v for k, v in body.items() if k not in own}, notes, country=country)
     if content_name:
         properties["content_name"] = content_name
     return ConversionInput(
@@ -257,7 +259,7 @@ def parse_conversion(body: Mapping[str, Any], forwarded: ClientContext, site: Si
             click_ids=click_ids,
             ip=forwarded.ip or _ip(texts["clientIp"], "clientIp", notes),
             user_agent=forwarded.user_agent or texts["userAgent"],
-            page_url=clean_url(texts["eventSourceUrl"], "eventSourceUrl", notes),
+            page_url=clean_url(texts["eventSourceUrl"], "eventSourceUrl", notes, country),
         ),
         properties=properties,
         notes=notes,

@@ -7,7 +7,7 @@ from typing import Any, Mapping
 from ingest.canonical import CanonicalEvent, standard_name
 from config import Site
 from dialects.common import (
-    ClientContext, FieldError, clean_url, custom_properties, is_bot, new_event_id,
+    ClientContext, FieldError, clean_url, custom_properties, is_bot, new_event_id, url_without_pii, kept_user_id,
     read_bool, read_currency, read_id, read_text, read_timestamp, read_value,
 )
 from ingest import clickids
@@ -40,9 +40,10 @@ def parse(body: Mapping[str, Any], client: ClientContext, site: Site, consent_de
     notes = list(identity.dropped)
     click_ids, click_notes = clickids.read(body)
     notes += click_notes
-    page_url = clean_url(body.get("source_url"), "source_url", notes)
+    country = site.default_country
+    page_url = clean_url(body.get("source_url"), "source_url", notes, country)
     own = OWN_FIELDS | clickids.names().keys()
-    properties = custom_properties({k: v for k, v in body.items() if k not in own}, notes)
+    properties = custom_properties({k: v for k, v in body.items() if k not in own}, notes, country=country)
     return CanonicalEvent(
         site_id=site.id,
         dialect=DIALECT,
@@ -51,15 +52,15 @@ def parse(body: Mapping[str, Any], client: ClientContext, site: Site, consent_de
         event_id=event_id,
         occurred_at=occurred_at,
         received_at=now,
-        external_id=read_text(body, "distinct_id"),
-        anonymous_id=read_text(body, "anonymous_id"),
+        external_id=kept_user_id(read_text(body, "distinct_id"), "distinct_id", notes, country),
+        anonymous_id=kept_user_id(read_text(body, "anonymous_id"), "anonymous_id", notes, country),
         identity=identity.hashes,
         location=identity.location,
         click_ids=click_ids,
         ip=client.ip,
         user_agent=client.user_agent,
         page_url=page_url,
-        referrer=client.referrer,
+        referrer=url_without_pii(client.referrer, "Referer", notes, country),
         language=client.language,
         value=value,
         currency=currency or (site.default_currency if value is not None else None),

@@ -12,7 +12,7 @@ from ingest.canonical import CanonicalEvent, standard_name
 from config import Site
 from dialects.common import (
     MAX_ID_CHARS, ClientContext, FieldError, clean_url, custom_properties, is_bot,
-    finite, new_event_id, present, read_currency, read_id, read_value,
+    finite, new_event_id, present, read_currency, read_id, read_value, url_without_pii, kept_user_id,
 )
 from ingest import clickids
 from ingest.identity import HASHED_RE, normalize_identity
@@ -53,13 +53,18 @@ class UserFields:
     notes: list[str] = field(default_factory=list)
 
 
-def user_id(body: Any) -> str | None:
+def user_id(body: Any, site: Site) -> str | None:
     """The event's `user.id` as stored, to look up its profile before parsing; None when absent or malformed."""
     user = body.get("user") if isinstance(body, Mapping) else None
     try:
-        return read_id(user, "id") if isinstance(user, Mapping) else None
+        return stored_user_id(read_id(user, "id"), site) if isinstance(user, Mapping) else None
     except FieldError:
         return None
+
+
+def stored_user_id(given: str | None, site: Site) -> str | None:
+    """A user id as profiles keep it: hashed when it is an email address or phone number."""
+    return kept_user_id(given, "id", [], site.default_country)
 
 
 def parse(body: Mapping[str, Any], client: ClientContext, site: Site, consent_default: str, now: datetime,
@@ -90,12 +95,13 @@ def parse(body: Mapping[str, Any], client: ClientContext, site: Site, consent_de
         location["country"] = site.default_country.lower()
 
     click_ids = cookie_click_ids(device.get("cookie"), notes)
-    properties = custom_properties({k: v for k, v in body.items() if k not in EVENT_OWN_KEYS}, notes)
+    country = site.default_country
+    properties = custom_properties({k: v for k, v in body.items() if k not in EVENT_OWN_KEYS}, notes, country=country)
     if revenue is not None and plain_value is not None:
         properties["value"] = plain_value  # `revenue` is the event's value; the other figure is kept, not lost
     rest = _unused_context(context)
     if rest:
-        properties["context"] = custom_properties(rest, notes, "context.")
+        properties["context"] = custom_properties(rest, notes, "context.", country=country)
     user_agent = _text_field(device, "user_agent", "context.device.", notes) or client.user_agent
     categories = user.consent_categories
     return CanonicalEvent(
@@ -113,8 +119,9 @@ def parse(body: Mapping[str, Any], client: ClientContext, site: Site, consent_de
         click_ids=click_ids,
         ip=_ip(device.get("ip"), notes) or client.ip,
         user_agent=user_agent,
-        page_url=clean_url(page.get("url"), "context.page.url", notes),
-        referrer=clean_url(page.get("referrer"), "context.page.referrer", notes) or client.referrer,
+        page_url=clean_url(page.get("url"), "context.page.url", notes, country),
+        referrer=(clean_url(page.get("referrer"), "context.page.referrer", notes, country)
+                  or url_without_pii(client.referrer, "Referer", notes, country)),
         language=_text_field(device, "lang", "context.device.", notes) or client.language,
         value=value,
         currency=currency or (site.default_currency if value is not None else None),
@@ -159,8 +166,9 @@ def read_user(raw: Any, site: Site, with_consent: bool = False, path: str = "use
     if unknown:
         own.append(f"{path.rstrip('.')}: dropped {', '.join(unknown)} (unknown user properties are never stored)")
     return UserFields(
-        user_id=_user_id(raw, "id", path, own),
-        anonymous_id=_user_id(raw, "consistent_anonymous_id", path, own),
+        user_id=kept_user_id(_user_id(raw, "id", path, own), f"{path}id", own, site.default_country),
+        anonymous_id=kept_user_id(_user_id(raw, "consistent_anonymous_id", path, own), f"{path}consistent_anonymous_id",
+                             own, site.default_country),
         hashes=identity.hashes,
         location=location,
         consent_categories=_consent_categories(raw.get("consent_categories"), path) if with_consent else None,

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 
 from peewee import TextField
 
+from ingest.hashing import HASHED_RE
 from storage import retention
 from models import BaseModel, JSONField, UTCDateTimeField, any_of, holding, personal_hashes, writing
 from storage.stores import Person, Store
@@ -69,6 +70,8 @@ def erase(site_id: str, user_id: str, now: datetime) -> Erasure:
     with retention.erasing():
         profile = Profile.get_or_none((Profile.site == site_id) & (Profile.user_id == user_id))
         person = Person(site_id, "User API", {user_id})
+        if HASHED_RE.match(user_id):  # an email or phone sent as the user id, hashed at ingest like its identity
+            person.hashes.add(user_id)
         if profile is not None:
             person.anonymous_ids |= {profile.anonymous_id} - {None}
             person.hashes |= personal_hashes(profile.identity)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import unicodedata
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, Mapping, Sequence
@@ -18,7 +18,7 @@ from ingest.canonical import CUSTOM, CanonicalEvent, fold, standard_name
 from config import Site
 from dialects.common import (
     PII_PROPERTY_KEYS, ClientContext, FieldError, clean_url,
-    custom_properties, is_bot, present, read_currency, read_id, read_value, split_url,
+    custom_properties, is_bot, present, url_without_pii, kept_user_id, read_currency, read_id, read_value, split_url,
 )
 from dialects.errors import InvalidJSON, NotAnObject, Refused
 from ingest import clickids
@@ -288,7 +288,10 @@ def parse_event(body: Mapping[str, Any], client: ClientContext, sites: Sequence[
     notes += click_notes
     own = clickids.names(CLICK_ID_NAMES, fold_case=True).keys() | (CONVERSION_FIELDS if conversion else set())
     rest = {k: v for k, v in rest.items() if k.lower() not in own}
-    custom = custom_properties(rest, notes)
+    country = site.default_country if site else None
+    external_id = kept_user_id(external_id, "ID", notes, country)
+    custom = custom_properties(rest, notes, country=country)
+    client = replace(client, referrer=url_without_pii(client.referrer, "Referer", notes, country))
     event_uuid = _client_uuid(custom, notes) or new_uuid()
     page_url = _page_url(custom)
     properties = {

@@ -119,9 +119,10 @@ def parse(category: str, args: Mapping[str, str], params: Mapping[str, Any], coo
         notes.append("access_token: dropped, Facebook access tokens are neither resolved nor stored")
     click_ids, click_notes = clickids.read(params, (clickids.KEY,))
     notes += click_notes
-    page_url = clean_url(client.referrer, "Referer", notes)
+    page_url = clean_url(client.referrer, "Referer", notes, site.default_country)
     own = OWN_PARAMS | clickids.names((clickids.KEY,)).keys()
-    properties = custom_properties({k: v for k, v in params.items() if k not in own}, notes)
+    properties = custom_properties({k: v for k, v in params.items() if k not in own}, notes,
+                                   country=site.default_country)
     event = CanonicalEvent(
         site_id=site.id,
         dialect=DIALECT,
