@@ -29,6 +29,7 @@ BLUEPRINTS = (
     "routes.telegram_webhook",
     "routes.tracker",
     "routes.dashboard",
+    "routes.openapi",
 )
 
 
