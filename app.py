@@ -30,6 +30,7 @@ BLUEPRINTS = (
     "routes.tracker",
     "routes.dashboard",
     "routes.openapi",
+    "routes.metrics",
 )
 
 

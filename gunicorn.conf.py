@@ -1,5 +1,7 @@
 """gunicorn settings for `make run` (and `make bench`): gthread workers, the dispatcher in each worker."""
 import os
+import shutil
+import tempfile
 
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 wsgi_app = "app:serve()"
@@ -23,3 +25,28 @@ def post_worker_init(worker):
     app = worker.wsgi
     config = app.config["POSTBACK"]
     Dispatcher(lambda: app.config["POSTBACK"]).start(lock_path_for(config.database))
+
+
+def on_starting(server):
+    """Every process counts into one folder that a scrape sums (console/metrics.py); emptied at each start."""
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+        for name in os.listdir(folder):  # only prometheus_client's files: the folder may hold others
+            if name.endswith(".db"):
+                os.remove(os.path.join(folder, name))
+    else:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="postback-metrics-")
+
+
+def child_exit(server, worker):
+    """A worker that is gone leaves its counts behind, and no live gauge of its own."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    """The folder made at start goes with the service; one named by PROMETHEUS_MULTIPROC_DIR stays."""
+    if os.path.basename(os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")).startswith("postback-metrics-"):
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

@@ -16,6 +16,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from delivery import sends as delivery
 from ingest.canonical import utcnow
 from config import Config, Destination
+from console import metrics
 from models import FAILED, SENT, SKIPPED, Send, writing
 from platforms import REGISTRY
 from ingest.fanout import past_window
@@ -137,6 +138,7 @@ class Dispatcher:
             batch.append((row, item, quality))
         if done:  # every send of the claim that goes nowhere, in one transaction
             delivery.record(done, self.config.ip_policy)
+            metrics.unsent(dest, done)
         return batch
 
     def _deliver(self, dest: Destination, module, batch: list[tuple], now: datetime) -> bool:
@@ -152,7 +154,8 @@ class Dispatcher:
         """POST one batch; a batch rejected as a whole for one event is split until that event is found."""
         # From the clock, not `now` (the claim's time): a split's later requests start later.
         delivery.renew([row for row, _, _ in batch], max(now, self.clock()) + self.lease)
-        outcomes = self._platform_send(dest, module, [item for _, item, _ in batch])
+        with metrics.platform_request(dest):
+            outcomes = self._platform_send(dest, module, [item for _, item, _ in batch])
         if len(batch) > 1 and any(o.kind == REJECTED and o.whole_batch for o in outcomes):
             middle = len(batch) // 2
             if self._send(dest, module, batch[:middle], now):
@@ -161,6 +164,7 @@ class Dispatcher:
             return self._send(dest, module, batch[middle:], now)
         changes = [self._change(row, item, quality, outcome, now)
                    for (row, item, quality), outcome in zip(batch, outcomes)]
+        metrics.answered(dest, outcomes, changes)
         setup = [o for o in outcomes if o.kind == SETUP]
         with self._turn, writing():
             delivery.record(changes, self.config.ip_policy)

@@ -19,7 +19,9 @@ import sys
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import requests
@@ -84,13 +86,20 @@ def server(tmp_path, fakes):
     port = free_port()
     env = {**os.environ, "POSTBACK_CONFIG": str(config), "HOST": "127.0.0.1", "PORT": str(port),
            "ACCESS_LOG": str(tmp_path / "access.log")}
-    log = (tmp_path / "gunicorn.log").open("w")
+    with gunicorn(env, tmp_path / "gunicorn.log") as base:
+        yield base, database, tmp_path / "gunicorn.log"
+
+
+@contextmanager
+def gunicorn(env: dict, log_path: Path) -> Iterator[str]:
+    """gunicorn with gunicorn.conf.py and `env` (HOST, PORT, POSTBACK_CONFIG, ...), up; its base URL."""
+    log = log_path.open("w")
     process = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"], cwd=ROOT, env=env,
                                stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
+    base = f"http://{env['HOST']}:{env['PORT']}"
     try:
-        _wait_until_up(base, process, tmp_path / "gunicorn.log")
-        yield base, database, tmp_path / "gunicorn.log"
+        _wait_until_up(base, process, log_path)
+        yield base
     finally:
         process.terminate()
         process.wait(timeout=30)
