@@ -29,6 +29,8 @@ BLUEPRINTS = (
     "routes.telegram_webhook",
     "routes.tracker",
     "routes.dashboard",
+    "routes.openapi",
+    "routes.metrics",
 )
 
 

@@ -1,7 +1,9 @@
 """gunicorn settings for `make run` (and `make bench`): gthread workers; the master keeps the dispatcher running
 as a process of its own (docs/delivery.md#the-dispatcher-process)."""
 import os
+import shutil
 import sys
+import tempfile
 
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 wsgi_app = "app:serve()"
@@ -24,7 +26,16 @@ CLI = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cli.py")
 
 
 def on_starting(server):
-    """Before anything is served: a database or a lock file that cannot be written stops start-up, with one message."""
+    """Before anything is served: every process will count into one metrics folder that a scrape sums
+    (console/metrics.py), emptied here; a database or a lock file that cannot be written stops start-up."""
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+        for name in os.listdir(folder):  # only prometheus_client's files: the folder may hold others
+            if name.endswith(".db"):
+                os.remove(os.path.join(folder, name))
+    else:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="postback-metrics-")
     from config import ConfigError, load_config
     from delivery.process import lock_problem
     from models import unwritable
@@ -63,8 +74,18 @@ def on_reload(server):
         supervisor.restart()
 
 
+def child_exit(server, worker):
+    """A worker that is gone leaves its counts behind, and no live gauge of its own."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
 def on_exit(server):
-    """Stop the dispatcher: SIGTERM, it finishes or hands back its batch, within a bounded wait."""
+    """Stop the dispatcher: SIGTERM, it finishes or hands back its batch, within a bounded wait. The metrics folder
+    made at start goes with the service; one named by PROMETHEUS_MULTIPROC_DIR stays."""
     supervisor = getattr(server, "postback_dispatcher", None)
     if supervisor is not None:
         supervisor.stop()
+    if os.path.basename(os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")).startswith("postback-metrics-"):
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

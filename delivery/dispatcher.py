@@ -17,6 +17,7 @@ from delivery import sends as delivery
 from delivery.states import Health
 from ingest.canonical import utcnow
 from config import Config, Destination
+from console import metrics
 from models import FAILED, SENT, SKIPPED, Send
 from platforms import REGISTRY
 from ingest.fanout import past_window
@@ -151,6 +152,7 @@ class Dispatcher:
             batch.append((row, item, quality))
         if done:  # every send of the claim that goes nowhere, in one transaction
             delivery.record(done, self.config.ip_policy)
+            metrics.unsent(dest, done)
         return batch
 
     def _deliver(self, dest: Destination, module, batch: list[tuple], now: datetime) -> bool:
@@ -167,7 +169,8 @@ class Dispatcher:
         # From the clock, not `now` (the claim's time): a split's later requests start later.
         delivery.renew([row for row, _, _ in batch], max(now, self.clock()) + self.lease)
         started = self.monotonic()
-        outcomes = self._platform_send(dest, module, [item for _, item, _ in batch])
+        with metrics.platform_request(dest):
+            outcomes = self._platform_send(dest, module, [item for _, item, _ in batch])
         self._note_slow(dest, self.monotonic() - started)
         if len(batch) > 1 and any(o.kind == REJECTED and o.whole_batch for o in outcomes):
             middle = len(batch) // 2
@@ -177,6 +180,7 @@ class Dispatcher:
             return self._send(dest, module, batch[middle:], now)
         changes = [self._change(row, item, quality, outcome, now)
                    for (row, item, quality), outcome in zip(batch, outcomes)]
+        metrics.answered(dest, outcomes, changes)
         setup = [o for o in outcomes if o.kind == SETUP]
         with self._turn:
             for start in range(0, len(changes), RECORD_CHUNK):

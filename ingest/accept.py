@@ -5,6 +5,7 @@ import logging
 
 from ingest.canonical import CanonicalEvent
 from config import Config, Site
+from console import metrics
 from models import Event, record_event
 from ingest.fanout import plan_sends
 
@@ -14,6 +15,7 @@ log = logging.getLogger(__name__)
 def accept(event: CanonicalEvent, site: Site, config: Config) -> tuple[Event, bool]:
     """Store the event with a send row per destination; (row, created) — a repeat is stored once."""
     row, created = record_event(event, plan_sends(event, site), config.ip_policy)
+    metrics.received(site.id, event.dialect, "stored" if created else "duplicate")
     if created:
         log.info("event stored", extra={"site": site.id, "dialect": event.dialect, "event": event.display_name, "event_id": row.event_id})
     return row, created

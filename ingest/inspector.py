@@ -10,6 +10,7 @@ from typing import Any
 from peewee import AutoField, CharField, TextField
 
 import dialects
+from console import metrics
 from dialects.common import PII_PROPERTY_KEYS
 from ingest.canonical import fold, utcnow
 from ingest.identity import FIELDS as IDENTITY_FIELDS
@@ -21,6 +22,7 @@ KEEP_PER_SITE = 5000  # reasons can name keys, so junk traffic could mint many; 
 EXCERPT_TEXT_CHARS = 80
 EXCERPT_KEYS = 40
 EXCERPT_DEPTH = 4
+PARTLY_ACCEPTED = "partly accepted"  # how each route's reason begins when the request was stored all the same
 
 
 def declared(name: str) -> frozenset[str]:
@@ -49,6 +51,8 @@ class Refusal(BaseModel):
 
 def record(dialect: str, site: str | None, reason: str, body: Any = None, now: datetime | None = None) -> None:
     """Keep one refused (or partly accepted) request; drop the oldest beyond the bound for its reason."""
+    if PARTLY_ACCEPTED not in reason:
+        metrics.received(site, dialect, "refused")
     entry = excerpt(body)
     same_site = Refusal.site.is_null() if site is None else Refusal.site == site
     with writing():

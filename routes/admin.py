@@ -29,6 +29,7 @@ from routes.common import current_config, read_json, read_object, requester_ip
 bp = Blueprint("admin", __name__, url_prefix="/admin/api")
 SESSION_HOURS = 12
 PASSWORD_FILE = "admin-password"
+MAX_ROW_ID = 2 ** 63 - 1  # the largest id a database row can have: a larger one is no route (404), not a 500
 
 
 @bp.errorhandler(Refused)
@@ -187,7 +188,7 @@ def events_lookup():
     return jsonify(listing(current_config(), Filters.from_args(request.args), page))
 
 
-@bp.get("/events/<int:event_pk>")
+@bp.get(f"/events/<int(max={MAX_ROW_ID}):event_pk>")
 @admin_required
 def event_lookup(event_pk: int):
     """One event's whole story: how it arrived, the decisions, each send with its payload and answer."""
@@ -197,7 +198,7 @@ def event_lookup(event_pk: int):
     return jsonify(found)
 
 
-@bp.post("/sends/<int:send_pk>/replay")
+@bp.post(f"/sends/<int(max={MAX_ROW_ID}):send_pk>/replay")
 @admin_required
 def replay_send(send_pk: int):
     """Queue a failed send again (as `cli.py replay --send`); `queued` is 0 when it was not failed."""

@@ -96,7 +96,7 @@ def gunicorn(folder: Path, raw: dict, name: str = "gunicorn") -> Iterator[tuple[
     log = path.open("w")
     process = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"], cwd=ROOT, env=env,
                                stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
+    base = f"http://{env['HOST']}:{env['PORT']}"
     try:
         _wait_until_up(base, process, path)
         yield base, path

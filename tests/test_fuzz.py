@@ -2,8 +2,10 @@
 request stores nothing, and the personal data it carried reaches neither the database nor the logs.
 
 Cases come from sources: `SOURCES` maps a name to a function from an endpoint to a Hypothesis strategy of
-`Case`s, so another generator (an API description's, say) plugs in beside `hostile_cases`. `make test`
-runs a few derandomized examples per endpoint; `POSTBACK_FUZZ_EXAMPLES=2000` runs a bigger, random search.
+`Case`s, so another generator plugs in beside `hostile_cases`. The API description (`GET /openapi.json`) is
+the other source: schemathesis generates requests from it and checks every answer against it, with the same
+no-5xx and nothing-stored-on-refusal checks. `make test` runs a few derandomized examples per endpoint and per
+operation; `POSTBACK_FUZZ_EXAMPLES=2000` runs a bigger, random search.
 """
 from __future__ import annotations
 
@@ -17,11 +19,18 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+import schemathesis
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (content_type_conformance, response_headers_conformance,
+                                               response_schema_conformance, status_code_conformance)
+
 from app import create_app
 from models import Event, Send, database
+from routes.openapi import DOCUMENT
 from tests.conftest import base_config, build_config, remember_database
 from tests.helpers import every_table_text
 from tests.fakes.telegram import FakeTelegram, telegram_section
@@ -356,3 +365,39 @@ def test_no_request_gets_a_5xx_an_answer_out_of_shape_a_half_stored_refusal_or_a
     leaks = [value for value in personal
              if value.encode() in written or value in logged or value.removeprefix("+") in logged]
     assert not leaks, leaks
+
+
+# --- the API description as a source of cases -------------------------------------------------------------------
+
+# What a client that holds the credentials sends, by the security scheme an operation names in /openapi.json.
+CREDENTIALS = {"adminBearer": {"Authorization": f"Bearer {PASSWORD}"}, "siteKey": {"Authorization": f"Bearer {KEY}"},
+               "telegramSecret": {"X-Telegram-Bot-Api-Secret-Token": SECRET}}
+CONFORMANCE = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
+               response_schema_conformance]
+
+
+DESCRIBED = schemathesis.openapi.from_dict(yaml.safe_load(DOCUMENT.read_text(encoding="utf-8")))
+OPERATIONS = sorted(result.ok().label for result in DESCRIBED.get_all_operations())
+
+
+def credentials(case) -> dict:
+    """The headers of the first security scheme of the operation that we hold credentials for."""
+    options = case.operation.definition.raw.get("security", [])
+    return next((CREDENTIALS[name] for option in options for name in option if name in CREDENTIALS), {})
+
+
+@pytest.mark.parametrize("operation", OPERATIONS)
+def test_every_answer_to_a_request_the_api_description_allows_matches_it_and_a_refusal_stores_nothing(
+        fuzz_app, operation):
+    method, _, path = operation.partition(" ")
+
+    @settings(settings.get_profile(PROFILE), max_examples=EXAMPLES or 10)
+    @given(DESCRIBED[path][method].as_strategy())
+    def one_request(case):
+        before = stored_rows()
+        response = case.call_and_validate(headers=credentials(case), checks=CONFORMANCE, app=fuzz_app)
+        body = response.json() if response.headers.get("content-type", [""])[0].startswith("application/json") else None
+        if response.status_code >= 400 or (isinstance(body, dict) and body.get("status") == "error"):
+            assert stored_rows() == before, (case.path, case.body)
+
+    one_request()
