@@ -14,8 +14,8 @@ import logs
 from ingest.canonical import CanonicalEvent
 from config import Destination
 from platforms.base import (
-    REJECTED, RETRY, SENT, SETUP, THROTTLE, ClickId, Cookie, Flavour, Http, Outcome, Skip, everyone, excerpt,
-    google_email, missing_settings, network_failure, retry_after_seconds,
+    REJECTED, RETRY, SENT, SETUP, THROTTLE, ClickId, Cookie, Flavour, Http, Outcome, Skip, Verdict, everyone,
+    excerpt, google_email, missing_settings, network_failure, probe, retry_after_seconds,
 )
 
 NAME = "ga4"
@@ -337,3 +337,9 @@ def _reason(response: requests.Response, text: str) -> str:
     if isinstance(error, dict) and isinstance(error.get("message"), str) and error["message"]:
         return error["message"]
     return response.reason or "no message"
+
+
+def verify(dest: Destination, http: Http) -> Verdict:
+    """A test event to the validation server, /debug/mp/collect, which records nothing
+    (https://developers.google.com/analytics/devguides/collection/protocol/ga4/validating-events)."""
+    return probe(build, send, dest, http)
