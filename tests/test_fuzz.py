@@ -263,6 +263,9 @@ ENDPOINTS = [
              personal=("email", "phone")),
     Endpoint("admin inspector", "GET", "/admin/api/inspector", admin_shape,
              headers={"Authorization": f"Bearer {PASSWORD}"}, query={"limit": "5"}),
+    Endpoint("admin submit value", "POST", "/admin/api/leads/{site}/{lead}/conversions/{conversion}/value",
+             admin_shape, {"value": 5, "currency": "USD"}, {"Authorization": f"Bearer {PASSWORD}"},
+             segments={"site": "shop", "lead": "555000111", "conversion": "conv_x"}, personal=("pii.email", "pii.phone")),
     Endpoint("healthz", "GET", "/healthz", health_shape),
 ]
 
