@@ -166,6 +166,12 @@ def test_an_action_on_an_unknown_destination_or_an_unknown_action_is_404(client)
         "error": "No action explode: resume, retry-now, replay-failed or verify", "code": 404}
 
 
+@pytest.mark.parametrize("path", ["/dashboard/destinations", "/dashboard/leads", "/dashboard/accuracy"])
+def test_the_new_pages_send_a_stranger_to_the_login_page(client, path):
+    response = client.get(path)
+    assert (response.status_code, response.location) == (302, "/dashboard/login")
+
+
 @pytest.mark.parametrize("path", ["/admin/api/destinations", "/admin/api/leads", "/admin/api/accuracy"])
 def test_the_new_lookups_need_the_admin_password(client, path):
     assert client.get(path).status_code == 401
