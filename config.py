@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field, replace
 from importlib.util import find_spec
 from typing import Any, Mapping, Protocol
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
@@ -106,6 +107,8 @@ class Site:
     settings: Mapping[str, Any]
     lists: Mapping[str, str] = field(default_factory=dict)  # Octeth ListID -> name
     telegram: Telegram | None = None
+    timezone: str = "UTC"  # IANA name: the accuracy report's days are this zone's days
+    coverage_alert_below: float | None = None  # a share 0–1: a day delivered below it is marked
 
     def allows_origin(self, origin: str | None) -> bool:
         return bool(origin) and ("*" in self.allowed_origins or origin in self.allowed_origins)
@@ -435,8 +438,32 @@ class _Validator:
             destinations=destinations,
             lists=lists,
             telegram=telegram,
+            timezone=self.zone(raw, path),
+            coverage_alert_below=self.share(raw, "coverage_alert_below", path),
             settings=raw,
         )
+
+    def zone(self, raw: dict, path: str) -> str:
+        """`timezone`: an IANA time zone name (Europe/Berlin), UTC when absent."""
+        name = self.text(raw, "timezone", path, default="UTC") or "UTC"
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            self.fail(f"{path}.timezone", f"unknown time zone {name!r}; use an IANA name such as \"Europe/Berlin\"")
+            return "UTC"
+        return name
+
+    def share(self, raw: dict, key: str, path: str) -> float | None:
+        """An optional share between 0 and 1 (0.9 is 90 %)."""
+        if raw.get(key) is None or raw.get(key) == "":
+            return None
+        value = self.number(raw, key, path, default=math.nan, kind=float)  # NaN: number() said what is wrong
+        if math.isnan(value):
+            return None
+        if value > 1:
+            self.fail(_join(path, key), f"must be a share between 0 and 1 (0.9 is 90 %), got {raw.get(key)!r}")
+            return None
+        return value
 
     def destinations(self, raw: Any, path: str, site_id: str) -> tuple[Destination, ...]:
         if not isinstance(raw, list):

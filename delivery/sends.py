@@ -198,3 +198,10 @@ def put_back(sends: list[Send], now: datetime) -> None:
     updates = _updates([rescheduling(send, now) for send in sends])
     with writing():
         _apply(updates)
+
+
+def retry_now(destination_key: str, now: datetime) -> int:
+    """Make the destination's backing-off sends (pending, next attempt in the future) due at `now`; how many."""
+    waiting = (Send.destination == destination_key) & (Send.status == PENDING) & (Send.next_attempt_at > now)
+    with writing():
+        return Send.update(next_attempt_at=now).where(waiting).execute()

@@ -4,7 +4,8 @@ Every module has one shape, platforms.base.Platform: NAME, LABEL, BATCH_LIMIT, M
 from ingest — CLICK_IDS (the click ids and cookies it reads, and which of them tie a conversion to its ad) and
 FLAVOURS (its own forms of identity fields, hashed at ingest) — and check_settings(dest), url(dest) (secrets
 masked), build(event, dest) -> item (raises Skip), identifiers(item), request_key(item) (items with different
-keys never share a request), send(items, dest, http). Adding a platform is its module plus one line in NAMES.
+keys never share a request), send(items, dest, http), verify(dest, http) (one harmless call with the
+credentials: a Verdict). Adding a platform is its module plus one line in NAMES.
 A platform that keeps something per destination between sends (Google Ads: its access token) also has
 cache(clock) -> that keeper; the dispatcher makes one per destination and passes it as send(..., cache=).
 """

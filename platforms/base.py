@@ -3,18 +3,18 @@ quality, the HTTP seam and the helpers of more than one platform."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Callable, Hashable, Mapping, Protocol, runtime_checkable
 
 import requests
 
+from ingest.canonical import CanonicalEvent, utcnow
 from ingest.hashing import hashed, sha256
 from outbound import Http  # noqa: F401 - re-exported: every platform sends through it
 
 if TYPE_CHECKING:
     from config import Destination
-    from ingest.canonical import CanonicalEvent
 
 SENT, RETRY, THROTTLE, SETUP, REJECTED = "sent", "retry", "throttle", "setup", "rejected"
 EXCERPT_CHARS = 2000
@@ -39,6 +39,14 @@ class Outcome:
     response: str | None = None
     retry_after: float | None = None
     whole_batch: bool = False  # rejected because of *some* event in the batch: split to find it
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What one harmless call with a destination's credentials showed: OK, or the platform's own error."""
+
+    ok: bool
+    message: str
 
 
 # --- what a platform needs from ingest -----------------------------------------------------------------------
@@ -123,6 +131,8 @@ class Platform(Protocol):
     def request_key(self, item: dict) -> Hashable: ...
 
     def send(self, items: list[dict], dest: Destination, http: Http) -> list[Outcome]: ...
+
+    def verify(self, dest: Destination, http: Http) -> Verdict: ...
 
 
 # --- what platforms share when they build, send and classify -----------------------------------------------
@@ -231,3 +241,35 @@ def network_failure(exc: requests.RequestException, count: int, timeout: float) 
     else:
         error = f"connection failed ({type(exc).__name__})"
     return everyone(Outcome(RETRY, error=error), count)
+
+
+# --- verifying credentials: one harmless call -----------------------------------------------------------------
+
+PROBE_ID = "postback-credentials-check"
+
+
+def probe_event(dest: Destination, now: datetime) -> CanonicalEvent:
+    """A made-up Lead that any platform could match, for a call that is only checked or only shown as a test."""
+    return CanonicalEvent(
+        site_id=dest.site_id, dialect="console", event_name="Lead", standard_name="Lead",
+        event_id=f"{PROBE_ID}-{int(now.timestamp())}", occurred_at=now, received_at=now, external_id=PROBE_ID,
+        anonymous_id=PROBE_ID, identity={"em": sha256("credentials-check@example.com")}, ip="127.0.0.1",
+        user_agent="Postback credentials check", page_url="https://example.com/postback-credentials-check")
+
+
+def verdict(outcome: Outcome) -> Verdict:
+    """An outcome as a verdict: sent is OK; anything else is the platform's own error."""
+    if outcome.kind == SENT:
+        return Verdict(True, "OK")
+    return Verdict(False, outcome.error or f"HTTP {outcome.status}")
+
+
+def probe(build: Callable, send: Callable, dest: Destination, http: Http) -> Verdict:
+    """Send the probe event as the destination does in test mode, where the platform only checks or only shows it."""
+    now = utcnow()
+    testing = replace(dest, mode="test")
+    try:
+        item = build(probe_event(dest, now), testing)
+    except Skip as skip:
+        return Verdict(False, skip.reason)
+    return verdict(send([item], testing, http)[0])

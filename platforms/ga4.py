@@ -15,8 +15,8 @@ from ingest.canonical import CanonicalEvent
 from ingest.hashing import HASHED_RE
 from config import Destination
 from platforms.base import (
-    REJECTED, RETRY, SENT, SETUP, THROTTLE, ClickId, Cookie, Flavour, Http, Outcome, Skip, everyone, excerpt,
-    google_email, missing_settings, network_failure, retry_after_seconds,
+    REJECTED, RETRY, SENT, SETUP, THROTTLE, ClickId, Cookie, Flavour, Http, Outcome, Skip, Verdict, everyone,
+    excerpt, google_email, missing_settings, network_failure, probe, retry_after_seconds,
 )
 
 NAME = "ga4"
@@ -340,3 +340,9 @@ def _reason(response: requests.Response, text: str) -> str:
     if isinstance(error, dict) and isinstance(error.get("message"), str) and error["message"]:
         return error["message"]
     return response.reason or "no message"
+
+
+def verify(dest: Destination, http: Http) -> Verdict:
+    """A test event to the validation server, /debug/mp/collect, which records nothing
+    (https://developers.google.com/analytics/devguides/collection/protocol/ga4/validating-events)."""
+    return probe(build, send, dest, http)

@@ -15,8 +15,9 @@ import requests
 from ingest.canonical import CUSTOM, CanonicalEvent, fold
 from config import Destination
 from platforms.base import (
-    REJECTED, RETRY, SENT, SETUP, THROTTLE, ClickId, Cookie, Flavour, Form, Http, Outcome, Rival, Skip, everyone,
-    excerpt, google_email, json_object, missing_settings, network_failure, retry_after_seconds, unreadable,
+    REJECTED, RETRY, SENT, SETUP, THROTTLE, ClickId, Cookie, Flavour, Form, Http, Outcome, Rival, Skip, Verdict,
+    everyone, excerpt, google_email, json_object, missing_settings, network_failure, retry_after_seconds, unreadable,
+    verdict,
 )
 
 NAME = "google_ads"
@@ -416,3 +417,13 @@ def _retry_delay(error: dict) -> float | None:
                 except ValueError:
                     return None
     return None
+
+
+def verify(dest: Destination, http: Http) -> Verdict:
+    """The OAuth token refresh alone: it proves the client id, secret and refresh token and uploads nothing
+    (https://developers.google.com/identity/protocols/oauth2/web-server#offline)."""
+    try:
+        _refresh(dest, http, time.monotonic(), _credentials(dest))
+    except _NoToken as failure:
+        return verdict(failure.outcome)
+    return Verdict(True, "OK")

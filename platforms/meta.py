@@ -10,8 +10,9 @@ import requests
 from ingest.canonical import CanonicalEvent
 from config import Destination
 from platforms.base import (
-    REJECTED, RETRY, SENT, SETUP, THROTTLE, ClickId, Cookie, Flavour, Form, Http, Minted, Outcome, Skip, everyone,
-    excerpt, hashed_user_data, json_object, missing_settings, network_failure, retry_after_seconds, unreadable,
+    REJECTED, RETRY, SENT, SETUP, THROTTLE, ClickId, Cookie, Flavour, Form, Http, Minted, Outcome, Skip, Verdict,
+    everyone, excerpt, hashed_user_data, json_object, missing_settings, network_failure, probe, retry_after_seconds,
+    unreadable, verdict,
 )
 
 NAME = "meta"
@@ -187,3 +188,22 @@ def _message(status: int, error: dict) -> str:
     detail = [p for p in (error.get("error_user_title"), error.get("error_user_msg"))
               if isinstance(p, str) and p and p.casefold() not in text.casefold()]
     return f"{text}: {' — '.join(detail)}" if detail else text
+
+
+def verify(dest: Destination, http: Http) -> Verdict:
+    """A test event when the destination has a test_event_code (Meta shows it only in Test Events); else a read
+    of the pixel with the token (https://developers.facebook.com/docs/marketing-api/reference/ads-pixel/)."""
+    if dest.settings.get("test_event_code"):
+        return probe(build, send, dest, http)
+    s = dest.settings
+    base = str(s.get("api_base") or DEFAULT_API_BASE).rstrip("/")
+    node = f"{base}/{s.get('api_version') or DEFAULT_API_VERSION}/{s['pixel_id']}"
+    try:
+        response = http.session.get(node, params={"fields": "id,name"}, timeout=http.timeout,
+                                    headers={"Authorization": f"Bearer {s.get('access_token') or ''}"})
+    except requests.RequestException as exc:
+        return verdict(network_failure(exc, 1, http.timeout)[0])
+    answer = json_object(response)
+    if response.status_code == 200 and answer and answer.get("id"):
+        return Verdict(True, "OK")
+    return verdict(classify(response, 1)[0])

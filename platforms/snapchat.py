@@ -12,8 +12,8 @@ import requests
 from ingest.canonical import CUSTOM, CanonicalEvent, fold
 from config import Destination
 from platforms.base import (
-    REJECTED, RETRY, SENT, SETUP, THROTTLE, ClickId, Cookie, Flavour, Http, Outcome, Skip, everyone, excerpt,
-    hashed_user_data, json_object, missing_settings, network_failure, retry_after_seconds, unreadable,
+    REJECTED, RETRY, SENT, SETUP, THROTTLE, ClickId, Cookie, Flavour, Http, Outcome, Skip, Verdict, everyone,
+    excerpt, hashed_user_data, json_object, missing_settings, network_failure, probe, retry_after_seconds, unreadable,
 )
 
 NAME = "snapchat"
@@ -223,3 +223,9 @@ def _log_message(log: dict) -> str:
     codes = [str(c) for c in errors.get("codes") or []]
     detail = "; ".join(messages) or "no reason given"
     return f"Snapchat INVALID{' ' + ', '.join(codes) if codes else ''}: {detail}"
+
+
+def verify(dest: Destination, http: Http) -> Verdict:
+    """A test event to the validate endpoint, which checks the token and the pixel and records nothing
+    (https://developers.snap.com/api/marketing-api/Conversions-API/VerifySetUp)."""
+    return probe(build, send, dest, http)

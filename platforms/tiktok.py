@@ -11,8 +11,8 @@ from ingest.canonical import CanonicalEvent
 from config import Destination
 from ingest.hashing import hashed, sha256
 from platforms.base import (
-    REJECTED, RETRY, SENT, SETUP, THROTTLE, ClickId, Cookie, Flavour, Http, Outcome, Skip, everyone, excerpt,
-    json_object, missing_settings, network_failure, retry_after_seconds, unreadable,
+    REJECTED, RETRY, SENT, SETUP, THROTTLE, ClickId, Cookie, Flavour, Http, Outcome, Skip, Verdict, everyone,
+    excerpt, json_object, missing_settings, network_failure, probe, retry_after_seconds, unreadable,
 )
 
 NAME = "tiktok"
@@ -210,3 +210,11 @@ def _not_tiktok(response: requests.Response, count: int) -> list[Outcome]:
     if response.status_code < 400:  # TikTok's own answers are JSON even at HTTP 200: this one is a glitch
         outcome = replace(outcome, kind=RETRY)
     return everyone(outcome, count)
+
+
+def verify(dest: Destination, http: Http) -> Verdict:
+    """A test event under the destination's test_event_code: TikTok shows it only in Test Events
+    (https://business-api.tiktok.com/portal/docs?id=1771100779668482)."""
+    if not dest.settings.get("test_event_code"):
+        return Verdict(False, "set test_event_code (Events Manager → Test Events) to verify TikTok credentials")
+    return probe(build, send, dest, http)

@@ -12,7 +12,7 @@ from typing import Callable
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
 from config import Config
-from console import kept
+from console import accuracy, destinations as dests, dialect_pages, kept
 from console.events import Filters, listing
 from console.overview import overview
 from console import throttle
@@ -34,8 +34,9 @@ MAX_ROW_ID = 2 ** 63 - 1  # the largest id a database row can have: a larger one
 
 @bp.errorhandler(Refused)
 def refused(exc: Refused):
-    """A body that cannot be read, or storage that cannot be written: the admin API's `{"error", "code"}`."""
-    status = 503 if isinstance(exc, StorageFault) else 413 if isinstance(exc, BodyTooLarge) else 400
+    """A body that cannot be read, storage that cannot be written, or a dialect's own refusal (404, 409): the admin
+    API's `{"error", "code"}`."""
+    status = 503 if isinstance(exc, StorageFault) else 413 if isinstance(exc, BodyTooLarge) else getattr(exc, "status", 400)
     return jsonify({"error": exc.reason, "code": status}), status
 
 
@@ -267,3 +268,57 @@ def erase_person():
 def config_lookup():
     """The config in force, every secret masked."""
     return jsonify(shown_config(current_config()))
+
+
+@bp.get("/destinations")
+@admin_required
+def destinations_lookup():
+    """Every destination with its mode, state (active, backing off, paused with the error, disabled) and counts."""
+    return jsonify(dests.destinations(current_config(), utcnow()))
+
+
+@bp.post("/destinations/<site>/<name>/<action>")
+@admin_required
+def destination_action(site: str, name: str, action: str):
+    """`resume`, `retry-now`, `replay-failed` or `verify` on an enabled destination, as the console's buttons."""
+    config, key = current_config(), f"{site}/{name}"
+    dest = dests.find(config, key)
+    if dest is None:
+        return jsonify({"error": f"No enabled destination {key}", "code": 404}), 404
+    if action == "resume":
+        return jsonify({"destination": key, "resumed": dests.resume(key)})
+    if action == "retry-now":
+        return jsonify({"destination": key, "due_now": dests.retry(key, utcnow())})
+    if action == "replay-failed":
+        return jsonify({"destination": key, "queued": dests.replay(key, utcnow())})
+    if action == "verify":
+        return jsonify({"destination": key, **dests.verify(config, dest)})
+    return jsonify({"error": f"No action {action}: resume, retry-now, replay-failed or verify", "code": 404}), 404
+
+
+@bp.get("/leads")
+@admin_required
+def leads_lookup():
+    """Telegram leads per site with their conversions; `user` finds one by its Telegram id."""
+    page = dialect_pages.page("leads")
+    if page is None:
+        return jsonify({"error": "No dialect offers leads", "code": 404}), 404
+    return jsonify(page.listing(current_config(), request.args.get("user") or None))
+
+
+@bp.post("/leads/<site>/<user>/conversions/<conversion>/value")
+@admin_required
+def submit_value(site: str, user: str, conversion: str):
+    """Give an awaiting conversion its value (`value`, `currency`, optional pii fields): its sends are scheduled."""
+    page = dialect_pages.page("leads")
+    if page is None:
+        return jsonify({"error": "No dialect offers leads", "code": 404}), 404
+    body = read_object(request, current_config().max_body_bytes)
+    return jsonify(page.submit(current_config(), site, user, conversion, body, utcnow()))
+
+
+@bp.get("/accuracy")
+@admin_required
+def accuracy_lookup():
+    """Per site, destination and day in the site's time zone: purchases received, delivered, skipped, failed."""
+    return jsonify(accuracy.report(current_config(), utcnow()))

@@ -8,12 +8,13 @@ import secrets
 from flask import Blueprint, Flask, abort, current_app, flash, redirect, render_template, request, session, url_for
 from werkzeug.exceptions import HTTPException
 
-from console import chart, kept
+from console import accuracy as accuracy_of, chart, destinations as dests, dialect_pages, kept
 from console.events import Filters, listing
 from console.overview import overview as overview_of
 from console.settings import shown_config
 from console.story import replay, story
 from config import Config
+from dialects.errors import Refused
 from ingest import inspector
 from ingest.canonical import utcnow
 from console.sessions import end_session, open_session, valid_session
@@ -152,6 +153,66 @@ def inspector_page():
 @bp.get("/dashboard/config")
 def config_page():
     return render_template("config.html", config=shown_config(current_config()))
+
+
+@bp.get("/dashboard/destinations")
+def destinations():
+    return render_template("destinations.html", data=dests.destinations(current_config(), utcnow()))
+
+
+DESTINATION_ACTIONS = ("resume", "retry-now", "replay-failed", "verify")
+
+
+@bp.post("/dashboard/destinations/<site>/<name>/<action>")
+def destination_action(site: str, name: str, action: str):
+    """One of DESTINATION_ACTIONS on an enabled destination, its result told on the page it came from."""
+    config, key = current_config(), f"{site}/{name}"
+    dest = dests.find(config, key)
+    if dest is None or action not in DESTINATION_ACTIONS:
+        abort(404, f"No enabled destination {key} with an action {action!r}.")
+    if action == "resume":
+        flash(f"{key} resumed: its waiting sends go on the dispatcher's next pass." if dests.resume(key)
+              else f"{key} was not paused.")
+    elif action == "retry-now":
+        flash(f"{key}: {dests.retry(key, utcnow())} backing-off send(s) are due now.")
+    elif action == "replay-failed":
+        flash(f"{key}: {dests.replay(key, utcnow())} failed send(s) queued again.")
+    else:
+        verdict = dests.verify(config, dest)
+        flash(f"{key} credentials: {verdict['message']}", "ok" if verdict["ok"] else "error")
+    back = request.form.get("back")
+    return redirect(url_for("dashboard.overview") if back == "overview" else url_for("dashboard.destinations"))
+
+
+def _leads_page():
+    found = dialect_pages.page("leads")
+    if found is None:
+        abort(404, "No dialect offers a leads page.")
+    return found
+
+
+@bp.get("/dashboard/leads")
+def leads():
+    user = request.args.get("user", "").strip()
+    return render_template("leads.html", data=_leads_page().listing(current_config(), user or None), user=user)
+
+
+@bp.post("/dashboard/leads/<site>/<user>/conversions/<conversion>/value")
+def submit_value(site: str, user: str, conversion: str):
+    """The Submit value form: the conversion's sends are scheduled as the value endpoint schedules them."""
+    try:
+        done = _leads_page().submit(current_config(), site, user, conversion, request.form, utcnow())
+    except Refused as refused:
+        flash(f"Conversion {conversion}: {refused.reason}", "error")
+    else:
+        flash(f"Conversion {conversion}: {done['value']:g} {done['currency']} submitted; "
+              f"{len(done['sends'])} send(s) scheduled.", "ok")
+    return redirect(url_for("dashboard.leads", user=user))
+
+
+@bp.get("/dashboard/accuracy")
+def accuracy():
+    return render_template("accuracy.html", data=accuracy_of.report(current_config(), utcnow()))
 
 
 def _page() -> int:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import socket
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -13,7 +14,7 @@ from delivery.dispatcher import Dispatcher
 from models import Send
 from ingest import clickids
 from platforms import REGISTRY
-from platforms.base import RETRY, THROTTLE, ClickId, Flavour, Http, Platform, Skip
+from platforms.base import RETRY, THROTTLE, ClickId, Flavour, Http, Platform, Skip, Verdict
 from tests.conftest import BROWSER, SEED_EXAMPLE, base_config, build_config, with_destinations
 from tests.fakes.ga4 import FakeGA4
 from tests.fakes.google_ads import FakeGoogleAds
@@ -278,3 +279,39 @@ def test_the_dry_run_shows_every_platforms_payload_and_score(tmp_path):
         score, identifiers = entry["match_quality"]["score"], entry["match_quality"]["identifiers"]
         assert 0 < score <= 10 and identifiers == REGISTRY[platform].identifiers(entry["payload"])
     assert "api_secret=***" in shown["ga4"]["url"]
+
+
+# --- verifying credentials: one harmless call --------------------------------------------------------------------
+
+BAD_CREDENTIALS = {"access_token": "revoked", "refresh_token": "revoked", "api_secret": "revoked"}
+REFUSED = {
+    "meta": "Meta error 190: Invalid OAuth access token - Cannot parse access token",
+    "tiktok": "TikTok error 40105: Access token is incorrect or has been revoked.",
+    "snapchat": "Snapchat INVALID (HTTP 401): Unauthorized: the access token is invalid or expired",
+    "google_ads": "Google OAuth error invalid_grant: Token has been expired or revoked.",
+    "ga4": None,  # its validation server checks the event, not the api_secret
+}
+
+
+def verified(config, name: str, **changes) -> tuple[bool, str]:
+    dest = config.destination(f"shop/{name}")
+    dest = replace(dest, settings={**dest.settings, "test_event_code": "TEST42", **changes})
+    verdict = REGISTRY[name].verify(dest, Http(2))
+    return verdict.ok, verdict.message
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_verify_is_ok_with_good_credentials_and_the_platforms_own_error_with_bad_ones(config, fakes, name):
+    assert verified(config, name) == (True, "OK")
+    refused = REFUSED[name]
+    assert verified(config, name, **BAD_CREDENTIALS) == ((False, refused) if refused else (True, "OK"))
+    events = {"meta": lambda f: f.events, "tiktok": lambda f: f.events, "snapchat": lambda f: f.events,
+              "google_ads": lambda f: f.conversions, "ga4": lambda f: f.events}[name]
+    assert events(fakes[name]) == []  # a check, never a conversion
+
+
+def test_tiktok_without_a_test_event_code_says_how_to_verify(config, fakes):
+    dest = config.destination("shop/tiktok")
+    assert REGISTRY["tiktok"].verify(dest, Http(2)) == Verdict(
+        False, "set test_event_code (Events Manager → Test Events) to verify TikTok credentials")
+    assert fakes["tiktok"].requests == []

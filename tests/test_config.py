@@ -54,6 +54,7 @@ def test_the_shipped_example_loads_as_it_is():
     [shop] = config.sites
     assert (shop.id, shop.name, shop.keys, shop.pixel_token) == ("shop", "Demo Shop", ("key_demo_123", "atk_live_demo"), "52fb5565a7b23ec66fad3988")
     assert (shop.default_country, shop.default_currency, shop.allowed_origins) == ("US", "USD", ("https://shop.example",))
+    assert (shop.timezone, shop.coverage_alert_below) == ("UTC", None)  # the defaults: UTC days, no marked day
     assert dict(shop.event_map) == {"signed_up": "CompleteRegistration", "purchase_completed": "Purchase"}
     assert config.site_for_key("key_demo_123") is shop and config.site_for_key("atk_live_demo") is shop
     # Every built platform, all in dry mode (docs/configuration.md), so `make run` works without a single credential.
@@ -95,6 +96,14 @@ def test_the_shipped_example_loads_as_it_is():
                  ["sites[0].default_country: unknown country 'Atlantis'; use an ISO code such as \"US\""], id="unknown country"),
     pytest.param(raw(site(default_currency="Euros")),
                  ["sites[0].default_currency: unknown currency 'Euros'; use ISO 4217 such as \"USD\""], id="unknown currency"),
+    pytest.param(raw(site(timezone="Mars/Olympus_Mons")),
+                 ["sites[0].timezone: unknown time zone 'Mars/Olympus_Mons'; use an IANA name such as \"Europe/Berlin\""],
+                 id="unknown time zone"),
+    pytest.param(raw(site(coverage_alert_below=90)),
+                 ["sites[0].coverage_alert_below: must be a share between 0 and 1 (0.9 is 90 %), got 90"],
+                 id="coverage given as a percentage"),
+    pytest.param(raw(site(coverage_alert_below=-0.1)),
+                 ["sites[0].coverage_alert_below: must be at least 0"], id="negative coverage"),
     pytest.param(raw(site(default_country=False)),
                  ["sites[0].default_country: must be text, got false; quote it"], id="boolean country"),
     pytest.param(raw(site(), site(id="blog", keys=["key_b", "key_a"])),
@@ -346,3 +355,9 @@ def test_an_in_memory_database_is_refused(database, env):
     with pytest.raises(ConfigError) as refused:
         parse_config(dump(raw(site(), storage={"database": database})), env, platforms=REGISTRY)
     assert refused.value.problems == ["storage.database: an in-memory database cannot be shared between threads; use a file"]
+
+
+def test_a_sites_time_zone_and_coverage_threshold_are_read():
+    [shop] = parse_config(yaml.safe_dump(raw(site(timezone="Europe/Berlin", coverage_alert_below="0.9"))), {},
+                          platforms=REGISTRY).sites
+    assert (shop.timezone, shop.coverage_alert_below) == ("Europe/Berlin", 0.9)

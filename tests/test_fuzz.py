@@ -277,6 +277,9 @@ ENDPOINTS = [
     Endpoint("admin backfill", "POST", "/admin/api/destinations/{site}/{name}/backfill", admin_shape,
              {"since": "7d", "dry_run": True}, {"Authorization": f"Bearer {PASSWORD}"},
              segments={"site": "shop", "name": "meta"}),
+    Endpoint("admin submit value", "POST", "/admin/api/leads/{site}/{lead}/conversions/{conversion}/value",
+             admin_shape, {"value": 5, "currency": "USD"}, {"Authorization": f"Bearer {PASSWORD}"},
+             segments={"site": "shop", "lead": "555000111", "conversion": "conv_x"}, personal=("pii.email", "pii.phone")),
     Endpoint("healthz", "GET", "/healthz", health_shape),
 ]
 

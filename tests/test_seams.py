@@ -18,7 +18,7 @@ from ingest.fanout import missing_attribution
 from ingest.hashing import sha256
 from models import Event, Send
 from platforms import REGISTRY
-from platforms.base import ClickId, Flavour, Platform
+from platforms.base import ClickId, Flavour, Platform, Verdict
 from tests.conftest import RAW_PII, with_destinations
 from tests.fakes.telegram import FakeTelegram, chat_member, telegram_section
 
@@ -136,6 +136,7 @@ def xy_platform() -> ModuleType:
     module.identifiers = lambda item: ["xyclid"] if item.get("xyclid") else []
     module.request_key = lambda item: None
     module.send = lambda items, dest, http: []
+    module.verify = lambda dest, http: Verdict(True, "OK")
     return module
 
 

@@ -6,3 +6,5 @@ SAFE_FIELDS = ("eventType", "eventTime", "occurred_at", "value", "currency", "id
 PERSONAL_FIELDS = ("pii", "user")  # never shown, nor opened when they hold an object
 # Its modules that keep rows (each declares a STORE): purged and erased with every other store.
 STORES = ("dialects.adtarget.funnel",)
+# Pages it adds to the console (each module: PAGE, TITLE, listing(config, user), submit(...)).
+CONSOLE_PAGES = ("dialects.adtarget.console",)

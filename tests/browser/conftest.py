@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -38,26 +39,42 @@ def fake_meta_server():
     meta.stop()
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory, fake_meta_server):
-    """Postback on a free port of 127.0.0.1, and its config."""
+@contextmanager
+def serving(raw: dict):
+    """Postback built from `raw` on a free port of 127.0.0.1: its base URL and its config."""
     from werkzeug.serving import make_server
 
     from app import create_app
     from models import database
-    from tests.conftest import base_config, build_config, meta_destination, remember_database, with_destinations
+    from tests.conftest import build_config, remember_database
 
-    raw = with_destinations(base_config(tmp_path_factory.mktemp("console")), meta_destination(fake_meta_server.url))
-    raw["admin"]["password"] = "browser-pass"
     config = build_config(raw)
     remember_database(config.database)
     server = make_server("127.0.0.1", 0, create_app(config), threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_port}", config
-    server.shutdown()
-    thread.join()
-    database.close()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", config
+    finally:
+        server.shutdown()
+        thread.join()
+        database.close()
+
+
+def console_config(tmp_path: Path, meta_url: str) -> dict:
+    """The example config with its Meta destination at the fake and the browser tests' admin password."""
+    from tests.conftest import base_config, meta_destination, with_destinations
+
+    raw = with_destinations(base_config(tmp_path), meta_destination(meta_url))
+    raw["admin"]["password"] = "browser-pass"
+    return raw
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory, fake_meta_server):
+    """Postback on a free port of 127.0.0.1, and its config."""
+    with serving(console_config(tmp_path_factory.mktemp("console"), fake_meta_server.url)) as served:
+        yield served
 
 
 @pytest.fixture(scope="session")

@@ -114,7 +114,22 @@ class FakeMeta(PixelFake):
             "query": query, "body": body, "headers": dict(h.headers),
             "token_in_query": "access_token" in query, "status": None, "answer": None,
         }
+        pixel = re.fullmatch(rf"/{re.escape(self.api_version)}/([^/]+)/?", url.path)
+        if h.command == "GET" and pixel:
+            bearer = h.headers.get("Authorization", "").removeprefix("Bearer ").removeprefix("OAuth ")
+            self._serve(h, record, lambda: self._pixel(pixel[1], query.get("access_token") or bearer))
+            return
         self._serve(h, record, lambda: self._answer(h.command, url.path, match, query, body))
+
+    def _pixel(self, pixel_id: str, token: str) -> tuple[int, dict, dict]:
+        """GET /{api_version}/{pixel_id}: the pixel's id and name, as Graph reads an Ads Pixel node."""
+        if token != self.token:
+            return 400, graph_error(190, "Invalid OAuth access token - Cannot parse access token"), {}
+        if pixel_id not in self.pixels:
+            return 400, graph_error(100, f"Unsupported get request. Object with ID '{pixel_id}' does not exist, "
+                                         "cannot be loaded due to missing permissions, or does not support this "
+                                         "operation.", subcode=33), {}
+        return 200, {"id": pixel_id, "name": f"Pixel {pixel_id}"}, {}
 
     def _headers(self, record: dict) -> dict:
         return {"facebook-api-version": self.api_version}
