@@ -38,10 +38,12 @@ FBC = re.compile(r"fb\.1\.(\d{13})\.AbC")
 PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title></head>
 <body style="font-family: sans-serif"><h1>{title}</h1><p>A landing page on {origin}, tracked by {base}.</p>
 <p><a id="vip" href="https://t.me/+PrivateVipLink" data-postback-channel="vip">Join our VIP channel</a></p>
-<pre id="state"></pre>
+<pre id="state"></pre>{before}
 <script src="{base}/static/postback.js" data-site="shop" data-key="{key}" {extra} async></script></body></html>"""
-PAGES = {"/landing.html": ("Summer sale", ""), "/second.html": ("Checkout", ""),
-         "/denied.html": ("No consent", 'data-consent="denied"')}
+QUEUED = """<script>window.postback = window.postback || [];
+postback.push(["track", "signed_up", {event_id: "evt_queued_before_load"}]);</script>"""
+PAGES = {"/landing.html": ("Summer sale", "", ""), "/second.html": ("Checkout", "", ""),
+         "/denied.html": ("No consent", 'data-consent="denied"', ""), "/queued.html": ("Early call", "", QUEUED)}
 
 
 class Landing:
@@ -56,8 +58,8 @@ class Landing:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def wsgi(self, environ, start_response):
-        title, extra = PAGES.get(environ["PATH_INFO"], ("Not found", ""))
-        page = PAGE.format(title=title, origin=self.origin, base=self.base, key=KEY, extra=extra)
+        title, extra, before = PAGES.get(environ["PATH_INFO"], ("Not found", "", ""))
+        page = PAGE.format(title=title, origin=self.origin, base=self.base, key=KEY, extra=extra, before=before)
         start_response("200 OK" if title != "Not found" else "404 Not Found",
                        [("Content-Type", "text/html; charset=utf-8")])
         return [page.encode()]
@@ -264,3 +266,14 @@ def test_consent_withdrawn_on_the_page_drops_the_trackers_cookies(page: Page, tr
     assert sent["status"] == 200
     event = Event.get(Event.event_id == "evt_withdrawn")
     assert (event.consent, event.click_ids) == (False, {})
+
+
+def test_a_call_queued_before_the_script_loaded_is_sent_once_it_has(page: Page, tracked):
+    _, _, landing, _ = tracked
+    with page.expect_response(lambda response: response.url.endswith("/v1/track")) as answered:
+        page.goto(landing.url("queued.html?gclid=Queued"))
+    assert answered.value.json() == {"success": True, "eventId": "evt_queued_before_load",
+                                     "message": "Event recorded successfully"}
+    event = Event.get(Event.event_id == "evt_queued_before_load")
+    assert (event.event_name, event.click_ids, event.page_url) == (  # the click ids kept before it was sent
+        "signed_up", {"gclid": "Queued", "fbp": cookies(page)["_fbp"]}, landing.url("queued.html?gclid=Queued"))
