@@ -254,11 +254,14 @@ def migrate(show_status: bool):
 
 
 @cli.command("generate-key")
-def generate_key():
-    """Print a new random API key to put in a site's `keys`."""
+@click.option("--browser", is_flag=True, help="A publishable key for pages, for a site's `browser_keys`.")
+def generate_key(browser: bool):
+    """Print a new random API key to put in a site's `keys` (or, with --browser, its `browser_keys`)."""
     import secrets
 
-    click.echo(f"key_{secrets.token_urlsafe(24)}")
+    from config import BROWSER_KEY_PREFIX
+
+    click.echo(f"{BROWSER_KEY_PREFIX if browser else 'key_'}{secrets.token_urlsafe(24)}")
 
 
 def _load(path: str | None = None) -> Config:

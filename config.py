@@ -35,6 +35,10 @@ DATABASE_DRIVERS = {
     "postgresqlext": _POSTGRES, "cockroachdb": _POSTGRES, "crdb": _POSTGRES, "psycopg3": ("psycopg",),
     "mysql": ("pymysql", "MySQLdb"), "mysqlconnector": ("mysql.connector",), "mariadbconnector": ("mariadb",),
 }
+# A browser key is publishable: it sits in a page, so it says so in its prefix (`generate-key --browser`).
+BROWSER_KEY_PREFIX = "pk_"
+BROWSER_KEY_RE = re.compile(r"pk_[A-Za-z0-9_-]{8,128}")
+DEFAULT_BROWSER_RATE = 600  # per key and minute: every visitor of the site shares it
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -94,6 +98,18 @@ class Telegram:
 
 
 @dataclass(frozen=True)
+class BrowserKey:
+    """A publishable key for pages (docs/tracker.md): its own rate, and the events it may send (None: any)."""
+
+    key: str
+    events: tuple[str, ...] | None
+    rate_per_minute: int
+
+    def allows_event(self, *names: str | None) -> bool:
+        return self.events is None or any(name in self.events for name in names if name)
+
+
+@dataclass(frozen=True)
 class Site:
     id: str
     name: str
@@ -109,6 +125,7 @@ class Site:
     telegram: Telegram | None = None
     timezone: str = "UTC"  # IANA name: the accuracy report's days are this zone's days
     coverage_alert_below: float | None = None  # a share 0–1: a day delivered below it is marked
+    browser_keys: tuple[BrowserKey, ...] = ()
 
     def allows_origin(self, origin: str | None) -> bool:
         return bool(origin) and ("*" in self.allowed_origins or origin in self.allowed_origins)
@@ -132,6 +149,7 @@ class Config:
     sites: tuple[Site, ...]
     path: str | None = None
     _by_key: dict[str, Site] = field(default_factory=dict, repr=False, compare=False)
+    _by_browser_key: dict[str, tuple[Site, BrowserKey]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def max_body_bytes(self) -> int:
@@ -143,6 +161,10 @@ class Config:
 
     def site_for_key(self, key: object) -> Site | None:
         return self._by_key.get(key) if isinstance(key, str) else None
+
+    def browser_key(self, key: object) -> tuple[Site, BrowserKey] | None:
+        """The site and settings of a browser key; server keys are not browser keys."""
+        return self._by_browser_key.get(key) if isinstance(key, str) else None
 
     def site(self, site_id: str) -> Site | None:
         return next((s for s in self.sites if s.id == site_id), None)
@@ -378,6 +400,7 @@ class _Validator:
             sites=self.sites(raw.get("sites")),  # last, so problems come in the file's usual order
         )
         config._by_key.update({key: site for site in config.sites for key in site.keys})
+        config._by_browser_key.update({b.key: (site, b) for site in config.sites for b in site.browser_keys})
         return config
 
     def sites(self, raw: Any) -> tuple[Site, ...]:
@@ -398,6 +421,11 @@ class _Validator:
                 if key in seen_keys:
                     self.fail(f"{path}.keys", f"key {key[:4]}… is also used by site {seen_keys[key]!r}; keys must be unique across sites")
                 seen_keys[key] = site.id
+            for j, browser in enumerate(site.browser_keys):
+                if browser.key in seen_keys:
+                    self.fail(f"{path}.browser_keys[{j}]", f"key {browser.key[:5]}… is also a key of site "
+                                                         f"{seen_keys[browser.key]!r}; every key must be unique")
+                seen_keys[browser.key] = site.id
             for list_id in site.lists:
                 # An Octeth SessionID is not bound to a site: its ListID must name exactly one.
                 if list_id in seen_lists:
@@ -440,6 +468,7 @@ class _Validator:
             telegram=telegram,
             timezone=self.zone(raw, path),
             coverage_alert_below=self.share(raw, "coverage_alert_below", path),
+            browser_keys=self.browser_keys(raw.get("browser_keys"), f"{path}.browser_keys"),
             settings=raw,
         )
 
@@ -464,6 +493,37 @@ class _Validator:
             self.fail(_join(path, key), f"must be a share between 0 and 1 (0.9 is 90 %), got {raw.get(key)!r}")
             return None
         return value
+
+    def browser_keys(self, raw: Any, path: str) -> tuple[BrowserKey, ...]:
+        """Each a `pk_…` string, or a mapping `{key, events?, rate_per_minute?}`."""
+        if raw is None:
+            return ()
+        if not isinstance(raw, list):
+            self.fail(path, "must be a list of keys (pk_…) or of {key, events, rate_per_minute}")
+            return ()
+        out = []
+        for i, item in enumerate(raw):
+            kpath = f"{path}[{i}]"
+            item = {"key": item} if isinstance(item, str) else item
+            if not isinstance(item, dict):
+                self.fail(kpath, "must be a key (pk_…) or a mapping with key, events, rate_per_minute")
+                continue
+            unknown = sorted(str(k) for k in item if k not in ("key", "events", "rate_per_minute"))
+            if unknown:
+                self.fail(kpath, f"unknown setting(s) {', '.join(unknown)}; a browser key takes key, events, "
+                                 "rate_per_minute")
+            key = self.text(item, "key", kpath, required=True)
+            if key is not None and not BROWSER_KEY_RE.fullmatch(key):
+                self.fail(f"{kpath}.key", "must be pk_ followed by 8-128 letters, digits, _ or - "
+                                          "(`python cli.py generate-key --browser` prints one)")
+                continue
+            events = self.text_list(item, "events", kpath) if "events" in item else None
+            rate = self.number(item, "rate_per_minute", kpath, DEFAULT_BROWSER_RATE, minimum=1)
+            if key is not None:
+                if any(b.key == key for b in out):
+                    self.fail(f"{kpath}.key", "listed twice")
+                out.append(BrowserKey(key=key, events=events, rate_per_minute=rate))
+        return tuple(out)
 
     def destinations(self, raw: Any, path: str, site_id: str) -> tuple[Destination, ...]:
         if not isinstance(raw, list):

@@ -1,8 +1,17 @@
 """The config in force as the console and the admin API show it: every credential masked."""
 from __future__ import annotations
 
-from config import Config
+from config import Config, Site
 from console.masking import HIDDEN, masked, masked_url
+
+
+def tracker_snippet(config: Config, site: Site) -> str | None:
+    """The `<script>` tag of postback.js for a site with a browser key (docs/tracker.md); None without one."""
+    if not site.browser_keys:
+        return None
+    base = str(config.server["public_url"]).rstrip("/")
+    return (f'<script src="{base}/static/postback.js" data-site="{site.id}" '
+            f'data-key="{site.browser_keys[0].key}" async></script>')
 
 
 def shown_config(config: Config) -> dict:

@@ -22,7 +22,7 @@ from dialects.adtarget import parse as adtarget
 from dialects.adtarget.parse import VisitInput
 from dialects.common import ClientContext, clean_url, present, read_id, split_url
 from dialects.errors import FieldError, Refused, StorageFault
-from ingest import clickids
+from ingest import browser_keys, clickids
 from dialects.adtarget.funnel import SESSION_COOKIE, SESSION_COOKIE_MAX_AGE, TEMP_COOKIE, TEMP_COOKIE_MAX_AGE, FunnelError
 from routes.common import allow_origin, client_context, cookies_secure, current_config, dry_run, outbound_http, read_object
 
@@ -90,6 +90,11 @@ def init():
     site = site_named(config, site_of(body))
     check_origin(site)
     now = utcnow()
+    key = body.pop("key", None) or request.args.get("key")
+    if present(key):  # postback.js sends its browser key; the site's id alone still works, as it always did
+        if request.headers.get("Origin") is None:
+            raise FunnelError("UNAUTHORIZED", 401, browser_keys.INVALID_KEY)
+        count_browser_call(config, site, key, now)
     given = parse_init(body, client_context(request, config.trusted_proxies), site, now)
     result = funnel.start_visit(site, given, now, dry_run=dry_run())
     if given.notes and not dry_run():
@@ -114,6 +119,8 @@ def invite():
     if request.method == "HEAD":  # link checkers probe with HEAD: only a real visit may record one or ask Telegram
         return Response(status=200, headers={"Cache-Control": "no-store"})
     now = utcnow()
+    if present(request.args.get("key")):  # a link a person follows carries no Origin: the key and its rate only
+        count_browser_call(config, site, request.args.get("key"), now)
     temp_id = cookie_id(TEMP_COOKIE) or valid_id(request.args.get("tempId"))
     session_id = cookie_id(SESSION_COOKIE)
     if temp_id is None or from_ad() or funnel.latest_visit(site, temp_id) is None:
@@ -162,6 +169,17 @@ def check_origin(site: Site) -> None:
     raise FunnelError("ORIGIN_NOT_ALLOWED", 403,
                       f"Origin {origin[:200]} is not in the allowed_origins of site {site.id!r} "
                       "(sites[].allowed_origins)")
+
+
+def count_browser_call(config: Config, site: Site, key: object, now: datetime) -> None:
+    """A browser key of this very site, counted against its rate; refused in the tracker's shape."""
+    browser = browser_keys.of_site(config, site, key)
+    if dry_run() and request.endpoint == "tracker.init":
+        return
+    try:
+        browser_keys.count_call(browser, now)
+    except browser_keys.OverRate as exc:
+        raise FunnelError("RATE_LIMITED", 429, exc.reason, exc.retry_after) from None
 
 
 def parse_init(body: dict, connection: ClientContext, site: Site, now: datetime) -> VisitInput:

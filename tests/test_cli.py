@@ -15,7 +15,7 @@ from cli import cli
 from ingest.canonical import utcnow
 from ingest.inspector import Refusal
 from models import Event, Send
-from tests.conftest import BROWSER, ROOT, SEED_EXAMPLE
+from tests.conftest import BROWSER, ROOT, SEED_EXAMPLE, build_config
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def test_purge_removes_old_final_events_and_keeps_recent_and_still_pending_ones(
     Refusal.update(created_at=utcnow() - timedelta(days=91)).where(Refusal.reason == "Invalid JSON body").execute()
 
     assert run("purge") == (
-        "removed events 1, sends 1, refusals 1, admin_sessions 0, auth_failures 0, funnel_conversions 0, funnel_invite_links 0, funnel_visits 0, "
+        "removed events 1, sends 1, refusals 1, admin_sessions 0, auth_failures 0, browser_key_minutes 0, funnel_conversions 0, funnel_invite_links 0, funnel_visits 0, "
         "funnel_sessions 0, funnel_leads 0, user_profiles 0, octeth_subscribers 0, pixel_profiles 0\n")
 
     assert sorted(e.event_id for e in Event.select()) == ["old-pending", "recent"]
@@ -64,7 +64,7 @@ def test_stats_counts_events_per_site_sends_per_status_and_the_rows_of_every_tab
     post(client, "b", consent=False)
     assert run("stats") == (
         "site shop: 2 event(s)\nshop/meta: pending 1, skipped 1\n"
-        "rows: events 2, sends 2, destination_state 0, refusals 2, admin_sessions 0, auth_failures 0, funnel_sessions 0, funnel_visits 0, "
+        "rows: events 2, sends 2, destination_state 0, refusals 2, admin_sessions 0, auth_failures 0, browser_key_minutes 0, funnel_sessions 0, funnel_visits 0, "
         "funnel_invite_links 0, funnel_leads 0, funnel_conversions 0, user_profiles 0, products 0, octeth_subscribers 0, "
         "octeth_properties 0, pixel_profiles 0\n")  # each seed event is partly accepted: fbc, fbp
 
@@ -72,6 +72,13 @@ def test_stats_counts_events_per_site_sends_per_status_and_the_rows_of_every_tab
 def test_generate_key_prints_a_fresh_random_key(run):
     first, second = run("generate-key").strip(), run("generate-key").strip()
     assert re.fullmatch(r"key_[A-Za-z0-9_-]{32}", first) and first != second
+
+
+def test_generate_key_browser_prints_a_publishable_key_the_config_takes(run, raw_config):
+    key = run("generate-key", "--browser").strip()
+    assert re.fullmatch(r"pk_[A-Za-z0-9_-]{32}", key)
+    raw_config["sites"][0]["browser_keys"] = [key]
+    assert build_config(raw_config).browser_key(key)[0].id == "shop"
 
 
 def test_check_config_reports_each_problem_with_its_path(raw_config, tmp_path):

@@ -196,6 +196,15 @@ def test_the_config_shows_no_secret(raw_config, request):
     assert (shown["admin"], shown["sites"][0]["keys"]) == ({"password": HIDDEN}, [HIDDEN, HIDDEN])
 
 
+def test_the_config_page_shows_each_sites_tracker_snippet_with_its_browser_key(raw_config, request):
+    raw_config["server"]["public_url"] = "https://track.shop.example"
+    client = request.getfixturevalue("client")
+    sign_in(client)
+    page = client.get("/dashboard/config").get_data(as_text=True)
+    assert ('&lt;script src=&#34;https://track.shop.example/static/postback.js&#34; data-site=&#34;shop&#34; '
+            'data-key=&#34;pk_demo_shop_browser&#34; async&gt;&lt;/script&gt;') in page
+
+
 def test_the_console_lookups_need_the_admin_password(client):
     for path in ("/admin/api/overview", "/admin/api/events", "/admin/api/events/1", "/admin/api/config"):
         assert client.get(path).status_code == 401
