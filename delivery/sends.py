@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from ingest.canonical import utcnow
 from config import Destination
 from models import (
-    FAILED, FINAL, PENDING, SENDING, DestinationState, Event, Send, database, update_rows, writing,
+    FAILED, FINAL, PENDING, SENDING, SKIPPED, DestinationState, Event, Send, database, update_rows, writing,
 )
 from ingest.privacy import reduce_ip
 
@@ -181,3 +181,16 @@ def put_back(sends: list[Send], now: datetime) -> None:
     updates = _updates([rescheduling(send, now) for send in sends])
     with writing():
         _apply(updates)
+
+
+DROPPED = "destination disabled or removed from the config"
+
+
+def skip_dropped(destinations: list[str], now: datetime, ip_policy: str) -> int:
+    """Pending sends of a destination no longer enabled end as skipped, instead of waiting forever."""
+    dropped = (Send.status == PENDING) & Send.destination.not_in(destinations)
+    with writing():
+        ips = dict(Send.select(Send.event, Event.ip).join(Event).where(dropped).tuples())
+        skipped = Send.update(status=SKIPPED, reason=DROPPED, finished_at=now).where(dropped).execute()
+        _reduce(_reductions(ips, ip_policy))
+    return skipped

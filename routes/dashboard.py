@@ -11,7 +11,7 @@ from werkzeug.exceptions import HTTPException
 from console import chart, kept
 from console.events import Filters, listing
 from console.overview import overview as overview_of
-from console.settings import shown_config
+from console.settings import last_reload, shown_config
 from console.story import replay, story
 from config import Config
 from ingest import inspector
@@ -147,7 +147,7 @@ def inspector_page():
 
 @bp.get("/dashboard/config")
 def config_page():
-    return render_template("config.html", config=shown_config(current_config()))
+    return render_template("config.html", config=shown_config(current_config()), reload=last_reload(current_app))
 
 
 def _page() -> int:

@@ -20,7 +20,7 @@ from peewee import Model
 ROOT = Path(__file__).resolve().parent.parent
 NOT_APPLICATION = ("tests", "bench")
 # The stores of the core, in creation order: events and their sends first.
-CORE_STORES = ("models", "ingest.inspector", "console.sessions")
+CORE_STORES = ("models", "ingest.inspector", "console.sessions", "delivery.alerts")
 
 # Rows removed or emptied: a count of the store's first table, or one per table name.
 Rows = int | Mapping[str, int]
