@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from importlib import import_module
 
 from flask import Flask, jsonify
@@ -40,10 +39,6 @@ def create_app(config: Config) -> Flask:
     CSRFProtect(app)
     for name in BLUEPRINTS:
         app.register_blueprint(import_module(name).bp)
-
-    @app.before_request
-    def reread_config():
-        live_config(app)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
@@ -85,14 +80,6 @@ def watch(app: Flask, every: float = 3.0) -> ConfigWatch:
     return watcher
 
 
-def live_config(app: Flask) -> Config:
-    """The config in force, after a look at the file if a few seconds have passed (requests and the dispatcher)."""
-    watcher = app.extensions.get("postback.config_watch")
-    if watcher is not None:
-        watcher.check(time.monotonic())
-    return app.config["POSTBACK"]
-
-
 def reload_counts(app: Flask) -> dict[str, int]:
     """Config reloads in this process by result ("ok", "error"), for /metrics' postback_config_reloads_total."""
     watcher = app.extensions.get("postback.config_watch")
@@ -113,7 +100,7 @@ def serve() -> Flask:
     except SchemaError as exc:
         log.error("database: %s", exc)
         sys.exit(3)
-    watch(app)
+    watch(app).start()  # in each worker: gunicorn loads the app after forking
     return app
 
 

@@ -147,6 +147,7 @@ class Config:
     timeout_seconds: float
     sites: tuple[Site, ...]
     path: str | None = None
+    file_stamp: tuple[int, int] | None = field(default=None, compare=False)  # the file's (mtime, size) before the read
     alerts: Alerts = field(default_factory=Alerts)
     _by_key: dict[str, Site] = field(default_factory=dict, repr=False, compare=False)
 
@@ -202,12 +203,22 @@ def load_config(path: str | None = None, env: Mapping[str, str] | None = None, *
     """The one way to read the config: parse the file, substitute ${ENV}, validate against `platforms`."""
     env = dict(os.environ if env is None else env)
     path = path or config_path(env)
+    stamp = file_stamp(path)  # before the read: an edit landing during it shows as a change at the next look
     try:
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from None
-    return replace(parse_config(text, env, platforms=platforms), path=path)
+    return replace(parse_config(text, env, platforms=platforms), path=path, file_stamp=stamp)
+
+
+def file_stamp(path: str | None) -> tuple[int, int] | None:
+    """The file's modification time (ns) and size: what tells the watcher it changed; None if it cannot be read."""
+    try:
+        info = os.stat(path) if path else None
+    except OSError:
+        return None
+    return (info.st_mtime_ns, info.st_size) if info else None
 
 
 def parse_config(text: str, env: Mapping[str, str], *, platforms: Mapping[str, Platform]) -> Config:
@@ -592,8 +603,8 @@ class ReloadResult:
 class ConfigWatch:
     """Re-reads the config file when it changes (docs/operations.md#config-reload); the old config stays on a bad edit.
 
-    `check(now)` is cheap and safe to call often: it looks at the file at most every `every` seconds. The
-    environment is the one captured at start: a process's environment cannot change.
+    `start()` looks every `every` seconds in a thread; `check(now)`, the look itself, is safe to call from anywhere
+    (tests call it with their own clock). The environment is the one captured at start: a process's cannot change.
     """
 
     def __init__(self, config: Config, apply: Callable[[Config], None], *, platforms: Mapping[str, Platform],
@@ -606,16 +617,23 @@ class ConfigWatch:
         self.every = every
         self.counts = {"ok": 0, "error": 0}
         self.last: ReloadResult | None = None
-        self._stamp = self._file_stamp()
+        self._stamp = config.file_stamp  # as it was when this config was read, not now: an edit may have come since
         self._checked_at: float | None = None
         self._lock = threading.Lock()
 
-    def _file_stamp(self) -> tuple[int, int] | None:
-        try:
-            info = os.stat(self.path) if self.path else None
-        except OSError:
-            return None
-        return (info.st_mtime_ns, info.st_size) if info else None
+    def start(self) -> threading.Thread:
+        """Look at the file every `every` seconds in a daemon thread of this process, whatever its traffic."""
+        thread = threading.Thread(target=self._follow, name="config-watch", daemon=True)
+        thread.start()
+        return thread
+
+    def _follow(self) -> None:
+        while True:
+            time.sleep(self.every)
+            try:
+                self.check(time.monotonic())
+            except Exception:  # noqa: BLE001 - the config in force stays; the next look tries again
+                log.exception("config check failed")
 
     def check(self, now: float) -> ReloadResult | None:
         """At time `now` (seconds, the caller's clock): reload if the file changed; the result of a reload tried."""
@@ -625,7 +643,7 @@ class ConfigWatch:
             return None  # another thread of this process is checking right now
         try:
             self._checked_at = now
-            stamp = self._file_stamp()
+            stamp = file_stamp(self.path)
             if stamp is None or stamp == self._stamp:
                 return None
             self._stamp = stamp
@@ -636,6 +654,7 @@ class ConfigWatch:
     def _reload(self, now: float) -> ReloadResult:
         try:
             config = load_config(self.path, self.env, platforms=self.platforms)
+            self._stamp = config.file_stamp
             if config.database != self.database:
                 raise ConfigError(["storage.database: changed; a new database takes a restart"])
         except ConfigError as exc:

@@ -18,10 +18,8 @@ control_socket_disable = True
 
 def post_worker_init(worker):
     """Every worker runs the scheduler; only the one holding the lock beside the database drains."""
-    from app import live_config
     from delivery.dispatcher import Dispatcher, lock_path_for
 
     app = worker.wsgi
     config = app.config["POSTBACK"]
-    # live_config re-reads a changed config file, so a worker that serves no request still follows it.
-    Dispatcher(lambda: live_config(app)).start(lock_path_for(config.database))
+    Dispatcher(lambda: app.config["POSTBACK"]).start(lock_path_for(config.database))
