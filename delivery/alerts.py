@@ -21,7 +21,7 @@ from storage.stores import Store
 
 log = logging.getLogger(__name__)
 
-CHECK_EVERY = timedelta(seconds=30)
+CHECK_EVERY = timedelta(seconds=10)
 COVERAGE_WINDOW = timedelta(hours=24)
 COVERAGE_SETTLE = timedelta(minutes=15)  # a purchase younger than this may still be on its way
 ERROR_CHARS = 200

@@ -17,7 +17,7 @@ from tests.fakes.webhook import FakeWebhook
 from tests.helpers import row, signup, track
 
 PAUSED = f"Postback: shop/meta paused: Meta error 190/463: {EXPIRED}"
-LATER = timedelta(seconds=31)  # past alerts.CHECK_EVERY
+LATER = timedelta(seconds=11)  # past alerts.CHECK_EVERY
 
 
 @pytest.fixture
@@ -62,13 +62,13 @@ def test_a_resumed_destination_is_told_once_too(client, fake_meta, webhook, disp
     assert webhook.texts() == [PAUSED, "Postback: shop/meta resumed"]
 
 
-def test_checks_closer_than_thirty_seconds_apart_tell_nothing_new(client, fake_meta, webhook, dispatcher, config):
+def test_checks_closer_than_ten_seconds_apart_tell_nothing_new(client, fake_meta, webhook, dispatcher, config):
     now = track(client, signup("e1"))
     alerts.tick(config, now, dispatcher.http)
     fake_meta.script("invalid_token")
     dispatcher.drain_once(now=now)
 
-    assert alerts.tick(config, now + timedelta(seconds=29), dispatcher.http) == []
+    assert alerts.tick(config, now + timedelta(seconds=9), dispatcher.http) == []
     assert alerts.tick(config, now + LATER, dispatcher.http) == [PAUSED]
 
 
