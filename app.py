@@ -10,7 +10,7 @@ from flask_wtf.csrf import CSRFProtect
 from werkzeug.exceptions import HTTPException
 
 import logs
-from config import Config, ConfigError, load_config
+from config import Config, ConfigError, ConfigWatch, load_config
 from models import open_database, release_connection
 from storage.migrations import SchemaError
 from platforms import REGISTRY
@@ -61,13 +61,35 @@ def create_app(config: Config) -> Flask:
 
 def bind(app: Flask, config: Config) -> Flask:
     """All the app takes from its config: the config, its database, and what each blueprint's `configure` sets."""
-    app.config["POSTBACK"] = config
     open_database(config.database)
+    return apply(app, config)
+
+
+def apply(app: Flask, config: Config) -> Flask:
+    """Put a config in force (at start, and when the file is re-read): what each blueprint's `configure` sets."""
+    app.config["POSTBACK"] = config
     for name in BLUEPRINTS:
         configure = getattr(import_module(name), "configure", None)
         if configure is not None:
             configure(app, config)
     return app
+
+
+def watch(app: Flask, every: float = 3.0) -> ConfigWatch:
+    """Re-read the app's config file when it changes, looking every `every` seconds; the watcher goes in
+    app.extensions."""
+    from console import metrics
+
+    watcher = ConfigWatch(app.config["POSTBACK"], lambda config: apply(app, config), platforms=REGISTRY, every=every,
+                          counted=metrics.config_reloaded)
+    app.extensions["postback.config_watch"] = watcher
+    return watcher
+
+
+def reload_counts(app: Flask) -> dict[str, int]:
+    """Config reloads in this process by result ("ok", "error"), for /metrics' postback_config_reloads_total."""
+    watcher = app.extensions.get("postback.config_watch")
+    return dict(watcher.counts) if watcher is not None else {"ok": 0, "error": 0}
 
 
 def serve() -> Flask:
@@ -80,10 +102,12 @@ def serve() -> Flask:
             log.error("config: %s", problem)
         sys.exit(3)  # gunicorn stops instead of restarting a worker that can never boot
     try:
-        return create_app(config)
+        app = create_app(config)
     except SchemaError as exc:
         log.error("database: %s", exc)
         sys.exit(3)
+    watch(app).start()  # in each worker: gunicorn loads the app after forking
+    return app
 
 
 if __name__ == "__main__":  # `python app.py <command>`, as before the command line had its own module

@@ -38,6 +38,39 @@ def check_config(path: str | None):
     click.echo(f"{config.path}: OK — {len(config.sites)} site(s), {len(destinations)} enabled destination(s)")
 
 
+@cli.command("reload-config")
+def reload_config():
+    """Check the config file, then touch it: every running process re-reads it within seconds."""
+    import os
+
+    try:
+        config = _load()
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(problem, err=True)
+        sys.exit(1)
+    os.utime(config.path)
+    destinations = config.destinations()
+    click.echo(f"{config.path}: OK — {len(config.sites)} site(s), {len(destinations)} enabled destination(s); "
+               "every process re-reads it within seconds")
+
+
+@cli.command()
+@click.argument("path")
+def backup(path: str):
+    """Copy the live SQLite database to PATH, consistently, while Postback runs (PostgreSQL: use pg_dump)."""
+    from storage.backup import BackupError, backup as copy, sqlite_file
+
+    try:
+        source = sqlite_file(_load().database)
+        with _progress(path, unit="B", plain=None) as progress:
+            made = copy(source, path, progress)
+    except BackupError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    click.echo(f"{made.path}: {made.pages} page(s), {made.size} bytes, integrity ok")
+
+
 @cli.command()
 @click.argument("destination")
 def resume(destination: str):
@@ -105,7 +138,13 @@ def dispatch(parent: int | None):
         click.echo(problem, err=True)
         sys.exit(1)
     _open(config)
-    sys.exit(run(lambda: config, parent=parent))
+    from config import ConfigWatch
+    from console import metrics
+
+    in_force = {"config": config}  # the file is re-read when it changes, as in every web worker
+    ConfigWatch(config, lambda new: in_force.update(config=new), platforms=REGISTRY,
+                counted=metrics.config_reloaded).start()
+    sys.exit(run(lambda: in_force["config"], parent=parent))
 
 
 @cli.command("drain")
@@ -150,14 +189,14 @@ def backfill(destination: str, since: str | None, dry_run: bool):
 
 
 @contextmanager
-def _progress(label: str):
-    """A progress bar on a terminal (tqdm); elsewhere a plain line on stderr per chunk of events."""
+def _progress(label: str, unit: str = "event", plain: str | None = "event(s) judged"):
+    """A progress bar on a terminal (tqdm); elsewhere a plain line on stderr per step, unless `plain` is None."""
     if not sys.stderr.isatty():
-        yield lambda done, total: click.echo(f"{label}: {done}/{total} event(s) judged", err=True)
+        yield lambda done, total: plain and click.echo(f"{label}: {done}/{total} {plain}", err=True)
         return
     from tqdm import tqdm
 
-    bar = tqdm(desc=label, unit="event", file=sys.stderr)
+    bar = tqdm(desc=label, unit=unit, unit_scale=unit == "B", file=sys.stderr)
 
     def show(done: int, total: int) -> None:
         bar.total = total

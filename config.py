@@ -7,17 +7,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import re
+import threading
+import time
 from dataclasses import dataclass, field, replace
 from importlib.util import find_spec
-from typing import Any, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
 from ingest.iso import country_code, currency_code
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PATH = "config.yaml"
 MODES = ("live", "test", "dry")
@@ -136,6 +141,20 @@ class Site:
 
 
 @dataclass(frozen=True)
+class Alerts:
+    """Where the operator hears of a destination pausing, sends given up, a platform down, coverage falling."""
+
+    webhook: str | None = None
+    telegram_site: str | None = None  # the site whose bot sends the message
+    telegram_chat_id: str | None = None
+    failing_minutes: float = 15
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.webhook or self.telegram_chat_id)
+
+
+@dataclass(frozen=True)
 class Config:
     server: Mapping[str, Any]
     admin_password: str
@@ -148,6 +167,8 @@ class Config:
     timeout_seconds: float
     sites: tuple[Site, ...]
     path: str | None = None
+    file_stamp: tuple[int, int] | None = field(default=None, compare=False)  # the file's (mtime, size) before the read
+    alerts: Alerts = field(default_factory=Alerts)
     _by_key: dict[str, Site] = field(default_factory=dict, repr=False, compare=False)
     _by_browser_key: dict[str, tuple[Site, BrowserKey]] = field(default_factory=dict, repr=False, compare=False)
 
@@ -207,12 +228,22 @@ def load_config(path: str | None = None, env: Mapping[str, str] | None = None, *
     """The one way to read the config: parse the file, substitute ${ENV}, validate against `platforms`."""
     env = dict(os.environ if env is None else env)
     path = path or config_path(env)
+    stamp = file_stamp(path)  # before the read: an edit landing during it shows as a change at the next look
     try:
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from None
-    return replace(parse_config(text, env, platforms=platforms), path=path)
+    return replace(parse_config(text, env, platforms=platforms), path=path, file_stamp=stamp)
+
+
+def file_stamp(path: str | None) -> tuple[int, int] | None:
+    """The file's modification time (ns) and size: what tells the watcher it changed; None if it cannot be read."""
+    try:
+        info = os.stat(path) if path else None
+    except OSError:
+        return None
+    return (info.st_mtime_ns, info.st_size) if info else None
 
 
 def parse_config(text: str, env: Mapping[str, str], *, platforms: Mapping[str, Platform]) -> Config:
@@ -399,6 +430,8 @@ class _Validator:
             timeout_seconds=self.number(dispatch, "timeout_seconds", "dispatch", 10, float, minimum=0.1),
             sites=self.sites(raw.get("sites")),  # last, so problems come in the file's usual order
         )
+        if raw.get("alerts") is not None:
+            config = replace(config, alerts=self.alerts(raw["alerts"], config.sites))
         config._by_key.update({key: site for site in config.sites for key in site.keys})
         config._by_browser_key.update({b.key: (site, b) for site in config.sites for b in site.browser_keys})
         return config
@@ -620,3 +653,109 @@ class _Validator:
             self.fail(f"{path}.webhook_secret", "must be 1-256 characters of A-Z, a-z, 0-9, _ and - "
                                                 "(Telegram's rule: https://core.telegram.org/bots/api#setwebhook)")
         return telegram
+
+    def alerts(self, raw: Any, sites: tuple[Site, ...]) -> Alerts:
+        if not isinstance(raw, dict):
+            self.fail("alerts", "must be a mapping")
+            return Alerts()
+        webhook = self.text(raw, "webhook", "alerts")
+        if webhook and not re.match(r"https?://[^/\s]+", webhook):
+            self.fail("alerts.webhook", "must be an http:// or https:// URL")
+        site_id = chat_id = None
+        telegram = raw.get("telegram")
+        if telegram is not None and not isinstance(telegram, dict):
+            self.fail("alerts.telegram", "must be a mapping")
+        elif telegram is not None:
+            site_id = self.text(telegram, "site", "alerts.telegram", required=True)
+            chat_id = self.text(telegram, "chat_id", "alerts.telegram", required=True)
+            site = next((s for s in sites if s.id == site_id), None)
+            if site_id and (site is None or site.telegram is None or not site.telegram.bot_token):
+                self.fail("alerts.telegram.site", f"must name a site with a telegram.bot_token; {site_id!r} has none")
+            if chat_id and not re.fullmatch(r"-?\d+|@[A-Za-z0-9_]{5,}", chat_id):
+                self.fail("alerts.telegram.chat_id", "must be a numeric chat id such as \"-1001234567890\" or an @channel")
+        minutes = self.number(raw, "failing_minutes", "alerts", 15, float, minimum=1)
+        return Alerts(webhook=webhook, telegram_site=site_id, telegram_chat_id=chat_id, failing_minutes=minutes)
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    """The last reload the watcher tried: when (the caller's clock), whether it took, and every problem if not."""
+
+    at: float
+    ok: bool
+    problems: tuple[str, ...] = ()
+    wall: float = field(default_factory=time.time)  # when, for a person: `at` is the caller's clock
+
+
+class ConfigWatch:
+    """Re-reads the config file when it changes (docs/operations.md#config-reload); the old config stays on a bad edit.
+
+    `start()` looks every `every` seconds in a thread; `check(now)`, the look itself, is safe to call from anywhere
+    (tests call it with their own clock). The environment is the one captured at start: a process's cannot change.
+    """
+
+    def __init__(self, config: Config, apply: Callable[[Config], None], *, platforms: Mapping[str, Platform],
+                 env: Mapping[str, str] | None = None, every: float = 3.0,
+                 counted: Callable[[str], None] = lambda result: None):
+        self.path = config.path
+        self.database = config.database
+        self.apply = apply
+        self.platforms = platforms
+        self.env = dict(os.environ if env is None else env)
+        self.every = every
+        self.counts = {"ok": 0, "error": 0}
+        self.counted = counted  # told "ok" or "error" at each reload: /metrics counts them across processes
+        self.last: ReloadResult | None = None
+        self._stamp = config.file_stamp  # as it was when this config was read, not now: an edit may have come since
+        self._checked_at: float | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> threading.Thread:
+        """Look at the file every `every` seconds in a daemon thread of this process, whatever its traffic."""
+        thread = threading.Thread(target=self._follow, name="config-watch", daemon=True)
+        thread.start()
+        return thread
+
+    def _follow(self) -> None:
+        while True:
+            time.sleep(self.every)
+            try:
+                self.check(time.monotonic())
+            except Exception:  # noqa: BLE001 - the config in force stays; the next look tries again
+                log.exception("config check failed")
+
+    def check(self, now: float) -> ReloadResult | None:
+        """At time `now` (seconds, the caller's clock): reload if the file changed; the result of a reload tried."""
+        if self.path is None or (self._checked_at is not None and now - self._checked_at < self.every):
+            return None
+        if not self._lock.acquire(blocking=False):
+            return None  # another thread of this process is checking right now
+        try:
+            self._checked_at = now
+            stamp = file_stamp(self.path)
+            if stamp is None or stamp == self._stamp:
+                return None
+            self._stamp = stamp
+            return self._reload(now)
+        finally:
+            self._lock.release()
+
+    def _reload(self, now: float) -> ReloadResult:
+        try:
+            config = load_config(self.path, self.env, platforms=self.platforms)
+            self._stamp = config.file_stamp
+            if config.database != self.database:
+                raise ConfigError(["storage.database: changed; a new database takes a restart"])
+        except ConfigError as exc:
+            self.counts["error"] += 1
+            self.counted("error")
+            self.last = ReloadResult(now, False, tuple(exc.problems))
+            log.error("config reload refused, the config in force stays: %s", "; ".join(exc.problems),
+                      extra={"path": self.path})
+            return self.last
+        self.apply(config)
+        self.counts["ok"] += 1
+        self.counted("ok")
+        self.last = ReloadResult(now, True)
+        log.info("config reloaded", extra={"path": self.path})
+        return self.last

@@ -9,7 +9,8 @@ from peewee import fn
 
 from config import Config, Destination
 from console.overview import paused
-from delivery.sends import replay_failed, resume_destination, retry_now
+from delivery.backlog import retry_now
+from delivery.sends import replay_failed, resume_destination
 from models import FAILED, PENDING, SENDING, SENT, SKIPPED, Send
 from outbound import Http
 from platforms import REGISTRY

@@ -54,6 +54,11 @@ for _result in ("ok", "error"):
     CONFIG_RELOADS.labels(_result)  # shown at 0 until something reloads the config
 
 
+def config_reloaded(result: str) -> None:
+    """Count one re-read of the config file: `ok` (in force) or `error` (refused, the old one stays)."""
+    CONFIG_RELOADS.labels(result).inc()
+
+
 def received(site: str | None, dialect: str, result: str) -> None:
     """Count one request carrying an event: `stored`, `duplicate` or `refused` (site "" when none was named)."""
     EVENTS_RECEIVED.labels(site or "", dialect, result).inc()

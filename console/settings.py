@@ -1,7 +1,12 @@
 """The config in force as the console and the admin API show it: every credential masked."""
 from __future__ import annotations
 
-from config import Config, Site
+from datetime import datetime, timezone
+from urllib.parse import urlsplit
+
+from flask import Flask
+
+from config import Alerts, Config, Site
 from console.masking import HIDDEN, masked, masked_url
 
 
@@ -24,5 +29,26 @@ def shown_config(config: Config) -> dict:
         "privacy": {"ip": config.ip_policy, "consent_default": config.consent_default},
         "dispatch": {"interval_seconds": config.interval_seconds, "max_attempts": config.max_attempts,
                      "timeout_seconds": config.timeout_seconds},
+        "alerts": shown_alerts(config.alerts),
         "sites": [masked(dict(site.settings)) for site in config.sites],
     }
+
+
+def shown_alerts(alerts: Alerts) -> dict:
+    """Where alerts go: a webhook by its host only (its path is often the secret, as with chat-app webhooks)."""
+    webhook = urlsplit(alerts.webhook) if alerts.webhook else None
+    return {
+        "webhook": f"{webhook.scheme}://{webhook.hostname}/{HIDDEN}" if webhook else None,
+        "telegram": f"site {alerts.telegram_site}'s bot, chat {alerts.telegram_chat_id}" if alerts.telegram_site else None,
+        "failing_minutes": alerts.failing_minutes,
+    }
+
+
+def last_reload(app: Flask) -> dict | None:
+    """The last time this process re-read the config file: when, whether it took, every problem if not."""
+    watcher = app.extensions.get("postback.config_watch")
+    last = watcher.last if watcher is not None else None
+    if last is None:
+        return None
+    return {"at": datetime.fromtimestamp(last.wall, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+            "ok": last.ok, "problems": list(last.problems)}

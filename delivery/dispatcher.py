@@ -13,7 +13,7 @@ from typing import Callable
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from delivery import sends as delivery
+from delivery import alerts, sends as delivery
 from delivery.states import Health
 from ingest.canonical import utcnow
 from config import Config, Destination
@@ -90,6 +90,8 @@ class Dispatcher:
         if self._stopping.is_set():
             return
         delivery.release_expired(self.clock(), self.config.max_attempts, self.config.ip_policy)
+        # Upkeep, derived from the database (delivery/alerts.py): a config change's dropped sends, then alerts.
+        alerts.tick(self.config, self.clock(), self.http)
         for dest in self.config.destinations():
             running = self._running.get(dest.key)
             if running is None or running.done():

@@ -12,7 +12,7 @@ from peewee import SqliteDatabase
 from ingest.canonical import utcnow
 from config import Destination
 from models import (
-    FAILED, FINAL, PENDING, SENDING, DestinationState, Event, Send, database, update_rows, writing,
+    FAILED, FINAL, PENDING, SENDING, SKIPPED, DestinationState, Event, Send, database, update_rows, writing,
 )
 from ingest.privacy import reduce_ip
 
@@ -200,8 +200,14 @@ def put_back(sends: list[Send], now: datetime) -> None:
         _apply(updates)
 
 
-def retry_now(destination_key: str, now: datetime) -> int:
-    """Make the destination's backing-off sends (pending, next attempt in the future) due at `now`; how many."""
-    waiting = (Send.destination == destination_key) & (Send.status == PENDING) & (Send.next_attempt_at > now)
+DROPPED = "destination disabled or removed from the config"
+
+
+def skip_dropped(destinations: list[str], now: datetime, ip_policy: str) -> int:
+    """Pending sends of a destination no longer enabled end as skipped, instead of waiting forever."""
+    dropped = (Send.status == PENDING) & Send.destination.not_in(destinations)
     with writing():
-        return Send.update(next_attempt_at=now).where(waiting).execute()
+        ips = dict(Send.select(Send.event, Event.ip).join(Event).where(dropped).tuples())
+        skipped = Send.update(status=SKIPPED, reason=DROPPED, finished_at=now).where(dropped).execute()
+        _reduce(_reductions(ips, ip_policy))
+    return skipped

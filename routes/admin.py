@@ -19,7 +19,6 @@ from console import throttle
 from console.sessions import end_session, open_session, valid_session
 from console.settings import shown_config
 from console.story import replay, story
-from delivery import backlog
 from delivery.backfill import BackfillError, backfill, destination_to_backfill, parse_since
 from dialects.errors import BodyTooLarge, FieldError, Refused, StorageFault
 from ingest import inspector
@@ -228,16 +227,6 @@ def backfill_destination(site: str, name: str):
     except BackfillError as exc:
         return jsonify({"error": str(exc), "code": 404}), 404
     return jsonify(backfill(dest, utcnow(), window, dry).as_json())
-
-
-@bp.post("/destinations/<site>/<name>/retry-now")
-@admin_required
-def retry_destination_now(site: str, name: str):
-    """Make a destination's backing-off sends due now (as `cli.py retry-now SITE/NAME`); `due_now` counts them."""
-    key = f"{site}/{name}"
-    if current_config().destination(key) is None:
-        return jsonify({"error": f"No destination {key}", "code": 404}), 404
-    return jsonify({"destination": key, "due_now": backlog.retry_now(key, utcnow())})
 
 
 @bp.post("/erase")

@@ -11,7 +11,7 @@ from werkzeug.exceptions import HTTPException
 from console import accuracy as accuracy_of, chart, destinations as dests, dialect_pages, kept
 from console.events import Filters, listing
 from console.overview import overview as overview_of
-from console.settings import shown_config, tracker_snippet
+from console.settings import last_reload, shown_config, tracker_snippet
 from console.story import replay, story
 from config import Config
 from dialects.errors import Refused
@@ -153,7 +153,7 @@ def inspector_page():
 @bp.get("/dashboard/config")
 def config_page():
     config = current_config()
-    return render_template("config.html", config=shown_config(config),
+    return render_template("config.html", config=shown_config(config), reload=last_reload(current_app),
                            snippets={site.id: tracker_snippet(config, site) for site in config.sites})
 
 

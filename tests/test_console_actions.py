@@ -10,7 +10,7 @@ import pytest
 
 from config import Config
 from console import accuracy
-from delivery.sends import retry_now
+from delivery.backlog import retry_now
 from dialects.adtarget.funnel import Conversion
 from models import DestinationState, Event, Send
 from tests.conftest import SEED_EXAMPLE, build_config

@@ -61,7 +61,7 @@ def test_the_admin_api_makes_a_destinations_backing_off_sends_due_now(client, fa
     again = client.post(url, auth=("admin", PASSWORD))
     assert again.get_json() == {"destination": "shop/meta", "due_now": 0}
     unknown = client.post("/admin/api/destinations/shop/nowhere/retry-now", auth=("admin", PASSWORD))
-    assert (unknown.status_code, unknown.get_json()) == (404, {"error": "No destination shop/nowhere", "code": 404})
+    assert (unknown.status_code, unknown.get_json()) == (404, {"error": "No enabled destination shop/nowhere", "code": 404})
 
 
 def test_stats_shows_a_paused_destination_with_why_and_since_when(client, fake_meta, dispatcher, run):

@@ -80,7 +80,8 @@ class FakeTelegram(FakeServer):
             return _failure(400, NOT_ENOUGH_RIGHTS)
         if scripted == "forbidden":
             return _failure(403, NOT_A_MEMBER)
-        handler = {"createChatInviteLink": self._create_link, "setWebhook": self._set_webhook}.get(method)
+        handler = {"createChatInviteLink": self._create_link, "setWebhook": self._set_webhook,
+                   "sendMessage": self._send_message}.get(method)
         if handler is None:
             return _failure(404, "Not Found")
         return handler(params)
@@ -127,6 +128,16 @@ class FakeTelegram(FakeServer):
             return _failure(400, "Bad Request: can't parse allowed_updates")
         self.webhook = {"url": url, "secret_token": secret, "allowed_updates": allowed}
         return 200, {"ok": True, "result": True, "description": "Webhook was set"}
+
+    def _send_message(self, params: dict) -> tuple[int, dict]:
+        """https://core.telegram.org/bots/api#sendmessage: a chat the bot is in, and 1-4096 characters of text."""
+        chat_id, text = str(params.get("chat_id", "")), params.get("text")
+        if chat_id not in self.rights:
+            return _failure(400, "Bad Request: chat not found")
+        if not isinstance(text, str) or not 1 <= len(text) <= 4096:
+            return _failure(400, "Bad Request: message text is empty")
+        message = {"message_id": next(self._serial), "chat": {"id": int(chat_id), "type": "channel"}, "text": text}
+        return 200, {"ok": True, "result": message}
 
 
 def _params(raw: bytes, content_type: str, query: str) -> dict:
@@ -200,3 +211,4 @@ def telegram_section(api_base: str, token: str | None, secret: str | None = "whs
              "event_type": "Subscribe"},
         ],
     }
+
