@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime, timedelta
 
-from peewee import CharField, IntegerField, SQL
+from peewee import CharField, IntegerField
 
 from config import BrowserKey, Config, Site
 from dialects.errors import BadCredentials, Refused
@@ -81,7 +81,7 @@ def count_call(browser: BrowserKey, now: datetime) -> None:
     with writing():
         (BrowserKeyMinute.insert(key=digest, minute=minute, calls=1)
          .on_conflict(conflict_target=[BrowserKeyMinute.key, BrowserKeyMinute.minute],
-                      update={BrowserKeyMinute.calls: SQL("calls + 1")})
+                      update={BrowserKeyMinute.calls: BrowserKeyMinute.calls + 1})
          .execute())
         calls = (BrowserKeyMinute.select(BrowserKeyMinute.calls)
                  .where(BrowserKeyMinute.key == digest, BrowserKeyMinute.minute == minute).scalar())

@@ -20,6 +20,9 @@ from tests.helpers import signup
 WARM_UP = 150
 
 
+pytestmark = pytest.mark.sqlite_only(reason="SQLite's online backup of a file")
+
+
 @pytest.fixture
 def config_file(tmp_path, raw_config):
     path = tmp_path / "postback.yaml"

@@ -27,6 +27,9 @@ BACKLOG = 5000
 BATCH_SECONDS = 2  # the fake answers each batch of 1,000 after this long, well under timeout_seconds
 
 
+pytestmark = pytest.mark.sqlite_only(reason="counts sends in the SQLite file and runs the box's one leader")
+
+
 def wait_for(condition, seconds: float, what: str) -> None:
     deadline = time.monotonic() + seconds
     while not condition():

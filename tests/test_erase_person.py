@@ -15,7 +15,8 @@ from dialects.adtarget.funnel import Conversion, Lead, Visit
 from dialects.commanders.profiles import Profile
 from dialects.octeth.store import OctethSubscriber
 from dialects.pixel.profiles import PixelProfile
-from models import Event, Send, database
+from models import Event, Send
+from tests.helpers import every_table_text
 from tests.conftest import BROWSER, RAW_PII
 
 EMAIL, OTHER_EMAIL = "Forget.Me@Example.com", "stay.here@example.com"
@@ -67,11 +68,6 @@ def seed_one_person(client, email: str, telegram_id: int, user: str) -> None:
     ok(client.post("/api/v1/events/conversion", json={"channelId": "vip", "eventType": "Lead",
                                                      "telegramUserId": telegram_id, "pii": {"email": email}},
                    headers=ADTARGET))
-
-
-def every_table_text() -> str:
-    tables = [row[0] for row in database.execute_sql("SELECT name FROM sqlite_master WHERE type = 'table'")]
-    return "\n".join(repr(row) for table in tables for row in database.execute_sql(f'SELECT * FROM "{table}"'))
 
 
 def left() -> dict:

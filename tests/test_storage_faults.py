@@ -27,6 +27,9 @@ SECRET = "whsec_Test-Secret_1"
 FULL = "Storage unavailable: the disk is full; nothing was stored, try again later"
 
 
+pytestmark = pytest.mark.sqlite_only(reason="faults of a SQLite file and its write-lock file")
+
+
 def reopen(config, **pragmas) -> None:
     """Bind the models to a new connection to the same file with these pragmas, as a remount would reopen it."""
     database.initialize(connect(config.database, pragmas={**SQLITE_PRAGMAS, **pragmas}, check_same_thread=False))

@@ -96,7 +96,7 @@ def tracked(tmp_path_factory, platforms):
 
     from app import create_app
     from models import database
-    from tests.conftest import DATABASE_FILES, base_config, build_config, meta_destination, with_destinations
+    from tests.conftest import base_config, build_config, meta_destination, remember_database, with_destinations
 
     server = make_server("127.0.0.1", 0, lambda environ, start: app(environ, start), threaded=True)
     base = f"http://127.0.0.1:{server.server_port}"
@@ -114,7 +114,7 @@ def tracked(tmp_path_factory, platforms):
     site.update(allowed_origins=[allowed.origin], browser_keys=[KEY],
                 telegram=telegram_section(platforms["telegram"].url, platforms["telegram"].token, SECRET))
     config = build_config(raw)
-    DATABASE_FILES.append(Path(config.database[len("sqlite:///"):]))
+    remember_database(config.database)
     app = create_app(config)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
