@@ -12,6 +12,7 @@ from peewee import AutoField, CharField, TextField
 import dialects
 from console import metrics
 from dialects.common import PII_PROPERTY_KEYS
+from ingest import personal
 from ingest.canonical import fold, utcnow
 from ingest.identity import FIELDS as IDENTITY_FIELDS
 from models import BaseModel, JSONField, UTCDateTimeField, writing
@@ -85,10 +86,16 @@ def purge(older_than: timedelta, now: datetime | None = None) -> int:
 def excerpt(body: Any, depth: int = 0) -> Any:
     """The request's shape without personal data: safe fields' values, secrets masked, the rest typed."""
     if isinstance(body, dict) and depth < EXCERPT_DEPTH:
-        return {str(k)[:EXCERPT_TEXT_CHARS]: _value(str(k), v, depth) for k, v in list(body.items())[:EXCERPT_KEYS]}
+        return {_key(str(k)): _value(str(k), v, depth) for k, v in list(body.items())[:EXCERPT_KEYS]}
     if body is None:
         return None
     return f"<{type(body).__name__}>"
+
+
+def _key(key: str) -> str:
+    """A key as shown: one that is itself an email address or a phone number shows only what it is."""
+    found = personal.kind(key)
+    return f"<{found} as a key>" if found else key[:EXCERPT_TEXT_CHARS]
 
 
 def _value(key: str, value: Any, depth: int) -> Any:

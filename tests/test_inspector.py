@@ -153,3 +153,9 @@ def test_a_site_keeps_only_its_newest_entries_whatever_their_reasons(client, mon
         "partly accepted: Email___: dropped, a custom property named like personal data is never stored",
         "partly accepted: Email__: dropped, a custom property named like personal data is never stored",
     ]
+
+
+def test_a_key_that_is_an_email_or_a_phone_shows_only_what_it_is():
+    body = {"context": {"john.doe@example.com": {"x": 1}, "+1 415 555 0100": 2, "plan": "pro"}}
+    assert inspector.excerpt(body) == {"context": {"<an email address as a key>": {"x": "<int>"},
+                                                   "<a phone number as a key>": "<int>", "plan": "<str>"}}
