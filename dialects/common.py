@@ -47,6 +47,16 @@ def is_bot(user_agent: str | None) -> bool:
     return bool(user_agent) and parse_user_agent(user_agent).is_bot
 
 
+def item_list(raw: Any, notes: list[str]) -> list:
+    """An optional `items` field: the list as given, or [] (with a note when it is not a list)."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        notes.append("items: dropped, must be a list of objects")
+        return []
+    return raw
+
+
 def present(value: Any) -> bool:
     return value is not None and not (isinstance(value, str) and not value.strip())
 

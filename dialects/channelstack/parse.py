@@ -7,7 +7,7 @@ from typing import Any, Mapping
 from ingest.canonical import CanonicalEvent, standard_name
 from config import Site
 from dialects.common import (
-    ClientContext, FieldError, clean_url, custom_properties, is_bot, new_event_id, url_without_pii, kept_user_id,
+    ClientContext, FieldError, clean_url, custom_properties, is_bot, item_list, new_event_id, url_without_pii, kept_user_id,
     read_bool, read_currency, read_id, read_text, read_timestamp, read_value,
 )
 from ingest import clickids
@@ -75,13 +75,8 @@ def parse(body: Mapping[str, Any], client: ClientContext, site: Site, consent_de
 
 def _items(raw: Any, notes: list[str]) -> list[dict]:
     """Optional `items: [{id, quantity, price}]`; malformed entries are dropped with a reason."""
-    if raw is None:
-        return []
-    if not isinstance(raw, list):
-        notes.append("items: dropped, must be a list of objects")
-        return []
     items = []
-    for i, item in enumerate(raw):
+    for i, item in enumerate(item_list(raw, notes)):
         try:
             quantity = read_value(item, "quantity")
             items.append({k: v for k, v in (

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 from ingest.canonical import CanonicalEvent, standard_name
 from config import Site
 from dialects.common import (
-    MAX_ID_CHARS, ClientContext, FieldError, clean_url, custom_properties, is_bot,
+    MAX_ID_CHARS, ClientContext, FieldError, clean_url, custom_properties, is_bot, item_list,
     finite, new_event_id, present, read_currency, read_id, read_value, url_without_pii, kept_user_id,
 )
 from ingest import clickids
@@ -247,13 +247,8 @@ def parse_product(raw: Any, notes: list[str], path: str = "") -> dict[str, Any]:
 
 def _items(raw: Any, notes: list[str]) -> list[dict]:
     """`items: [{id, quantity, price, product: {id, name, category_1, brand, price}}]`; bad entries are dropped."""
-    if raw is None:
-        return []
-    if not isinstance(raw, list):
-        notes.append("items: dropped, must be a list of objects")
-        return []
     items = []
-    for i, item in enumerate(raw):
+    for i, item in enumerate(item_list(raw, notes)):
         if not isinstance(item, Mapping):
             notes.append(f"items[{i}]: dropped, must be an object")
             continue
