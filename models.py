@@ -245,6 +245,16 @@ def writing():
         raise StorageFault(reason) from exc
 
 
+def for_update(query, skip_locked: bool = False):
+    """`query` locking the rows it reads until the transaction ends, where the backend has row locks.
+
+    SQLite has none and needs none: its one writer at a time (`writing`) already keeps others out.
+    """
+    if isinstance(database.obj, SqliteDatabase):
+        return query
+    return query.for_update(skip_locked=skip_locked)
+
+
 # What the database drivers say when storage, not the statement, is at fault; and what a person reads instead.
 _FAULTS = (
     ("database or disk is full", "the disk is full"),

@@ -7,12 +7,11 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 
-from peewee import SqliteDatabase
-
 from ingest.canonical import utcnow
 from config import Destination
 from models import (
-    FAILED, FINAL, PENDING, SENDING, SKIPPED, DestinationState, Event, Send, database, update_rows, writing,
+    FAILED, FINAL, PENDING, SENDING, SKIPPED, DestinationState, Event, Send, database, for_update, update_rows,
+    writing,
 )
 from ingest.privacy import reduce_ip
 
@@ -27,9 +26,8 @@ def claim(destination: str, limit: int, now: datetime, lease: timedelta) -> list
     reads (building model rows costs more than the query).
     """
     owner = uuid.uuid4().hex
-    due = _due(destination, now).select(Send.id).order_by(Send.next_attempt_at, Send.id).limit(limit)
-    if not isinstance(database.obj, SqliteDatabase):  # SQLite has no row locks: its one writer claims alone
-        due = due.for_update(skip_locked=True)
+    due = for_update(_due(destination, now).select(Send.id).order_by(Send.next_attempt_at, Send.id).limit(limit),
+                     skip_locked=True)
     with writing():
         # Picked first, then updated: as a subquery of the UPDATE, PostgreSQL may run the pick more than once
         # and lease more rows than `limit`.

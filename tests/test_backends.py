@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from datetime import timedelta
 
 import pytest
 from playhouse.db_url import connect
 
 from delivery import sends as delivery
+from dialects.commanders import profiles
 from ingest.canonical import utcnow
 from models import Event, Send, database
 from storage.migrations import STEPS, VERSION_TABLE
@@ -56,6 +58,30 @@ def test_a_claim_takes_the_due_sends_another_claimer_holds_no_lock_on_without_wa
 
         assert [send.id for send in claimed] == [send.id for send in Send.select().order_by(Send.id)][3:]
     other.close()
+
+
+def test_the_same_new_user_upserted_by_eight_requests_at_once_is_one_profile_holding_every_hash(client):
+    start = threading.Barrier(8)
+    created, errors = [], []
+
+    def upsert(n):
+        try:
+            start.wait()
+            created.append(profiles.upsert("shop", "user-1", {f"flavour{n}": f"hash{n}"}, {}, None, utcnow()))
+        except Exception as exc:  # what a request thread would have answered 500 for
+            errors.append(exc)
+        finally:
+            database.close()
+
+    threads = [threading.Thread(target=upsert, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert (errors, sorted(created)) == ([], [False] * 7 + [True])
+    assert [(p.user_id, p.identity) for p in profiles.Profile.select()] == [
+        ("user-1", {f"flavour{n}": f"hash{n}" for n in range(8)})]
 
 
 # Run in a process of its own: each one opens the database as a starting gunicorn worker does.

@@ -9,7 +9,7 @@ from peewee import TextField
 
 from ingest.hashing import HASHED_RE
 from storage import retention
-from models import BaseModel, JSONField, UTCDateTimeField, any_of, holding, personal_hashes, writing
+from models import BaseModel, JSONField, UTCDateTimeField, any_of, for_update, holding, personal_hashes, writing
 from storage.stores import Person, Store
 
 log = logging.getLogger(__name__)
@@ -41,13 +41,19 @@ class Erasure:
 
 
 def upsert(site_id: str, user_id: str, hashes: dict, location: dict, anonymous_id: str | None, now: datetime) -> bool:
-    """Create or update a profile; given flavours replace old ones, the rest stay. True when created."""
+    """Create or update a profile; given flavours replace old ones, the rest stay. True when created.
+
+    Inserted with ON CONFLICT DO NOTHING first, then merged under a row lock: on PostgreSQL two calls for the
+    same new user may run at once, and a read-then-create would let the second one fail on the unique index.
+    """
+    key = (Profile.site == site_id) & (Profile.user_id == user_id)
     with writing():
-        profile = Profile.get_or_none((Profile.site == site_id) & (Profile.user_id == user_id))
-        if profile is None:
-            Profile.create(site=site_id, user_id=user_id, anonymous_id=anonymous_id, identity=hashes,
-                           location=location, created_at=now, updated_at=now)
+        created = (Profile.insert(site=site_id, user_id=user_id, anonymous_id=anonymous_id, identity=hashes,
+                                  location=location, created_at=now, updated_at=now)
+                   .on_conflict_ignore().as_rowcount().execute())
+        if created:
             return True
+        profile = for_update(Profile.select().where(key)).get()
         (Profile.update(identity={**profile.identity, **hashes}, location={**profile.location, **location},
                         anonymous_id=anonymous_id or profile.anonymous_id, updated_at=now)
          .where(Profile.id == profile.id).execute())
