@@ -49,6 +49,13 @@ def split_requests(module, batch: list[tuple]) -> list[list[tuple]]:
     return [group[i:i + limit] for group in groups.values() for i in range(0, len(group), limit)]
 
 
+def kept(item: dict, quality: dict, sample: bool) -> dict:
+    """What a send keeps of the payload it was built with: all of it when an operator may need it exactly (a
+    failure, a retry, one sample per request or dry-mode claim); otherwise nothing, and the console rebuilds it
+    from the event, labelled as rebuilt (docs/delivery.md, "What a send keeps")."""
+    return {"payload": item, "match_quality": quality} if sample else {}
+
+
 class Dispatcher:
     """Drains every destination with its own worker, so a slow platform holds no other."""
 
@@ -129,7 +136,7 @@ class Dispatcher:
 
     def _prepare(self, dest: Destination, module, rows: list[Send], now: datetime) -> list[tuple]:
         """Build each claimed send's payload and finish the ones that cannot go; (row, item, quality) of the rest."""
-        batch, done = [], []
+        batch, done, previewed = [], [], False
         for row in rows:
             event = row.event.to_canonical()
             too_old = past_window(event, module, now)
@@ -148,8 +155,9 @@ class Dispatcher:
                 continue
             quality = match_quality(module.identifiers(item), module.WEIGHTS)
             if dest.mode == "dry":
-                done.append(delivery.finishing(row, SKIPPED, now, reason="dry mode", payload=item,
-                                               match_quality=quality))
+                done.append(delivery.finishing(row, SKIPPED, now, reason="dry mode",
+                                               **kept(item, quality, sample=not previewed)))
+                previewed = True
                 continue
             batch.append((row, item, quality))
         if done:  # every send of the claim that goes nowhere, in one transaction
@@ -180,8 +188,8 @@ class Dispatcher:
                 delivery.put_back([row for row, _, _ in batch[middle:]], now)
                 return True
             return self._send(dest, module, batch[middle:], now)
-        changes = [self._change(row, item, quality, outcome, now)
-                   for (row, item, quality), outcome in zip(batch, outcomes)]
+        changes = [self._change(row, item, quality, outcome, now, sample=i == 0)
+                   for i, ((row, item, quality), outcome) in enumerate(zip(batch, outcomes))]
         metrics.answered(dest, outcomes, changes)
         setup = [o for o in outcomes if o.kind == SETUP]
         with self._turn:
@@ -209,13 +217,18 @@ class Dispatcher:
         cache = self._caches.get(key) or self._caches.setdefault(key, module.cache(self.monotonic))
         return module.send(items, dest, self.http, cache=cache)
 
-    def _change(self, row: Send, item: dict, quality: dict, outcome: Outcome, now: datetime) -> delivery.Change:
+    def _change(self, row: Send, item: dict, quality: dict, outcome: Outcome, now: datetime,
+                sample: bool = False) -> delivery.Change:
         """What one platform verdict does to its send (the five outcomes of docs/delivery.md)."""
         seen = {"last_status": outcome.status, "last_error": outcome.error,
                 "response_excerpt": outcome.response, "trace_id": outcome.trace_id}
-        tried = {**seen, "attempts": row.attempts + 1, "payload": item, "match_quality": quality}
+        tried = {**seen, "attempts": row.attempts + 1, **kept(item, quality, sample=True)}
         if outcome.kind == OK:
-            return delivery.finishing(row, SENT, now, reason=None, **{**tried, "last_error": None})
+            if sample:
+                return delivery.finishing(row, SENT, now, reason=None, **{**tried, "last_error": None})
+            # the request's one answer is kept with its sample; this send keeps its status and trace id
+            return delivery.finishing(row, SENT, now, reason=None, last_status=outcome.status,
+                                      trace_id=outcome.trace_id, attempts=row.attempts + 1)
         if outcome.kind == REJECTED:
             return delivery.finishing(row, FAILED, now, reason=outcome.error, **tried)
         if outcome.kind == RETRY:

@@ -46,9 +46,16 @@ def _console_indexes(migrator: SchemaMigrator, db: Database) -> None:
         db.execute_sql(f"CREATE INDEX IF NOT EXISTS events_{'_'.join(columns)} ON events ({', '.join(columns)})")
 
 
+def _partial_lease_index(migrator: SchemaMigrator, db: Database) -> None:
+    """Only sends in flight are looked up by their lease: the index holds those, not every finished send."""
+    db.execute_sql("DROP INDEX IF EXISTS send_status_lease_until")
+    db.execute_sql("CREATE INDEX IF NOT EXISTS sends_leased ON sends (lease_until) WHERE status = 'sending'")
+
+
 STEPS: tuple[Step, ...] = (
     Step(1, "the schema as Postback made it before migrations (events, sends and every store's tables)", _unchanged),
     Step(2, "indexes on events for the console: (site, order_id) and (site, received_at)", _console_indexes),
+    Step(3, "sends indexed by lease only while in flight (a partial index)", _partial_lease_index),
 )
 
 

@@ -4,6 +4,7 @@ With DATABASE_URL=postgresql://… (`make test-postgres`) every test here runs a
 """
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -19,7 +20,7 @@ from models import Event, Send, database
 from storage.migrations import STEPS, VERSION_TABLE
 from storage.stores import tables
 from tests.conftest import BROWSER, ROOT, base_config
-from tests.helpers import signup, track
+from tests.helpers import sha, signup, track
 
 LONG_NAME = "checkout_" + "x" * 291  # 300 characters: no silent 255 limit on either backend
 
@@ -82,6 +83,24 @@ def test_the_same_new_user_upserted_by_eight_requests_at_once_is_one_profile_hol
     assert (errors, sorted(created)) == ([], [False] * 7 + [True])
     assert [(p.user_id, p.identity) for p in profiles.Profile.select()] == [
         ("user-1", {f"flavour{n}": f"hash{n}" for n in range(8)})]
+
+
+def test_an_identity_stores_each_distinct_hash_once_and_reads_back_whole(client):
+    track(client, signup("ident", email="margo@example.com", first_name="Margo"))
+    stored = database.execute_sql("SELECT identity FROM events").fetchone()[0]
+
+    assert json.loads(stored) == {"em": sha("margo@example.com"), "em_google": "=em",
+                                  "fn": sha("margo"), "fn_compact": "=fn"}
+    assert Event.get().identity == {"em": sha("margo@example.com"), "em_google": sha("margo@example.com"),
+                                    "fn": sha("margo"), "fn_compact": sha("margo")}
+
+
+def test_an_identity_stored_before_the_compact_form_reads_the_same(client):
+    track(client, signup("old-form", email="margo@example.com"))
+    whole = json.dumps({"em": sha("margo@example.com"), "em_google": sha("margo@example.com")})
+    database.execute_sql(f"UPDATE events SET identity = {database.param}", (whole,))
+
+    assert Event.get().identity == {"em": sha("margo@example.com"), "em_google": sha("margo@example.com")}
 
 
 # Run in a process of its own: each one opens the database as a starting gunicorn worker does.

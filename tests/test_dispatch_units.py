@@ -40,8 +40,9 @@ TRIED = {**SEEN, "attempts": 3, "payload": ITEM, "match_quality": QUALITY}
 
 
 @pytest.mark.parametrize("outcome, status, fields", [
+    # a sent send that is not its request's sample keeps no payload nor the request's answer: both are rebuilt
     (Outcome(SENT, 200, None, "T1", "{}"), "sent",
-     {"finished_at": NOW, "reason": None, **TRIED, "last_status": 200, "last_error": None}),
+     {"finished_at": NOW, "reason": None, "last_status": 200, "trace_id": "T1", "attempts": 3}),
     (Outcome(REJECTED, 500, "boom", "T1", "{}"), "failed", {"finished_at": NOW, "reason": "boom", **TRIED}),
     (Outcome(RETRY, 500, "boom", "T1", "{}"), "pending",
      {"next_attempt_at": NOW + timedelta(seconds=20), "retries": 2, **TRIED}),  # the 2nd retry: 20 s
@@ -56,6 +57,17 @@ def test_each_platform_verdict_becomes_one_change_of_its_send(tmp_path, outcome,
     send = Send(id=7, attempts=2, retries=1, lease_owner="owner")
 
     assert dispatcher._change(send, ITEM, QUALITY, outcome, NOW) == (send, {"status": status, **fields})
+    dispatcher.close()
+
+
+def test_the_first_send_of_a_request_is_its_sample_and_keeps_the_payload_and_answer(tmp_path):
+    dispatcher = Dispatcher(lambda: build_config(base_config(tmp_path)), rng=lambda: 0.5)
+    send = Send(id=7, attempts=2, retries=1, lease_owner="owner")
+
+    change = dispatcher._change(send, ITEM, QUALITY, Outcome(SENT, 200, None, "T1", "{}"), NOW, sample=True)
+
+    assert change == (send, {"status": "sent", "finished_at": NOW, "reason": None, **TRIED, "last_status": 200,
+                             "last_error": None})
     dispatcher.close()
 
 

@@ -207,3 +207,24 @@ def test_step_2_gives_an_old_database_the_consoles_indexes_on_events(old_databas
     assert {"events_site_order_id", "events_site_received_at"} & indexes() == set()
     open_database(url(old_database))
     assert {"events_site_order_id", "events_site_received_at"} <= indexes()
+
+
+def test_step_3_indexes_an_old_databases_sends_by_lease_only_while_they_are_in_flight(old_database):
+    def indexes() -> dict[str, str]:
+        with sqlite3.connect(old_database) as db:
+            return dict(db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'sends'"))
+
+    assert "send_status_lease_until" in indexes() and "sends_leased" not in indexes()
+    open_database(url(old_database))
+    after = indexes()
+    assert "send_status_lease_until" not in after
+    assert after["sends_leased"] == "CREATE INDEX sends_leased ON sends (lease_until) WHERE status = 'sending'"
+
+
+def test_a_new_database_has_the_same_lease_index_as_an_upgraded_one_and_16_kb_pages(tmp_path):
+    path = tmp_path / "new.db"
+    open_database(url(path))
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA page_size").fetchone() == (16384,)
+        assert db.execute("SELECT sql FROM sqlite_master WHERE name = 'sends_leased'").fetchone() == (
+            """CREATE INDEX "sends_leased" ON "sends" ("lease_until") WHERE ("status" = 'sending')""",)
