@@ -363,10 +363,10 @@ def record_event(event: CanonicalEvent, sends: Iterable[dict], ip_policy: str) -
     fields = {name: getattr(event, name) for name in CanonicalEvent.__dataclass_fields__ if name != "site_id"}
     fields["consent_categories"] = list(event.consent_categories) if event.consent_categories is not None else None
     row = Event(site=event.site_id, **fields)  # with the model's defaults, as Event.create would store it
-    send_defaults = Send._meta.get_default_dict()
-    rows = _Rows((event.site_id, event.event_id), _params(_EVENT_COLUMNS, row.__data__), [
-        _params(_SEND_COLUMNS, {**send_defaults, "site": event.site_id, "next_attempt_at": event.received_at, **send})
-        for send in sends])
+    # Sends differ in a few fields: the rest is converted once per event.
+    common = _params(_SEND_COLUMNS, {**_SEND_DEFAULTS, "site": event.site_id, "next_attempt_at": event.received_at})
+    rows = _Rows((event.site_id, event.event_id), _params(_EVENT_COLUMNS, row.__data__),
+                 [_fill(common, send) for send in sends])
     row.id = WRITER.run(rows)
     if row.id is None:
         existing = Event.get_or_none((Event.site == event.site_id) & (Event.event_id == event.event_id))
@@ -389,8 +389,21 @@ _EVENT_COLUMNS = [f for f in Event._meta.sorted_fields if f.name != "id"]
 _SEND_COLUMNS = [f for f in Send._meta.sorted_fields if f.name not in ("id", "event")]
 
 
+_SEND_DEFAULTS = Send._meta.get_default_dict()
+_SEND_INDEX = {field.name: i for i, field in enumerate(_SEND_COLUMNS)}
+
+
 def _params(columns: list, values: dict) -> list:
     return [field.db_value(values.get(field.name)) for field in columns]
+
+
+def _fill(common: list, send: dict) -> list:
+    """A send's parameters: the event's common ones, with this send's own fields converted in their places."""
+    params = common.copy()
+    for name, value in send.items():
+        i = _SEND_INDEX[name]
+        params[i] = _SEND_COLUMNS[i].db_value(value)
+    return params
 
 
 def _insert_events(items: list[_Rows]) -> list[int | None]:

@@ -16,8 +16,11 @@ def accept(event: CanonicalEvent, site: Site, config: Config) -> tuple[Event, bo
     """Store the event with a send row per destination; (row, created) — a repeat is stored once."""
     row, created = record_event(event, plan_sends(event, site), config.ip_policy)
     metrics.received(site.id, event.dialect, "stored" if created else "duplicate")
-    if created:
-        log.info("event stored", extra={"site": site.id, "dialect": event.dialect, "event": event.display_name, "event_id": row.event_id})
+    # DEBUG: gunicorn's access log has a line per request already, and one more line per event costs about as
+    # much CPU as validating its email address (docs/operations.md#logs).
+    if created and log.isEnabledFor(logging.DEBUG):
+        log.debug("event stored", extra={"site": site.id, "dialect": event.dialect, "event": event.display_name,
+                                         "event_id": row.event_id})
     return row, created
 
 

@@ -3,8 +3,10 @@
 import hashlib
 
 import pytest
+from email_validator import EmailNotValidError, validate_email
+from hypothesis import given, settings, strategies as st
 
-from ingest.identity import HASHED_RE, Identity, normalize_identity, sha256
+from ingest.identity import _PLAIN_ADDRESS, HASHED_RE, Identity, _is_plain_address, normalize_identity, sha256
 from platforms.base import spaceless_city
 
 HEX = "9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08"  # sha256("test"), upper
@@ -387,3 +389,26 @@ def test_it_never_puts_a_raw_value_in_a_drop_reason(raw, default_country):
     for value in raw.values():
         if value.strip(" .-'"):
             assert value.strip().lower() not in reasons
+
+
+def _validator_accepts(email: str) -> bool:
+    try:
+        validate_email(email, check_deliverability=False)
+    except EmailNotValidError:
+        return False
+    return True
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.from_regex(_PLAIN_ADDRESS, fullmatch=True) | st.emails().map(str.lower))
+def test_an_address_the_fast_path_takes_is_one_the_validator_accepts(email):
+    assert not _is_plain_address(email) or _validator_accepts(email)
+
+
+@pytest.mark.parametrize("email, plain", [
+    ("john.doe@example.com", True), ("jo+tag@ex-ample.co.uk", True),
+    ("a..b@example.com", False), ("x@localhost", False), ("a@b.test", False), ("a@-b.com", False),
+    ("a@xn--bcher-kva.ch", False), ("jürgen@example.de", False), ("a" * 65 + "@example.com", False),
+])
+def test_only_plain_ascii_addresses_skip_the_validator(email, plain):
+    assert _is_plain_address(email) is plain
