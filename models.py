@@ -1,10 +1,12 @@
 """Storage: the canonical event, its send rows, destination state, and the verbs that write them."""
 from __future__ import annotations
 
+import base64
 import fcntl
 import json
 import operator
 import os
+import re
 import threading
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -12,8 +14,8 @@ from functools import reduce
 from typing import Iterable, NamedTuple
 
 from peewee import (
-    OP, SQL, BooleanField, DatabaseError, DatabaseProxy, DateTimeField, DoubleField, Expression, Field,
-    ForeignKeyField, IntegerField, IntegrityError, Model, SqliteDatabase, TextField, Value, fn,
+    OP, SQL, AutoField, BooleanField, DatabaseError, DatabaseProxy, DateTimeField, DoubleField, Expression, Field,
+    ForeignKeyField, IntegerField, IntegrityError, Model, NodeList, SqliteDatabase, TextField, Value, fn,
 )
 from playhouse.db_url import connect
 
@@ -47,11 +49,12 @@ class JSONField(TextField):
 
 
 class IdentityField(JSONField):
-    """Identity hashes (flavour -> sha256 hex), each distinct hash stored once.
+    """Identity hashes (flavour -> sha256 hex), stored compactly.
 
-    A flavour whose hash another flavour already holds (em_google of an address without dots, fn_compact of a
-    one-word name) is stored as "=<that flavour>". Every hash stays whole in the text, so a search for it
-    (`holding`) finds the row; rows stored before this form read the same.
+    Each digest is stored in unpadded base64url (43 characters instead of 64 hex), and a flavour whose hash
+    another flavour already holds (em_google of an address without dots, fn_compact of a one-word name) as
+    "=<that flavour>". Every digest stays whole in the text, so a search for it (`holding`) finds the row;
+    rows stored before this form (hex, every flavour spelled out) read the same.
     """
 
     def db_value(self, value):
@@ -61,7 +64,7 @@ class IdentityField(JSONField):
         compact = {}
         for flavour in sorted(value):
             digest = value[flavour]
-            compact[flavour] = f"={first[digest]}" if digest in first else digest
+            compact[flavour] = f"={first[digest]}" if digest in first else _to_base64(digest)
             first.setdefault(digest, flavour)
         return super().db_value(compact)
 
@@ -69,8 +72,31 @@ class IdentityField(JSONField):
         identity = super().python_value(value)
         if not identity:
             return identity
-        return {flavour: identity[digest[1:]] if digest.startswith("=") else digest
+        digests = {flavour: _to_hex(digest) for flavour, digest in identity.items() if not digest.startswith("=")}
+        return {flavour: digests[digest[1:]] if digest.startswith("=") else digests[flavour]
                 for flavour, digest in identity.items()}
+
+    @staticmethod
+    def forms(digest: str) -> tuple[str, ...]:
+        """How a hex digest may appear in the stored text: as written now, and as rows before it hold it."""
+        compact = _to_base64(digest)
+        return (compact, digest) if compact != digest else (digest,)
+
+
+_HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
+_BASE64_DIGEST = re.compile(r"[A-Za-z0-9_-]{43}")
+
+
+def _to_base64(digest: str) -> str:
+    if not _HEX_DIGEST.fullmatch(digest):
+        return digest  # not a digest Postback made: kept as given
+    return base64.urlsafe_b64encode(bytes.fromhex(digest)).rstrip(b"=").decode("ascii")
+
+
+def _to_hex(stored: str) -> str:
+    if not _BASE64_DIGEST.fullmatch(stored):
+        return stored
+    return base64.urlsafe_b64decode(stored + "=").hex()
 
 
 class UTCDateTimeField(DateTimeField):
@@ -93,6 +119,54 @@ class BaseModel(Model):
         database = database
 
 
+class NeverReusedId(AutoField):
+    """An id never given twice, even after its row is deleted: processes keep what an id names in a cache.
+
+    (SQLite hands the largest rowid out again once its row is gone, unless the table says AUTOINCREMENT;
+    PostgreSQL's sequences never go back.)
+    """
+
+    def ddl(self, ctx):
+        nodes = super().ddl(ctx)
+        return NodeList((nodes, SQL("AUTOINCREMENT"))) if isinstance(database.obj, SqliteDatabase) else nodes
+
+
+class UserAgent(BaseModel):
+    """Each distinct user agent once: an event names its own by id (a browser's is about 110 bytes, and the same
+    for many events)."""
+
+    id = NeverReusedId()
+    text = TextField(unique=True)
+
+    class Meta:
+        table_name = "user_agents"
+
+
+_USER_AGENTS: dict[int, str] = {}  # id -> text, for reading; ids are never reused, so an entry never goes stale
+_USER_AGENTS_KEPT = 10000
+
+
+class UserAgentField(IntegerField):
+    """An event's user agent: its text in Python, the id of its `user_agents` row in the table.
+
+    The writer turns texts into ids inside the transaction that stores the events (`_user_agent_ids`).
+    """
+
+    def db_value(self, value):
+        return value  # a text until the writer resolves it, an id after
+
+    def python_value(self, value):
+        if value is None or isinstance(value, str):
+            return value
+        text = _USER_AGENTS.get(value)
+        if text is None:
+            text = UserAgent.select(UserAgent.text).where(UserAgent.id == value).scalar()
+            if len(_USER_AGENTS) >= _USER_AGENTS_KEPT:
+                _USER_AGENTS.clear()
+            _USER_AGENTS[value] = text
+        return text
+
+
 class Event(BaseModel):
     site = TextField()
     dialect = TextField()
@@ -108,7 +182,7 @@ class Event(BaseModel):
     location = JSONField(default=dict)
     click_ids = JSONField(default=dict)
     ip = TextField(null=True)
-    user_agent = TextField(null=True)
+    user_agent = UserAgentField(null=True, column_name="user_agent_id")
     page_url = TextField(null=True)
     referrer = TextField(null=True)
     language = TextField(null=True)
@@ -188,6 +262,7 @@ def open_database(url: str, migrate: bool = True, steps: tuple[Step, ...] = STEP
     else:
         db = connect(url)
     database.initialize(db)
+    _USER_AGENTS.clear()  # ids name rows of the database they came from
     if migrate:
         upgrade(db, write_turn, steps)
     return db
@@ -415,12 +490,51 @@ def _insert_events(items: list[_Rows]) -> list[int | None]:
     first: dict[tuple[str, str], _Rows] = {}
     for item in items:
         first.setdefault(item.key, item)
-    stored = insert_rows("events", [f.column_name for f in _EVENT_COLUMNS], [item.event for item in first.values()],
+    events = [item.event for item in first.values()]
+    texts = {event[_USER_AGENT] for event in events if isinstance(event[_USER_AGENT], str)}
+    if texts:  # copies: if this transaction rolls back, the items are written again from their texts
+        ids = _user_agent_ids(texts)
+        events = [[*event[:_USER_AGENT], ids[event[_USER_AGENT]], *event[_USER_AGENT + 1:]]
+                  if isinstance(event[_USER_AGENT], str) else event for event in events]
+    stored = insert_rows("events", [f.column_name for f in _EVENT_COLUMNS], events,
                          " ON CONFLICT (site, event_id) DO NOTHING RETURNING site, event_id, id")
     ids = {(site, event_id): pk for site, event_id, pk in stored}
     insert_rows("sends", ["event_id", *(f.column_name for f in _SEND_COLUMNS)],
                 [[ids[key], *send] for key, item in first.items() if key in ids for send in item.sends])
     return [ids.get(item.key) if first[item.key] is item else None for item in items]
+
+
+_USER_AGENT = [field.name for field in _EVENT_COLUMNS].index("user_agent")
+
+
+def _user_agent_ids(texts: set[str]) -> dict[str, int]:
+    """The ids of these user agents, each added to `user_agents` if new; in the caller's write transaction.
+
+    On PostgreSQL the table is held in ROW EXCLUSIVE mode until the transaction ends, so a purge of unused user
+    agents (SHARE mode, `purge_user_agents`) waits for events about to name one, and they for it.
+    """
+    if not isinstance(database.obj, SqliteDatabase):
+        database.execute_sql("LOCK TABLE user_agents IN ROW EXCLUSIVE MODE")
+    ids = _user_agents_named(texts)
+    missing = sorted(texts - ids.keys())
+    if missing:
+        insert_rows("user_agents", ["text"], [[text] for text in missing], " ON CONFLICT (text) DO NOTHING")
+        ids.update(_user_agents_named(set(missing)))
+    return ids
+
+
+def _user_agents_named(texts: set[str]) -> dict[str, int]:
+    listed = sorted(texts)
+    return {text: pk for chunk in (listed[i:i + CHUNK] for i in range(0, len(listed), CHUNK))
+            for pk, text in UserAgent.select(UserAgent.id, UserAgent.text).where(UserAgent.text.in_(chunk)).tuples()}
+
+
+def purge_user_agents() -> int:
+    """Delete the user agents no event names any more (after a purge): in the caller's write transaction."""
+    if not isinstance(database.obj, SqliteDatabase):
+        database.execute_sql("LOCK TABLE user_agents IN SHARE MODE")
+    named = Event.select(Event.user_agent).where(Event.user_agent.is_null(False))
+    return UserAgent.delete().where(UserAgent.id.not_in(named)).execute()
 
 
 WRITER: GroupWriter[_Rows, int | None] = GroupWriter(database, _insert_events, writing)
@@ -511,6 +625,8 @@ def purge_events(older_than: timedelta, now: datetime) -> dict[str, int]:
     with writing():
         sends = Send.delete().where(Send.event.in_(old)).execute()
         events = Event.delete().where(Event.id.in_(old)).execute()
+        if events:
+            purge_user_agents()
     return {"events": events, "sends": sends}
 
 
@@ -551,8 +667,10 @@ def any_of(conditions: Iterable[Expression]) -> Expression:
 
 
 def holding(column: Field, digests: Iterable[str]) -> list[Expression]:
-    """Conditions that a JSON text column holds one of these hashes (a 64-hex digest cannot occur in it by accident)."""
-    return [Expression(column, OP.ILIKE, Value(f"%{digest}%", converter=False)) for digest in digests]
+    """Conditions that a JSON text column holds one of these hashes (a digest cannot occur in it by accident)."""
+    forms = column.forms if isinstance(column, IdentityField) else (lambda digest: (digest,))
+    return [Expression(column, OP.ILIKE, Value(f"%{form}%", converter=False))
+            for digest in digests for form in forms(digest)]
 
 
 def _events_of(site: str, external_ids: frozenset[str], anonymous_ids: frozenset[str], hashes: set[str]) -> list[Event]:
@@ -582,5 +700,5 @@ def event_counts() -> dict[str, dict]:
     return {"events": events, "sends": sends}
 
 
-STORE = Store("events", (Event, Send, DestinationState), purge=purge_events, erase=erase_events, links=True,
+STORE = Store("events", (Event, Send, DestinationState, UserAgent), purge=purge_events, erase=erase_events, links=True,
               stats=event_counts)

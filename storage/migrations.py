@@ -52,10 +52,26 @@ def _partial_lease_index(migrator: SchemaMigrator, db: Database) -> None:
     db.execute_sql("CREATE INDEX IF NOT EXISTS sends_leased ON sends (lease_until) WHERE status = 'sending'")
 
 
+def _user_agents_table(migrator: SchemaMigrator, db: Database) -> None:
+    """Each distinct user agent once, in its own table; an event names its own by id."""
+    sqlite = isinstance(db, SqliteDatabase)
+    key = "INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT" if sqlite else "SERIAL NOT NULL PRIMARY KEY"
+    db.execute_sql(f"CREATE TABLE user_agents (id {key}, text TEXT NOT NULL)")
+    db.execute_sql("CREATE UNIQUE INDEX useragent_text ON user_agents (text)")
+    db.execute_sql("INSERT INTO user_agents (text) SELECT DISTINCT user_agent FROM events "
+                   "WHERE user_agent IS NOT NULL ORDER BY user_agent")
+    db.execute_sql("ALTER TABLE events ADD COLUMN user_agent_id INTEGER")
+    db.execute_sql("UPDATE events SET user_agent_id = (SELECT id FROM user_agents WHERE text = events.user_agent) "
+                   "WHERE user_agent IS NOT NULL")
+    db.execute_sql("ALTER TABLE events DROP COLUMN user_agent")
+
+
 STEPS: tuple[Step, ...] = (
     Step(1, "the schema as Postback made it before migrations (events, sends and every store's tables)", _unchanged),
     Step(2, "indexes on events for the console: (site, order_id) and (site, received_at)", _console_indexes),
     Step(3, "sends indexed by lease only while in flight (a partial index)", _partial_lease_index),
+    Step(4, "user agents stored once each, in their own table (events.user_agent becomes user_agent_id)",
+         _user_agents_table),
 )
 
 

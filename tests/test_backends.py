@@ -4,6 +4,7 @@ With DATABASE_URL=postgresql://… (`make test-postgres`) every test here runs a
 """
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from playhouse.db_url import connect
 from delivery import sends as delivery
 from dialects.commanders import profiles
 from ingest.canonical import utcnow
-from models import Event, Send, database
+from models import Event, Send, any_of, database, holding, purge_events
 from storage.migrations import STEPS, VERSION_TABLE
 from storage.stores import tables
 from tests.conftest import BROWSER, ROOT, base_config
@@ -89,10 +90,15 @@ def test_an_identity_stores_each_distinct_hash_once_and_reads_back_whole(client)
     track(client, signup("ident", email="margo@example.com", first_name="Margo"))
     stored = database.execute_sql("SELECT identity FROM events").fetchone()[0]
 
-    assert json.loads(stored) == {"em": sha("margo@example.com"), "em_google": "=em",
-                                  "fn": sha("margo"), "fn_compact": "=fn"}
+    assert json.loads(stored) == {"em": b64(sha("margo@example.com")), "em_google": "=em",
+                                  "fn": b64(sha("margo")), "fn_compact": "=fn"}
+    assert len(stored) == len('{"em":"","em_google":"=em","fn":"","fn_compact":"=fn"}') + 2 * 43
     assert Event.get().identity == {"em": sha("margo@example.com"), "em_google": sha("margo@example.com"),
                                     "fn": sha("margo"), "fn_compact": sha("margo")}
+
+
+def b64(hex_digest: str) -> str:
+    return base64.urlsafe_b64encode(bytes.fromhex(hex_digest)).decode().rstrip("=")
 
 
 def test_an_identity_stored_before_the_compact_form_reads_the_same(client):
@@ -101,6 +107,17 @@ def test_an_identity_stored_before_the_compact_form_reads_the_same(client):
     database.execute_sql(f"UPDATE events SET identity = {database.param}", (whole,))
 
     assert Event.get().identity == {"em": sha("margo@example.com"), "em_google": sha("margo@example.com")}
+
+
+def test_a_person_is_found_by_a_hash_in_either_stored_form(client):
+    track(client, signup("new-form", email="margo@example.com"))
+    track(client, signup("old-form", email="margo@example.com"))
+    whole = json.dumps({"em": sha("margo@example.com")})
+    database.execute_sql(f"UPDATE events SET identity = {database.param} WHERE event_id = 'old-form'", (whole,))
+
+    found = Event.select(Event.event_id).where(any_of(holding(Event.identity, {sha("margo@example.com")})))
+    assert sorted(e.event_id for e in found) == ["new-form", "old-form"]
+    assert not Event.select().where(any_of(holding(Event.identity, {sha("someone@example.com")}))).exists()
 
 
 # Run in a process of its own: each one opens the database as a starting gunicorn worker does.
@@ -127,3 +144,33 @@ def test_a_request_hands_its_connection_back(client):
     track(client, signup("e1"))
 
     assert database.is_closed()
+
+
+FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+SAFARI = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 Version/17.5 Mobile/15E148 Safari/604.1"
+
+
+def test_each_user_agent_is_stored_once_and_events_name_it_by_id(client):
+    for event_id, agent in (("a", FIREFOX), ("b", SAFARI), ("c", FIREFOX)):
+        track(client, signup(event_id), headers={**BROWSER, "User-Agent": agent})
+    track(client, signup("server-side"), headers={"User-Agent": ""})
+
+    agents = dict(database.execute_sql("SELECT text, id FROM user_agents").fetchall())
+    named = dict(database.execute_sql("SELECT event_id, user_agent_id FROM events").fetchall())
+    assert sorted(agents) == sorted([FIREFOX, SAFARI])
+    assert named == {"a": agents[FIREFOX], "b": agents[SAFARI], "c": agents[FIREFOX], "server-side": None}
+    assert {e.event_id: e.to_canonical().user_agent for e in Event.select()} == {
+        "a": FIREFOX, "b": SAFARI, "c": FIREFOX, "server-side": None}
+
+
+def test_a_purge_drops_the_user_agents_no_event_names_any_more(client):
+    track(client, signup("old"), headers={**BROWSER, "User-Agent": SAFARI})
+    track(client, signup("kept"), headers={**BROWSER, "User-Agent": FIREFOX})
+    track(client, signup("old-too"), headers={**BROWSER, "User-Agent": FIREFOX})
+    Event.update(received_at=utcnow() - timedelta(days=400)).where(Event.event_id.in_(["old", "old-too"])).execute()
+    Send.update(status="sent").execute()
+
+    assert purge_events(timedelta(days=30), utcnow()) == {"events": 2, "sends": 2}
+    assert [text for text, in database.execute_sql("SELECT text FROM user_agents").fetchall()] == [FIREFOX]
+    track(client, signup("back"), headers={**BROWSER, "User-Agent": SAFARI})  # a new row, a new id
+    assert {e.event_id: e.user_agent for e in Event.select()} == {"kept": FIREFOX, "back": SAFARI}

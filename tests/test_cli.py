@@ -64,7 +64,7 @@ def test_stats_counts_events_per_site_sends_per_status_and_the_rows_of_every_tab
     post(client, "b", consent=False)
     assert run("stats") == (
         "site shop: 2 event(s)\nshop/meta: pending 1, skipped 1\n"
-        "rows: events 2, sends 2, destination_state 0, refusals 2, admin_sessions 0, auth_failures 0, browser_key_minutes 0, "
+        "rows: events 2, sends 2, destination_state 0, user_agents 1, refusals 2, admin_sessions 0, auth_failures 0, browser_key_minutes 0, "
         "alert_state 0, funnel_sessions 0, funnel_visits 0, "
         "funnel_invite_links 0, funnel_leads 0, funnel_conversions 0, user_profiles 0, products 0, octeth_subscribers 0, "
         "octeth_properties 0, pixel_profiles 0\n")  # each seed event is partly accepted: fbc, fbp

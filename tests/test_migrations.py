@@ -21,7 +21,7 @@ from playhouse.migrate import migrate
 import app as application
 from app import create_app
 from cli import cli
-from models import Send, database, open_database
+from models import Event, Send, database, open_database
 from storage.migrations import STEPS, VERSION_TABLE, SchemaError, Step, status
 from tests.conftest import DATABASE_FILES, ROOT, SEED_EXAMPLE, base_config, build_config
 
@@ -64,9 +64,17 @@ def closed():
 
 
 def rows(path: Path) -> dict[str, list[tuple]]:
-    """Every row of every table of the fixture, in id order."""
+    """Every row of every table of the fixture, in id order, in the fixture's columns (step 4 moved user agents
+    to a table of their own: an event's is read from there)."""
+    with sqlite3.connect(FIXTURE) as fixture:
+        event_columns = [row[1] for row in fixture.execute("PRAGMA table_info(events)")]
     with sqlite3.connect(path) as db:
-        return {table: db.execute(f"SELECT * FROM {table} ORDER BY rowid").fetchall() for table in FIXTURE_TABLES}
+        picks = {table: "*" for table in FIXTURE_TABLES}
+        if "user_agent_id" in [row[1] for row in db.execute("PRAGMA table_info(events)")]:
+            picks["events"] = ", ".join("(SELECT text FROM user_agents u WHERE u.id = events.user_agent_id)"
+                                        if column == "user_agent" else column for column in event_columns)
+        return {table: db.execute(f"SELECT {picks[table]} FROM {table} ORDER BY rowid").fetchall()
+                for table in FIXTURE_TABLES}
 
 
 def versions(path: Path) -> list[tuple[int, str]]:
@@ -228,3 +236,36 @@ def test_a_new_database_has_the_same_lease_index_as_an_upgraded_one_and_16_kb_pa
         assert db.execute("PRAGMA page_size").fetchone() == (16384,)
         assert db.execute("SELECT sql FROM sqlite_master WHERE name = 'sends_leased'").fetchone() == (
             """CREATE INDEX "sends_leased" ON "sends" ("lease_until") WHERE ("status" = 'sending')""",)
+
+
+def test_step_4_moves_an_old_databases_user_agents_to_a_table_holding_each_once(old_database):
+    with sqlite3.connect(old_database) as db:
+        agents = [ua for ua, in db.execute("SELECT user_agent FROM events ORDER BY id")]
+    assert len(set(agents) - {None}) < len([ua for ua in agents if ua])  # the fixture repeats some
+
+    open_database(url(old_database))
+
+    with sqlite3.connect(old_database) as db:
+        table = dict(db.execute("SELECT text, id FROM user_agents"))
+        named = [row for row in db.execute("SELECT user_agent_id FROM events ORDER BY id")]
+        columns = [row[1] for row in db.execute("PRAGMA table_info(events)")]
+    assert sorted(table) == sorted(set(agents) - {None})
+    assert named == [(table.get(ua),) for ua in agents] and "user_agent" not in columns
+    assert [e.user_agent for e in Event.select().order_by(Event.id)] == agents
+
+
+def test_a_new_database_has_the_same_user_agents_table_as_an_upgraded_one(tmp_path, old_database):
+    new = tmp_path / "new.db"
+    open_database(url(new))
+    database.close()
+    open_database(url(old_database))
+
+    def schema(path: Path) -> list:
+        with sqlite3.connect(path) as db:
+            return [(row[1], row[2], row[3], row[5]) for row in db.execute("PRAGMA table_info(user_agents)")] + \
+                db.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'user_agents' AND type = 'index'").fetchall()
+
+    assert schema(new) == schema(old_database) == [("id", "INTEGER", 1, 1), ("text", "TEXT", 1, 0),
+                                                   ("useragent_text",)]
+    with sqlite3.connect(new) as db:
+        assert "AUTOINCREMENT" in db.execute("SELECT sql FROM sqlite_master WHERE name = 'user_agents'").fetchone()[0]
