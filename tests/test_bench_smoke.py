@@ -78,8 +78,8 @@ def test_durations_read_as_people_say_them():
 
 def test_knobs_come_from_the_environment():
     default = bench.Settings.from_env({})
-    assert (default.pairs, default.seconds, default.connections, default.events) == (5, 6, 16, 20_000)
-    assert (default.dispatch_runs, default.million) == (3, 0)
+    assert (default.pairs, default.seconds, default.connections, default.events) == (5, 6, 16, 10_000)
+    assert (default.dispatch_runs, default.million) == (5, 0)
     quick = bench.Settings.from_env({"BENCH_PAIRS": "1", "BENCH_SECONDS": "2", "BENCH_EVENTS": "2000"})
     assert (quick.pairs, quick.seconds, quick.events, quick.dispatch_runs) == (1, 2, 2000, 1)
     assert bench.Settings.from_env({"BENCH_MILLION": "1"}).million == 1_000_000
