@@ -412,6 +412,7 @@ class Server:
         self.peak_kib: dict[int, int] = {}  # pid -> VmHWM
         self.roles: dict[int, str] = {}  # pid -> master | worker | dispatcher
         self.expected: set[int] = set()
+        self.start_mib: dict[int, float] = {}  # pid -> RSS once ready, before any request
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -424,6 +425,7 @@ class Server:
                     and (not self.has_dispatcher or self.dispatcher_pid()) and self._healthy()):
                 self.expected = {self.proc.pid, *children(self.proc.pid)}
                 self.roles = {pid: self.role(pid) for pid in self.expected}
+                self.start_mib = self.rss_mib()
                 return
             time.sleep(0.1)
         raise BenchError(f"{self.name}: not ready within {timeout:g} s:\n{self.proc.log_tail()}")
@@ -471,6 +473,16 @@ class Server:
             if peak is not None:
                 self.peak_kib[pid] = max(peak, self.peak_kib.get(pid, 0))
                 self.roles.setdefault(pid, self.role(pid))
+
+    def growth(self) -> dict[str, tuple[float, float]]:
+        """(RSS once ready, peak RSS) in MiB of each process, named by role (and number, for the workers)."""
+        out, seen = {}, {}
+        for pid, kib in sorted(self.peak_kib.items()):
+            role = self.roles.get(pid, "?")
+            seen[role] = seen.get(role, 0) + 1
+            name = f"{role} {seen[role]}" if role == "worker" else role
+            out[name] = (self.start_mib.get(pid, 0.0), kib / 1024)
+        return out
 
     def peaks_mib(self) -> dict[str, list[float]]:
         """Peak RSS by role, one value per process."""
@@ -805,6 +817,7 @@ def run_pairs(name: str, postback: Server, bare: Server, s: Settings, work: Path
 class IngestResult:
     sets: dict[str, PairSet] = field(default_factory=dict)
     peaks: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # server -> role -> peak MiB
+    growth: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)  # server -> process -> (start, peak)
     db: dict[str, Footprint] = field(default_factory=dict)
 
 
@@ -889,6 +902,7 @@ def ingest(s: Settings, work: Path, gconf: dict, fakes: FakePlatforms) -> Ingest
         sampler.stop()
         for server in (dry, live, bare):
             result.peaks[server.name] = server.peaks_mib()
+            result.growth[server.name] = server.growth()
     finally:
         sampler.halt.set()
         bare.proc.stop()
@@ -1175,22 +1189,24 @@ def report(s: Settings, gconf: dict, ing: IngestResult, disp: list[DispatchRun],
     targets.append(Target(
         "3. Five platforms together ÷ slowest platform alone (drain time, same backlog)", together_ratio, "x", 1.0,
         False,
-        f"alone: {', '.join(alone_desc)}; together {median_of(together_runs, lambda r: r.seconds):.2f} s, the "
+        f"alone: {', '.join(alone_desc)} (together they add up to "
+        f"{sum(median_of([r for r in disp if r.platforms == (p,)], lambda r: r.seconds) for p in PLATFORMS):.2f} s); "
+        f"together {median_of(together_runs, lambda r: r.seconds):.2f} s, the "
         f"dispatcher using {median_of(together_runs, lambda r: r.cpu['dispatcher']) * cores:.2f} core(s) "
         f"({median_of(together_runs, lambda r: r.cpu['dispatcher_seconds'] / r.events / len(PLATFORMS)) * 1e6:,.0f} "
         f"µs of CPU per send; alone it used {median_of([r for r in disp if len(r.platforms) == 1], lambda r: r.cpu['dispatcher']) * cores:.2f}); "
         f"fakes {median_of(together_runs, lambda r: r.cpu['fake']):.0%}, other work "
         f"{median_of(together_runs, lambda r: r.cpu['others']):.0%} of the box."))
-    peaks = {}
-    for server in ("postback-dry", "postback-live"):
-        for role, values in ing.peaks.get(server, {}).items():
-            for i, v in enumerate(values):
-                peaks[f"{server.split('-')[1]} {role}{'' if len(values) == 1 else f' {i + 1}'}"] = v
-    over = {k: v for k, v in peaks.items() if v > 80}
+    grown = {f"{server.split('-')[1]} set's {name}": pair for server in ("postback-dry", "postback-live")
+             for name, pair in ing.growth.get(server, {}).items()}
+    over = {k: v for k, v in grown.items() if v[1] > 80}
     targets.append(Target(
-        "4. Peak RSS per process (worst of master, workers, dispatcher)", [max(peaks.values())], "MiB", 80, False,
-        "over the goal: " + ", ".join(f"{k} {v:.1f} MiB" for k, v in sorted(over.items(), key=lambda kv: -kv[1]))
-        + " (VmHWM)"))
+        "4. Peak RSS per process (worst of master, workers, dispatcher)", [max(v[1] for v in grown.values())], "MiB",
+        80, False,
+        "over the goal (RSS once ready → peak VmHWM over the runs): " + ", ".join(
+            f"{k} {start:.1f} → {peak:.1f} MiB" for k, (start, peak) in sorted(over.items(), key=lambda kv: -kv[1][1]))
+        + "; bare Flask's workers peaked at " + " / ".join(f"{v:.1f}" for v in ing.peaks.get("bare", {}).get("worker", []))
+        + " MiB."))
     if long is None:
         targets.append(Target("4. RSS flat (±10 %) across 1,000,000 events", [], "%", 0.10, False,
                               not_run="BENCH_MILLION=1 runs it (about half an hour)"))
