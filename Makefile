@@ -49,8 +49,11 @@ chromium:
 check-config: $(VENV)/.installed
 	$(PY) cli.py check-config
 
-# Ingest (wrk vs a bare Flask endpoint), dispatch and footprint on this box: one Markdown table on
-# stdout and in bench/out/last.md. Knobs (BENCH_RUNS, BENCH_SECONDS, BENCH_EVENTS, ...): bench/run.py.
+# Judges Postback's speed targets on this box (docs/performance.md): ingest and the pixel against bare Flask in
+# alternating pairs, dispatch to fake platforms, RSS and database bytes; one Markdown table of verdicts on stdout
+# and in bench/out/last.md. Exit 0 when a target is missed (a finding), 1 on a failed request, a lost or duplicated
+# event or a dead process. About 6 minutes; quick: BENCH_PAIRS=1 BENCH_SECONDS=2 BENCH_EVENTS=2000 make bench;
+# the 1,000,000-event RSS run: BENCH_MILLION=1 make bench. Every knob: bench/run.py.
 bench: $(VENV)/.installed-dev
 	command -v wrk >/dev/null 2>&1 || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y wrk; }
 	$(PY) bench/run.py

@@ -1,30 +1,40 @@
-"""`make bench`: Postback's first benchmark, on this one box, printed as ONE Markdown table.
+"""`make bench`: does Postback meet its speed targets on this box? One run, one Markdown table of verdicts.
 
-1. Ingest: wrk POSTs a ~600-byte purchase event with a unique event_id per request (bench/track.lua)
-   to Postback under gunicorn with gunicorn.conf.py (what `make run` uses; the dispatcher runs in its own
-   process that gunicorn's master starts, as in production, draining the example's destinations, all in
-   dry mode), and
-   in the same run to a bare Flask endpoint (bench/bare.py) under the same gunicorn settings
-   (bench/gunicorn_bare.conf.py). Runs alternate between the two so drifting load on the shared box
-   hits both; every Postback run starts with the dispatcher's backlog empty.
-2. Dispatch: BENCH_EVENTS events stored straight into a fresh SQLite database (one through
-   models.record_event, the rest copied by INSERT ... SELECT), a live Meta destination pointed at
-   FakeMeta running in a process of its own; Dispatcher.drain_once is timed from the first claim
-   to the last recorded outcome.
-3. Footprint: peak RSS (VmHWM) of a gunicorn worker and of the dispatcher process during the ingest runs,
-   and database bytes per stored event (file + WAL after a checkpoint).
+Every ratio is measured against a bare server in the same run, Postback and bare ALTERNATING (Postback, bare,
+Postback, bare, ...), and is the median of the pairs' ratios (BENCH_PAIRS pairs, at least 5 by default):
 
-Every figure is the median of several runs, with min and max. Knobs (environment):
-BENCH_RUNS (3), BENCH_SECONDS (8), BENCH_CONNECTIONS ("16,64"), BENCH_WRK_THREADS (2),
-BENCH_WRK_TIMEOUT ("5s"), BENCH_WARMUP_SECONDS (2), BENCH_EVENTS (50000), BENCH_DISPATCH_RUNS
-(= BENCH_RUNS), BENCH_DRAIN_WAIT (60, seconds to wait for the dispatcher's backlog between runs),
-BENCH_OUT (bench/out/last.md), BENCH_KEEP=1 (keep the temp folder). Quick smoke:
-    BENCH_RUNS=1 BENCH_SECONDS=2 BENCH_WARMUP_SECONDS=1 BENCH_EVENTS=2000 make bench
+1. Ingest: wrk POSTs a ~650-byte purchase (a new event_id and order_id per request, bench/track.lua) at 16
+   connections to Postback under gunicorn.conf.py (what `make run` uses: the dispatcher runs in its own process
+   beside the workers) and to bench/bare.py (only parses the JSON) under the same gunicorn settings. Two row sets:
+   the example config as is (five destinations in dry mode: payloads built and stored, nothing sent), and the same
+   five destinations `live`, each toward a lean fake of its platform in a process of its own
+   (bench/fake_platforms.py), so the dispatcher's real work (HTTP included) runs during ingest. After each
+   Postback run the bench waits for the backlog to empty; that drain's CPU counts toward Postback's CPU per
+   request.
+2. Pixel: wrk GETs the PitchTarget pixel (`/<pixel_token>/revenue.gif?...`, routes/pixel.py) against a bare
+   route answering the same GIF (bench/bare.py).
+3. Dispatch: BENCH_EVENTS events stored straight into a fresh database (one through the real parse and
+   models.record_event, the rest copied in SQL), then drained by a Dispatcher in this process to the fake
+   Meta alone, to each other fake alone, and to all five together; timed from the first claim to the last
+   recorded outcome.
+4. Footprint: peak RSS (VmHWM) of every Postback process (gunicorn master, each worker, the dispatcher), and
+   database bytes per event after VACUUM (free pages not counted; file + WAL after a checkpoint is shown beside).
+   BENCH_MILLION=1 adds a long run of 1,000,000 events (BENCH_MILLION=<n> for n events) that says whether each
+   process's RSS stays flat (±10 %); it takes about half an hour at ~600 events/s.
 
-Fails loudly (exit 1) on any non-2xx response, socket error, lost or duplicated event.
+Knobs (environment): BENCH_PAIRS (5), BENCH_SECONDS (6), BENCH_CONNECTIONS (16), BENCH_WRK_THREADS (2),
+BENCH_WRK_TIMEOUT ("5s"), BENCH_WARMUP_SECONDS (2), BENCH_EVENTS (10000), BENCH_DISPATCH_RUNS (= BENCH_PAIRS),
+BENCH_DRAIN_WAIT (60, seconds to wait for the backlog after a run), BENCH_MILLION (off), BENCH_CHUNK_SECONDS
+(60, the long run's wrk runs), BENCH_OUT (bench/out/last.md), BENCH_KEEP=1 (keep the temp folder). About 6
+minutes by default on 2 cores; quick mode, under a minute:
+    BENCH_PAIRS=1 BENCH_SECONDS=2 BENCH_EVENTS=2000 make bench
+
+A missed target is a finding: exit 0, with the measured reason under the table. Exit 1 only when no figure can
+be trusted: a non-2xx answer, a socket error, a lost or duplicated event, a process that died.
 """
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import os
@@ -52,16 +62,17 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 API_KEY = "key_demo_123"
-META_TOKEN = "bench-meta-token"
+TOKEN = "bench-secret-token"
 USER_AGENT = ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) "
               "Chrome/126.0 Safari/537.36")
 CLIENT_IP = "203.0.113.7"
+PLATFORMS = ("meta", "tiktok", "snapchat", "google_ads", "ga4")
 # A realistic purchase from a shop's server: ChannelStack's documented example's fields, with well-formed click ids.
 PURCHASE = {
     "api_key": API_KEY,
     "event": "purchase_completed",
     "event_id": "@ID@",
-    "order_id": "ord_abc123",
+    "order_id": "ord-@ID@",
     "email": "john.doe@example.com",
     "phone": "+15551234567",
     "distinct_id": "user_123",
@@ -81,7 +92,11 @@ PURCHASE = {
     "items": [{"id": "sku_1", "quantity": 1, "price": 99.99}, {"id": "sku_2", "quantity": 2, "price": 25}],
     "coupon_used": "SAVE20",
 }
+# The pixel's documented revenue call with an email in `params`; without a cookie each call is a new visitor and
+# a new event id (dialects/pixel/parse.py).
+PIXEL_PARAMS = {"email": "john.doe@example.com", "page": "checkout.html"}
 LISTENING = re.compile(r"Listening at: http://127\.0\.0\.1:(\d+)")
+MIB = 1024 * 1024
 
 
 class BenchError(Exception):
@@ -93,15 +108,17 @@ class BenchError(Exception):
 
 @dataclass(frozen=True)
 class Settings:
-    runs: int = 3
-    seconds: int = 8
-    connections: tuple[int, ...] = (16, 64)
+    pairs: int = 5
+    seconds: int = 6
+    connections: int = 16
     wrk_threads: int = 2
     wrk_timeout: str = "5s"
     warmup_seconds: int = 2
-    events: int = 50_000
-    dispatch_runs: int = 3
+    events: int = 10_000
+    dispatch_runs: int = 5
     drain_wait: float = 60.0
+    million: int = 0  # events of the long RSS run; 0 = not run
+    chunk_seconds: int = 60
     out: Path = BENCH / "out" / "last.md"
     keep: bool = False
 
@@ -119,30 +136,27 @@ class Settings:
                 raise BenchError(f"{name}={text!r}: must be at least {minimum}")
             return value
 
-        runs = number("BENCH_RUNS", 3, minimum=1)
-        try:
-            connections = tuple(int(c) for c in env.get("BENCH_CONNECTIONS", "16,64").split(",") if c.strip())
-        except ValueError:
-            raise BenchError(f"BENCH_CONNECTIONS={env.get('BENCH_CONNECTIONS')!r}: expected e.g. 16,64") from None
-        if not connections or min(connections) < 1:
-            raise BenchError("BENCH_CONNECTIONS: give at least one positive connection count")
+        pairs = number("BENCH_PAIRS", 5, minimum=1)
+        million = number("BENCH_MILLION", 0)
         return cls(
-            runs=runs,
-            seconds=number("BENCH_SECONDS", 8, minimum=1),
-            connections=connections,
+            pairs=pairs,
+            seconds=number("BENCH_SECONDS", 6, minimum=1),
+            connections=number("BENCH_CONNECTIONS", 16, minimum=1),
             wrk_threads=number("BENCH_WRK_THREADS", 2, minimum=1),
             wrk_timeout=env.get("BENCH_WRK_TIMEOUT", "").strip() or "5s",
             warmup_seconds=number("BENCH_WARMUP_SECONDS", 2),
-            events=number("BENCH_EVENTS", 50_000, minimum=1),
-            dispatch_runs=number("BENCH_DISPATCH_RUNS", runs, minimum=1),
+            events=number("BENCH_EVENTS", 10_000, minimum=1),
+            dispatch_runs=number("BENCH_DISPATCH_RUNS", pairs, minimum=1),
             drain_wait=number("BENCH_DRAIN_WAIT", 60.0, float),
+            million=1_000_000 if million == 1 else million,
+            chunk_seconds=number("BENCH_CHUNK_SECONDS", 60, minimum=1),
             out=Path(env.get("BENCH_OUT") or BENCH / "out" / "last.md"),
             keep=env.get("BENCH_KEEP", "") not in ("", "0"),
         )
 
 
 def parse_wrk(output: str) -> dict[str, int]:
-    """The numbers from the `BENCH key=value ...` line that bench/track.lua's done() prints."""
+    """The numbers from the `BENCH key=value ...` line that bench/track.lua's (and pixel.lua's) done() prints."""
     for line in output.splitlines():
         if line.startswith("BENCH "):
             try:
@@ -165,23 +179,93 @@ def spread(values: list[float]) -> tuple[float, float, float]:
     return statistics.median(values), min(values), max(values)
 
 
+def pair_ratios(postback: list[float], bare: list[float]) -> list[float]:
+    """Each pair's Postback ÷ bare, in run order: the pairs were run back to back, so drifting load hits both."""
+    if len(postback) != len(bare) or not postback:
+        raise BenchError(f"unpaired runs: {len(postback)} Postback, {len(bare)} bare")
+    return [p / b for p, b in zip(postback, bare)]
+
+
+def verdict(value: float, goal: float, higher_is_better: bool) -> str:
+    """`met` or `MISSED`; the goal itself meets it."""
+    return "met" if (value >= goal if higher_is_better else value <= goal) else "MISSED"
+
+
+def bar(value: float, goal: float, higher_is_better: bool, width: int = 10) -> str:
+    """A text bar scaled to the goal: full when the goal is met, else the share of the way to it
+    (measured ÷ goal for a floor, goal ÷ measured for a ceiling)."""
+    if value <= 0:
+        share = 0.0 if higher_is_better else 1.0
+    else:
+        share = value / goal if higher_is_better else goal / value
+    filled = max(0, min(width, int(share * width + 1e-9)))
+    return "█" * filled + "░" * (width - filled)
+
+
 def figure(value: float, unit: str) -> str:
     if unit == "%":
         return f"{value * 100:.1f} %"
     if unit == "x":
         return f"{value:.2f}×"
     if unit == "ms":
-        return f"{value:.2f} ms" if value < 100 else f"{value:.0f} ms"
+        return f"{value:.1f} ms" if value < 100 else f"{value:.0f} ms"
     if unit == "MiB":
         return f"{value:.1f} MiB"
+    if unit == "B":
+        return f"{value:,.0f} B"
+    if unit == "s":
+        return f"{value:.1f} s"
     if abs(value) >= 100:
         return f"{value:,.0f}{' ' + unit if unit else ''}"
     return f"{value:.1f}{' ' + unit if unit else ''}"
 
 
-def table_row(name: str, values: list[float], unit: str, note: str = "") -> str:
+def duration(seconds: float) -> str:
+    """`45 s`, `12 min`, `1 h 05 min`."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def measured(values: list[float], unit: str) -> str:
+    """`median (min–max, n)`; a single value alone."""
     median, low, high = spread(values)
-    return f"| {name} | {figure(median, unit)} | {figure(low, unit)} | {figure(high, unit)} | {len(values)} | {note} |"
+    if len(values) == 1:
+        return f"{figure(median, unit)} (1 run)"
+    return f"{figure(median, unit)} ({figure(low, unit)}–{figure(high, unit)}, {len(values)} runs)"
+
+
+@dataclass
+class Target:
+    """One judged row: the measured values (their median is judged), the goal and which side of it is good."""
+    name: str
+    values: list[float]
+    unit: str
+    goal: float
+    higher_is_better: bool
+    reason: str = ""  # the measured reason, said under the table when missed
+    not_run: str = ""  # why there is no figure
+
+    @property
+    def verdict(self) -> str:
+        if self.not_run:
+            return "not run"
+        return verdict(statistics.median(self.values), self.goal, self.higher_is_better)
+
+    def row(self) -> str:
+        goal = f"{'≥' if self.higher_is_better else '≤'} {figure(self.goal, self.unit)}"
+        if self.not_run:
+            return f"| {self.name} | not run: {self.not_run} | {goal} | not run | |"
+        median = statistics.median(self.values)
+        return (f"| {self.name} | {measured(self.values, self.unit)} | {goal} | {self.verdict} | "
+                f"`{bar(median, self.goal, self.higher_is_better)}` |")
+
+
+def pixel_path(token: str) -> str:
+    """The pixel call wrk repeats: the documented revenue call with an email in base64 `params`."""
+    params = base64.b64encode(json.dumps(PIXEL_PARAMS, separators=(",", ":")).encode()).decode()
+    return f"/{token}/revenue.gif?event_token=purchase&amount=2500&params={params}"
 
 
 def cpu_ticks(pid: int) -> int:
@@ -200,19 +284,6 @@ def box_ticks() -> tuple[int, int]:
     user, nice, system, idle, iowait, irq, softirq, steal = (values + [0] * 8)[:8]
     busy = user + nice + system + irq + softirq + steal
     return busy, busy + idle + iowait
-
-
-def flock_holder(path: Path) -> int | None:
-    """The pid holding a flock on path, from /proc/locks (the dispatcher's leader lock)."""
-    try:
-        inode = path.stat().st_ino
-        for line in Path("/proc/locks").read_text().splitlines():
-            fields = line.split()
-            if "FLOCK" in fields and fields[-3].split(":")[-1] == str(inode):
-                return int(fields[-4])
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def children(pid: int) -> list[int]:
@@ -332,13 +403,16 @@ def gunicorn_settings() -> dict:
 class Server:
     """gunicorn with a config file, on 127.0.0.1 and a port the OS picks (PORT=0)."""
 
-    def __init__(self, name: str, conf: Path, env: dict, log: Path, workers: int):
-        self.name, self.workers = name, workers
+    def __init__(self, name: str, conf: Path, env: dict, log: Path, workers: int, dispatcher: bool = False):
+        self.name, self.workers, self.has_dispatcher = name, workers, dispatcher
         # `python -m gunicorn` with this interpreter: a venv made without console scripts has no gunicorn binary.
         self.proc = Proc(name, [sys.executable, "-m", "gunicorn", "-c", str(conf)], log,
                          env={**env, "HOST": "127.0.0.1", "PORT": "0"})
         self.url: str | None = None
-        self.peak_kib: dict[int, int] = {}  # worker pid -> VmHWM
+        self.peak_kib: dict[int, int] = {}  # pid -> VmHWM
+        self.roles: dict[int, str] = {}  # pid -> master | worker | dispatcher
+        self.expected: set[int] = set()
+        self.start_mib: dict[int, float] = {}  # pid -> RSS once ready, before any request
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -347,7 +421,11 @@ class Server:
                 raise BenchError(f"{self.name}: gunicorn exited with {self.proc.popen.returncode}:\n{self.proc.log_tail()}")
             if self.url is None and (match := LISTENING.search(self.proc.log_tail(100_000))):
                 self.url = f"http://127.0.0.1:{match[1]}"
-            if self.url and len(self.worker_pids()) >= self.workers and self._healthy():
+            if (self.url and len(self.worker_pids()) >= self.workers
+                    and (not self.has_dispatcher or self.dispatcher_pid()) and self._healthy()):
+                self.expected = {self.proc.pid, *children(self.proc.pid)}
+                self.roles = {pid: self.role(pid) for pid in self.expected}
+                self.start_mib = self.rss_mib()
                 return
             time.sleep(0.1)
         raise BenchError(f"{self.name}: not ready within {timeout:g} s:\n{self.proc.log_tail()}")
@@ -359,31 +437,82 @@ class Server:
         except OSError:
             return False
 
+    def role(self, pid: int) -> str:
+        return "master" if pid == self.proc.pid else "dispatcher" if is_dispatcher(pid) else "worker"
+
     def worker_pids(self) -> list[int]:
         """The master's children but the dispatcher process: the request workers."""
         return [pid for pid in children(self.proc.pid) if not is_dispatcher(pid)]
 
+    def dispatcher_pid(self) -> int | None:
+        return next((pid for pid in children(self.proc.pid) if is_dispatcher(pid)), None)
+
+    def check_alive(self) -> None:
+        """The same master, workers and dispatcher as at start: one that died (and was restarted) fails the bench."""
+        if self.proc.popen.poll() is not None:
+            raise BenchError(f"{self.name}: gunicorn died (exit {self.proc.popen.returncode}):\n{self.proc.log_tail()}")
+        now = {self.proc.pid, *children(self.proc.pid)}
+        if now != self.expected:
+            gone = {f"{self.roles.get(pid, '?')} {pid}" for pid in self.expected - now}
+            raise BenchError(f"{self.name}: process(es) died or were replaced: gone {sorted(gone)}, "
+                             f"new {sorted(now - self.expected)}\n{self.proc.log_tail()}")
+
+    def cpu_by_role(self) -> dict[str, int]:
+        """CPU ticks so far of the master, the workers together and the dispatcher."""
+        ticks = {"master": cpu_ticks(self.proc.pid), "worker": 0, "dispatcher": 0}
+        for pid in children(self.proc.pid):
+            ticks["dispatcher" if is_dispatcher(pid) else "worker"] += cpu_ticks(pid)
+        return ticks
+
     def cpu_ticks(self) -> int:
-        """The master, its workers and the dispatcher process: the whole service."""
-        return cpu_ticks(self.proc.pid) + sum(cpu_ticks(pid) for pid in children(self.proc.pid))
+        return sum(self.cpu_by_role().values())
 
     def sample_memory(self) -> None:
-        for pid in children(self.proc.pid):
+        for pid in [self.proc.pid, *children(self.proc.pid)]:
             peak = status_kib(pid, "VmHWM")
             if peak is not None:
                 self.peak_kib[pid] = max(peak, self.peak_kib.get(pid, 0))
+                self.roles.setdefault(pid, self.role(pid))
+
+    def growth(self) -> dict[str, tuple[float, float]]:
+        """(RSS once ready, peak RSS) in MiB of each process, named by role (and number, for the workers)."""
+        out, seen = {}, {}
+        for pid, kib in sorted(self.peak_kib.items()):
+            role = self.roles.get(pid, "?")
+            seen[role] = seen.get(role, 0) + 1
+            name = f"{role} {seen[role]}" if role == "worker" else role
+            out[name] = (self.start_mib.get(pid, 0.0), kib / 1024)
+        return out
+
+    def peaks_mib(self) -> dict[str, list[float]]:
+        """Peak RSS by role, one value per process."""
+        out: dict[str, list[float]] = {}
+        for pid, kib in sorted(self.peak_kib.items()):
+            out.setdefault(self.roles.get(pid, "?"), []).append(kib / 1024)
+        return out
+
+    def rss_mib(self) -> dict[int, float]:
+        """Current RSS of each process, by pid."""
+        return {pid: (status_kib(pid, "VmRSS") or 0) / 1024 for pid in [self.proc.pid, *children(self.proc.pid)]}
 
 
 class MemorySampler(threading.Thread):
-    """Reads the workers' VmHWM every quarter second, so a worker that dies still counts."""
+    """Reads every process's VmHWM every quarter second, so a process that dies still counts."""
 
     def __init__(self, servers: list[Server]):
         super().__init__(daemon=True, name="rss-sampler")
-        self.servers, self.halt = servers, threading.Event()
+        self.servers, self.halt = list(servers), threading.Event()
+        self.lock = threading.Lock()
+
+    def add(self, server: Server) -> None:
+        with self.lock:
+            self.servers.append(server)
 
     def run(self) -> None:
         while not self.halt.wait(0.25):
-            for server in self.servers:
+            with self.lock:
+                servers = list(self.servers)
+            for server in servers:
                 server.sample_memory()
 
     def stop(self) -> None:
@@ -393,23 +522,37 @@ class MemorySampler(threading.Thread):
             server.sample_memory()
 
 
-class FakeMetaProcess:
-    """bench/fake_meta_server.py: FakeMeta in its own process, driven over stdin/stdout."""
+class FakePlatforms:
+    """bench/fake_platforms.py: lean fakes of the five platforms in a process of their own, over stdin/stdout."""
 
     def __init__(self, log: Path):
-        self.proc = Proc("fake-meta", [sys.executable, str(BENCH / "fake_meta_server.py"), META_TOKEN], log, pipes=True)
+        self.proc = Proc("fakes", [sys.executable, str(BENCH / "fake_platforms.py"), *PLATFORMS], log, pipes=True)
         line = self.proc.popen.stdout.readline()
         if not line:
-            raise BenchError(f"FakeMeta did not start:\n{self.proc.log_tail()}")
-        self.url = json.loads(line)["url"]
+            raise BenchError(f"the fake platforms did not start:\n{self.proc.log_tail()}")
+        self.urls: dict[str, str] = json.loads(line)["urls"]
 
     def command(self, name: str) -> dict:
-        self.proc.popen.stdin.write(name + "\n")
-        self.proc.popen.stdin.flush()
-        line = self.proc.popen.stdout.readline()
+        try:
+            self.proc.popen.stdin.write(name + "\n")
+            self.proc.popen.stdin.flush()
+            line = self.proc.popen.stdout.readline()
+        except OSError:
+            line = ""
         if not line:
-            raise BenchError(f"FakeMeta died:\n{self.proc.log_tail()}")
+            raise BenchError(f"the fake platforms died:\n{self.proc.log_tail()}")
         return json.loads(line)
+
+    def check(self, expected: dict[str, int], what: str) -> dict:
+        """Each platform got exactly the expected events, each once, in 2xx-answered requests."""
+        stats = self.command("stats")
+        for name, count in expected.items():
+            got = stats[name]
+            bad = {s: n for s, n in got["statuses"].items() if not s.split()[-1].startswith("2")}
+            if bad or got["events"] != count or got["distinct_event_ids"] != count:
+                raise BenchError(f"{what}: fake {name} should have received {count} distinct events in 2xx-answered "
+                                 f"requests; it has {got}")
+        return stats
 
 
 # ---------------------------------------------------------------- configs and databases
@@ -419,6 +562,24 @@ def example_config() -> dict:
     import yaml
 
     return yaml.safe_load((ROOT / "config.example.yaml").read_text())
+
+
+def live_destinations(raw: dict, urls: dict[str, str], only: tuple[str, ...] = PLATFORMS) -> list[dict]:
+    """The example's destinations, `live` toward the fakes (api_base, Google's token URL), with credentials."""
+    out = []
+    for dest in raw["sites"][0]["destinations"]:
+        if dest["platform"] not in only:
+            continue
+        dest = {**copy.deepcopy(dest), "mode": "live", "api_base": urls[dest["platform"]]}
+        for key in ("access_token", "api_secret", "client_id", "client_secret", "refresh_token", "developer_token"):
+            if key in dest:
+                dest[key] = TOKEN
+        if dest["platform"] == "google_ads":
+            dest["token_url"] = urls["google_ads"] + "/token"
+        out.append(dest)
+    if {d["platform"] for d in out} != set(only):
+        raise BenchError(f"the example config lacks a destination for one of {only}")
+    return out
 
 
 def write_config(raw: dict, path: Path) -> Path:
@@ -449,12 +610,16 @@ def db_connect(path: Path) -> sqlite3.Connection:
     return con
 
 
-def backlog(path: Path) -> int:
+def query(path: Path, sql: str, args: tuple = ()) -> list[tuple]:
     con = db_connect(path)
     try:
-        return con.execute("SELECT count(*) FROM sends WHERE status IN ('pending', 'sending')").fetchone()[0]
+        return con.execute(sql, args).fetchall()
     finally:
         con.close()
+
+
+def backlog(path: Path) -> int:
+    return query(path, "SELECT count(*) FROM sends WHERE status IN ('pending', 'sending')")[0][0]
 
 
 def wait_drained(path: Path, limit: float) -> tuple[int, float]:
@@ -464,44 +629,72 @@ def wait_drained(path: Path, limit: float) -> tuple[int, float]:
         left = backlog(path)
         if left == 0 or time.monotonic() - start >= limit:
             return left, time.monotonic() - start
-        time.sleep(0.25)
+        time.sleep(0.1)
 
 
-def footprint(path: Path) -> tuple[int, int, int]:
-    """(events, database bytes after a WAL checkpoint, bytes per event); call with no writer running."""
-    con = db_connect(path)
+@dataclass
+class Footprint:
+    events: int
+    checkpointed: int  # file + WAL after a checkpoint
+    vacuumed: int  # file after VACUUM: free pages not counted
+    tables: dict[str, int]  # bytes per table and index after VACUUM (dbstat)
+
+    @property
+    def per_event(self) -> float:
+        return self.vacuumed / self.events
+
+    def top(self, n: int = 4) -> str:
+        biggest = sorted(self.tables.items(), key=lambda kv: -kv[1])[:n]
+        return ", ".join(f"{name} {size / self.events:,.0f}" for name, size in biggest)
+
+
+def footprint(path: Path, work: Path) -> Footprint:
+    """Bytes of the database as it is, measured on a copy (the server may still run): the copy's file + WAL after
+    a checkpoint, then after VACUUM, with each table's and index's share from dbstat."""
+    copy_path = work / f"{path.stem}-footprint-{time.monotonic_ns()}.db"
+    source, target = db_connect(path), sqlite3.connect(copy_path)
     try:
-        busy, _, _ = con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        if busy:
-            raise BenchError(f"{path}: WAL checkpoint blocked")
-        events = con.execute("SELECT count(*) FROM events").fetchone()[0]
-        wal = Path(f"{path}-wal")
-        size = path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+        source.backup(target)
     finally:
-        con.close()
+        source.close()
+    try:
+        con = db_connect(path)
+        try:
+            con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            wal = Path(f"{path}-wal")
+            checkpointed = path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+        finally:
+            con.close()
+        events = target.execute("SELECT count(*) FROM events").fetchone()[0]
+        target.execute("VACUUM")
+        target.commit()
+        vacuumed = copy_path.stat().st_size
+        try:
+            tables = dict(target.execute("SELECT name, sum(pgsize) FROM dbstat GROUP BY name").fetchall())
+        except sqlite3.OperationalError:
+            tables = {}
+    finally:
+        target.close()
+        copy_path.unlink(missing_ok=True)
     if not events:
         raise BenchError(f"{path}: no event stored")
-    return events, size, round(size / events)
+    return Footprint(events, checkpointed, vacuumed, tables)
 
 
-# ---------------------------------------------------------------- 1. ingest
+# ---------------------------------------------------------------- wrk runs
 
 
 @dataclass
 class WrkRun:
     target: str
-    connections: int
     numbers: dict[str, int]
     wall: float
     wrk_cpu: float
-    server_cpu: float
+    server_cpu: dict[str, float]  # seconds by role during the run
     cores: int
     box_busy: float  # share of the whole box's CPU in use during the run, by anything
-
-    @property
-    def others_share(self) -> float:
-        """CPU the rest of the box (other people's work) used during the run."""
-        return max(0.0, self.box_busy - self.wrk_share - self.server_share)
+    drain_cpu: dict[str, float] = field(default_factory=dict)  # seconds by role while the backlog emptied after it
+    drain_seconds: float = 0.0
 
     @property
     def rps(self) -> float:
@@ -516,131 +709,221 @@ class WrkRun:
 
     @property
     def server_share(self) -> float:
-        return self.server_cpu / (self.wall * self.cores)
+        return sum(self.server_cpu.values()) / (self.wall * self.cores)
+
+    @property
+    def others_share(self) -> float:
+        """CPU the rest of the box (other people's work) used during the run."""
+        return max(0.0, self.box_busy - self.wrk_share - self.server_share)
+
+    def cpu_per_request(self, role: str | None = None) -> float:
+        """Seconds of CPU per answered request: the run and the backlog's drain after it."""
+        roles = [role] if role else list(self.server_cpu)
+        spent = sum(self.server_cpu.get(r, 0.0) + self.drain_cpu.get(r, 0.0) for r in roles)
+        return spent / self.numbers["requests"]
 
 
-def run_wrk(server: Server, s: Settings, connections: int, seconds: int, tag: str, template: Path, work: Path) -> WrkRun:
-    args = [
-        "wrk", f"-t{min(s.wrk_threads, connections)}", f"-c{connections}", f"-d{seconds}s",
-        "--timeout", s.wrk_timeout, "-s", str(BENCH / "track.lua"),
-        "-H", "Content-Type: application/json", "-H", f"User-Agent: {USER_AGENT}",
-        "-H", f"X-Postback-Client-IP: {CLIENT_IP}",
-        f"{server.url}/v1/track", "--", tag, str(template),
-    ]
+def run_wrk(server: Server, s: Settings, seconds: int, tag: str, work: Path, template: Path | None = None,
+            path: str | None = None, connections: int | None = None) -> WrkRun:
+    """One wrk run: POST the template to /v1/track, or GET `path` (the pixel)."""
+    connections = connections or s.connections
+    args = ["wrk", f"-t{min(s.wrk_threads, connections)}", f"-c{connections}", f"-d{seconds}s",
+            "--timeout", s.wrk_timeout, "-H", f"User-Agent: {USER_AGENT}", "-H", f"X-Postback-Client-IP: {CLIENT_IP}"]
+    if path is None:
+        args += ["-s", str(BENCH / "track.lua"), "-H", "Content-Type: application/json",
+                 f"{server.url}/v1/track", "--", tag, str(template)]
+    else:
+        args += ["-s", str(BENCH / "pixel.lua"), f"{server.url}/", "--", path]
     log = work / f"wrk-{tag}.log"
     ticks = os.sysconf("SC_CLK_TCK")
-    server_before, box_before = server.cpu_ticks(), box_ticks()
+    before, box_before = server.cpu_by_role(), box_ticks()
     start = time.monotonic()
     code, cpu = Proc(f"wrk {tag}", args, log).wait4()
     wall = time.monotonic() - start
-    server_cpu = (server.cpu_ticks() - server_before) / ticks
-    box_after = box_ticks()
+    after, box_after = server.cpu_by_role(), box_ticks()
     box_busy = (box_after[0] - box_before[0]) / max(1, box_after[1] - box_before[1])
     output = log.read_text(errors="replace")
     if code != 0:
         raise BenchError(f"wrk exited with {code}:\n{output[-2000:]}")
     numbers = parse_wrk(output)
     if errors := wrk_errors(numbers):
-        raise BenchError(f"{server.name} at {connections} connections ({tag}): {errors} among {numbers['requests']} "
-                         f"requests — a benchmark of failing requests measures nothing.\n"
-                         f"server log ({server.proc.log_path}):\n{server.proc.log_tail()}")
+        raise BenchError(f"{server.name} ({tag}): {errors} among {numbers['requests']} requests — a benchmark of "
+                         f"failing requests measures nothing.\nserver log ({server.proc.log_path}):\n"
+                         f"{server.proc.log_tail()}")
     if numbers["requests"] == 0:
         raise BenchError(f"{server.name}: wrk completed no request\n{output[-2000:]}")
-    return WrkRun(server.name, connections, numbers, wall, cpu, server_cpu, len(os.sched_getaffinity(0)), box_busy)
+    server.check_alive()
+    return WrkRun(server.name, numbers, wall, cpu, {r: (after[r] - before[r]) / ticks for r in after},
+                  len(os.sched_getaffinity(0)), box_busy)
+
+
+def drain_after(server: Server, run: WrkRun, db_path: Path, s: Settings) -> None:
+    """Wait for the dispatcher to empty the backlog the run left; its CPU meanwhile counts toward the run's."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    before = server.cpu_by_role()
+    left, waited = wait_drained(db_path, s.drain_wait)
+    after = server.cpu_by_role()
+    if left:
+        raise BenchError(f"{server.name}: the dispatcher still had {left} send(s) pending {s.drain_wait:g} s after a "
+                         f"run (raise BENCH_DRAIN_WAIT?)\n{server.proc.log_tail()}")
+    run.drain_cpu = {r: (after[r] - before[r]) / ticks for r in after}
+    run.drain_seconds = waited
+    server.check_alive()
+
+
+def say_run(tag: str, one: WrkRun) -> None:
+    drained = f", backlog drained in {one.drain_seconds:.1f} s" if one.drain_cpu else ""
+    say(f"  {tag}: {one.rps:,.0f} req/s, p50 {one.ms('p50_us'):.1f} ms, p99 {one.ms('p99_us'):.1f} ms, "
+        f"CPU {one.cpu_per_request() * 1e3:.2f} ms/request; box: wrk {one.wrk_share:.0%}, server "
+        f"{one.server_share:.0%}, others {one.others_share:.0%}{drained}")
+
+
+@dataclass
+class PairSet:
+    """Alternating Postback/bare runs of one kind (ingest dry, ingest live, pixel)."""
+    name: str
+    postback: list[WrkRun] = field(default_factory=list)
+    bare: list[WrkRun] = field(default_factory=list)
+
+    @property
+    def ratios(self) -> list[float]:
+        return pair_ratios([r.rps for r in self.postback], [r.rps for r in self.bare])
+
+
+def run_pairs(name: str, postback: Server, bare: Server, s: Settings, work: Path, db_path: Path,
+              template: Path | None = None, paths: tuple[str, str] | None = None) -> PairSet:
+    """Warm both up, then Postback, bare, Postback, bare, ...; after each Postback run the backlog empties."""
+    result = PairSet(name)
+    pb_path, bare_path = paths or (None, None)
+    if s.warmup_seconds:
+        for server, path in ((postback, pb_path), (bare, bare_path)):
+            run_wrk(server, s, s.warmup_seconds, f"{name}-warm-{server.name}", work, template, path)
+        wait_drained(db_path, s.drain_wait)
+    for i in range(s.pairs):
+        one = run_wrk(postback, s, s.seconds, f"{name}-p{i}-postback", work, template, pb_path)
+        drain_after(postback, one, db_path, s)
+        say_run(f"{name} pair {i} postback", one)
+        result.postback.append(one)
+        other = run_wrk(bare, s, s.seconds, f"{name}-p{i}-bare", work, template, bare_path)
+        say_run(f"{name} pair {i} bare", other)
+        result.bare.append(other)
+    return result
+
+
+# ---------------------------------------------------------------- 1, 2. ingest and pixel
 
 
 @dataclass
 class IngestResult:
-    runs: list[WrkRun] = field(default_factory=list)
-    peak_rss_mib: dict[str, list[float]] = field(default_factory=dict)
-    dispatcher_rss_mib: float | None = None  # the dispatcher process (it holds the dispatch lock)
-    waits: list[float] = field(default_factory=list)  # seconds the dispatcher took to empty its backlog
-    stored: int = 0
-    answered: int = 0
-    db: tuple[int, int, int] | None = None
+    sets: dict[str, PairSet] = field(default_factory=dict)
+    peaks: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # server -> role -> peak MiB
+    growth: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)  # server -> process -> (start, peak)
+    db: dict[str, Footprint] = field(default_factory=dict)
 
 
-def ingest(s: Settings, work: Path, gconf: dict) -> IngestResult:
-    folder = work / "ingest"
-    folder.mkdir()
-    db_path = folder / "postback.db"
-    raw = example_config()
-    raw["storage"]["database"] = f"sqlite:///{db_path}"
-    config_path = write_config(raw, folder / "config.yaml")
-    template = work / "purchase.json"
-    template.write_text(json.dumps(PURCHASE, separators=(",", ":")))
+def answered(runs: list[WrkRun]) -> int:
+    return sum(r.numbers["requests"] for r in runs)
+
+
+def check_stored(db_path: Path, at_least: int, what: str) -> int:
+    """wrk counts only answered requests; one still in flight when wrk stopped may be stored too."""
+    events = query(db_path, "SELECT count(*) FROM events")[0][0]
+    if events < at_least:
+        raise BenchError(f"{what}: wrk counted {at_least} answered requests but only {events} events are stored: "
+                         "event ids collided (\"Duplicate event ignored\") or writes were lost")
+    return events
+
+
+def ingest(s: Settings, work: Path, gconf: dict, fakes: FakePlatforms) -> IngestResult:
     result = IngestResult()
     workers = int(gconf["workers"])
-    postback = Server("postback", ROOT / "gunicorn.conf.py", child_env(POSTBACK_CONFIG=str(config_path)),
-                      work / "postback.log", workers)
+    template = work / "purchase.json"
+    template.write_text(json.dumps(PURCHASE, separators=(",", ":")))
     bare = Server("bare", BENCH / "gunicorn_bare.conf.py", child_env(), work / "bare.log", workers)
-    sampler = MemorySampler([postback, bare])
+    sampler = MemorySampler([bare])
+    raw = example_config()
+    token = raw["sites"][0]["pixel_token"]
     try:
-        postback.wait_ready()
         bare.wait_ready()
         sampler.start()
-        say(f"ingest: postback at {postback.url}, bare at {bare.url}; {s.runs} run(s) × {s.seconds} s × "
-            f"{len(s.connections)} connection count(s) × 2 targets")
-        for server in (postback, bare):
-            if s.warmup_seconds:
-                warm = run_wrk(server, s, s.connections[0], s.warmup_seconds, f"warm-{server.name}", template, work)
-                if server is postback:
-                    result.answered += warm.numbers["requests"]
-        wait_drained(db_path, s.drain_wait)
-        for run in range(s.runs):
-            for connections in s.connections:
-                order = (postback, bare) if run % 2 == 0 else (bare, postback)
-                for server in order:
-                    tag = f"r{run}-c{connections}-{server.name}"
-                    one = run_wrk(server, s, connections, s.seconds, tag, template, work)
-                    result.runs.append(one)
-                    say(f"  {tag}: {one.rps:,.0f} req/s, p50 {one.ms('p50_us'):.1f} ms, p99 {one.ms('p99_us'):.1f} ms, "
-                        f"CPU: wrk {one.wrk_share:.0%}, server {one.server_share:.0%}, others {one.others_share:.0%}")
-                    if server is postback:
-                        result.answered += one.numbers["requests"]
-                        left, waited = wait_drained(db_path, s.drain_wait)
-                        if left:
-                            raise BenchError(f"the dispatcher still had {left} send(s) pending {s.drain_wait:g} s "
-                                             f"after a run (raise BENCH_DRAIN_WAIT?)\n{postback.proc.log_tail()}")
-                        result.waits.append(waited)
+
+        # The example config as is: five dry destinations.
+        folder = work / "dry"
+        folder.mkdir()
+        dry_db = folder / "postback.db"
+        dry_raw = copy.deepcopy(raw)
+        dry_raw["storage"]["database"] = f"sqlite:///{dry_db}"
+        dry = Server("postback-dry", ROOT / "gunicorn.conf.py",
+                     child_env(POSTBACK_CONFIG=str(write_config(dry_raw, folder / "config.yaml"))),
+                     work / "postback-dry.log", workers, dispatcher=True)
+        try:
+            dry.wait_ready()
+            sampler.add(dry)
+            say(f"ingest (dry): postback at {dry.url}, bare at {bare.url}; {s.pairs} pair(s) × {s.seconds} s "
+                f"at {s.connections} connections")
+            result.sets["dry"] = run_pairs("dry", dry, bare, s, work, dry_db, template=template)
+            stored = check_stored(dry_db, answered(result.sets["dry"].postback), "ingest (dry)")
+            statuses = dict(query(dry_db, "SELECT status, count(*) FROM sends GROUP BY status"))
+            if set(statuses) != {"skipped"} or statuses["skipped"] != 5 * stored:
+                raise BenchError(f"ingest (dry): expected {5 * stored} sends `skipped` (dry), found {statuses}")
+            result.db["dry"] = footprint(dry_db, work)
+            say(f"pixel: {s.pairs} pair(s) × {s.seconds} s, Postback's pixel vs the bare GIF route")
+            result.sets["pixel"] = run_pairs("pixel", dry, bare, s, work, dry_db,
+                                             paths=(pixel_path(token), pixel_path(token)))
+            check_stored(dry_db, stored + answered(result.sets["pixel"].postback), "pixel")
+        finally:
+            dry.sample_memory()
+            dry.proc.stop()
+
+        # Every destination live, each toward its fake.
+        folder = work / "live"
+        folder.mkdir()
+        live_db = folder / "postback.db"
+        live_raw = copy.deepcopy(raw)
+        live_raw["storage"]["database"] = f"sqlite:///{live_db}"
+        live_raw["sites"][0]["destinations"] = live_destinations(raw, fakes.urls)
+        fakes.command("reset")
+        live = Server("postback-live", ROOT / "gunicorn.conf.py",
+                      child_env(POSTBACK_CONFIG=str(write_config(live_raw, folder / "config.yaml"))),
+                      work / "postback-live.log", workers, dispatcher=True)
+        try:
+            live.wait_ready()
+            sampler.add(live)
+            say(f"ingest (live): postback at {live.url}, five fakes in their own process")
+            result.sets["live"] = run_pairs("live", live, bare, s, work, live_db, template=template)
+            stored = check_stored(live_db, answered(result.sets["live"].postback), "ingest (live)")
+            statuses = dict(query(live_db, "SELECT status, count(*) FROM sends GROUP BY status"))
+            if statuses != {"sent": 5 * stored}:
+                raise BenchError(f"ingest (live): expected {5 * stored} sends `sent`, found {statuses}")
+            fakes.check({p: stored for p in PLATFORMS}, "ingest (live)")
+        finally:
+            live.sample_memory()
+            live.proc.stop()
         sampler.stop()
-        leader = flock_holder(Path(f"{db_path}.dispatch.lock"))
-        for server in (postback, bare):
-            result.peak_rss_mib[server.name] = [kib / 1024 for pid, kib in server.peak_kib.items() if pid != leader]
-        if leader in postback.peak_kib:
-            result.dispatcher_rss_mib = postback.peak_kib[leader] / 1024
+        for server in (dry, live, bare):
+            result.peaks[server.name] = server.peaks_mib()
+            result.growth[server.name] = server.growth()
     finally:
         sampler.halt.set()
-        postback.proc.stop()
         bare.proc.stop()
-    events, size, per_event = result.db = footprint(db_path)
-    result.stored = events
-    # wrk counts only answered requests; one still in flight when wrk stopped may be stored too.
-    if events < result.answered:
-        raise BenchError(f"ingest: wrk counted {result.answered} answered requests but only {events} events are "
-                         "stored: event ids collided (\"Duplicate event ignored\") or writes were lost")
     return result
 
 
-# ---------------------------------------------------------------- 2. dispatch
+# ---------------------------------------------------------------- 3. dispatch
 
 
 @dataclass
 class DispatchRun:
+    platforms: tuple[str, ...]
     events: int
     seconds: float
-    batches: int
     seed_seconds: float
-    db: tuple[int, int, int]
-    cpu: dict[str, float] = field(default_factory=dict)  # share of the box during the drain: ours, fake, others
+    cpu: dict[str, float]  # dispatcher's CPU seconds; shares of the box during the drain
+    db: Footprint | None = None
 
     @property
     def events_per_second(self) -> float:
         return self.events / self.seconds
-
-    @property
-    def requests_per_second(self) -> float:
-        return self.batches / self.seconds
 
 
 def seed(n: int, config) -> None:
@@ -652,7 +935,7 @@ def seed(n: int, config) -> None:
     from ingest.fanout import plan_sends
 
     site = config.site_for_key(API_KEY)
-    body = {**PURCHASE, "event_id": "seed"}
+    body = {**PURCHASE, "event_id": "seed", "order_id": "ord-seed"}
     event = channelstack.parse(body, ClientContext(ip=CLIENT_IP, user_agent=USER_AGENT), site,
                                config.consent_default, utcnow())
     row, created = record_event(event, plan_sends(event, site), config.ip_policy)
@@ -673,7 +956,8 @@ def seed(n: int, config) -> None:
             (row.id, row.id))
 
 
-def dispatch_once(n: int, meta_url: str, folder: Path, fake_pid: int | None = None) -> tuple[DispatchRun, dict]:
+def dispatch_once(n: int, only: tuple[str, ...], urls: dict[str, str], folder: Path, fake_pid: int,
+                  measure_db: bool) -> DispatchRun:
     from delivery import sends as delivery
     from ingest.canonical import utcnow
     from config import parse_config
@@ -687,9 +971,7 @@ def dispatch_once(n: int, meta_url: str, folder: Path, fake_pid: int | None = No
     db_path = folder / "postback.db"
     raw = example_config()
     raw["storage"]["database"] = f"sqlite:///{db_path}"
-    example_meta = next(d for d in raw["sites"][0]["destinations"] if d["platform"] == "meta")
-    raw["sites"][0]["destinations"] = [{**copy.deepcopy(example_meta), "mode": "live", "access_token": META_TOKEN,
-                                        "api_base": meta_url}]
+    raw["sites"][0]["destinations"] = live_destinations(raw, urls, only)
     config = parse_config(yaml.safe_dump(raw), {}, platforms=REGISTRY)
     open_database(config.database)
     try:
@@ -697,84 +979,117 @@ def dispatch_once(n: int, meta_url: str, folder: Path, fake_pid: int | None = No
         seed(n, config)
         seed_seconds = time.perf_counter() - started
         marks: dict[str, float] = {}
-
-        class TimedDispatcher(Dispatcher):
-            """Marks the time each batch's outcomes are committed (when _send returns)."""
-
-            def _send(self, *args, **kwargs):
-                stop = super()._send(*args, **kwargs)
-                marks["last"] = time.perf_counter()
-                return stop
-
         real_claim, real_record = delivery.claim, delivery.record
 
         def claim(*args, **kwargs):
             marks.setdefault("first", time.perf_counter())
             return real_claim(*args, **kwargs)
 
-        def outcome(real):
-            def recorded(*args, **kwargs):
-                done = real(*args, **kwargs)
-                marks["last"] = time.perf_counter()
-                return done
-            return recorded
+        def record(*args, **kwargs):
+            done = real_record(*args, **kwargs)
+            marks["last"] = time.perf_counter()
+            return done
 
-        dispatcher = TimedDispatcher(lambda: config)
-        delivery.claim, delivery.record = claim, outcome(real_record)
+        dispatcher = Dispatcher(lambda: config)
+        delivery.claim, delivery.record = claim, record
+        ticks = os.sysconf("SC_CLK_TCK")
         cpu_before, fake_before, box_before, wall_before = (
-            time.process_time(), cpu_ticks(fake_pid) if fake_pid else 0, box_ticks(), time.monotonic())
+            time.process_time(), cpu_ticks(fake_pid), box_ticks(), time.monotonic())
         try:
-            processed = dispatcher.drain_once(utcnow())
-            wall, cores, ticks = time.monotonic() - wall_before, len(os.sched_getaffinity(0)), os.sysconf("SC_CLK_TCK")
+            dispatcher.drain_once(utcnow())
+            wall, cores = time.monotonic() - wall_before, len(os.sched_getaffinity(0))
             box_after = box_ticks()
+            own = time.process_time() - cpu_before
             cpu = {
-                "dispatcher": (time.process_time() - cpu_before) / (wall * cores),
-                "fake": ((cpu_ticks(fake_pid) - fake_before) / ticks if fake_pid else 0) / (wall * cores),
+                "dispatcher_seconds": own,
+                "dispatcher": own / (wall * cores),
+                "fake": (cpu_ticks(fake_pid) - fake_before) / ticks / (wall * cores),
                 "box": (box_after[0] - box_before[0]) / max(1, box_after[1] - box_before[1]),
             }
             cpu["others"] = max(0.0, cpu["box"] - cpu["dispatcher"] - cpu["fake"])
         finally:
             delivery.claim, delivery.record = real_claim, real_record
-            if hasattr(dispatcher, "close"):
-                dispatcher.close()
-            else:  # a dispatch.py from before Dispatcher.close()
-                dispatcher._pool.shutdown(wait=True)
+            dispatcher.close()
         statuses = dict(database.execute_sql("SELECT status, count(*) FROM sends GROUP BY status").fetchall())
-        if statuses != {"sent": n}:
-            raise BenchError(f"dispatch: expected all {n} sends `sent`, found {statuses} (processed {processed})")
+        if statuses != {"sent": n * len(only)}:
+            raise BenchError(f"dispatch to {'+'.join(only)}: expected all {n * len(only)} sends `sent`, found {statuses}")
         if "first" not in marks or "last" not in marks:
             raise BenchError("dispatch: no claim or no outcome was timed")
         seconds = marks["last"] - marks["first"]
     finally:
         database.close()
-    return DispatchRun(n, seconds, 0, seed_seconds, footprint(db_path), cpu), processed
+    return DispatchRun(only, n, seconds, seed_seconds, cpu, footprint(db_path, folder) if measure_db else None)
 
 
-def dispatch(s: Settings, work: Path) -> list[DispatchRun]:
-    fake = FakeMetaProcess(work / "fake-meta.log")
+def dispatch(s: Settings, work: Path, fakes: FakePlatforms) -> list[DispatchRun]:
+    """Each round: Meta alone, every other platform alone, then all five together; the same backlog each time."""
     runs: list[DispatchRun] = []
-    try:
-        say(f"dispatch: {s.dispatch_runs} run(s) of {s.events:,} events to FakeMeta at {fake.url} (own process)")
-        for run in range(s.dispatch_runs):
-            fake.command("reset")
-            folder = work / f"dispatch-{run}"
-            one, _ = dispatch_once(s.events, fake.url, folder, fake.proc.pid)
-            got = fake.command("stats")
-            ok = got["statuses"] == {"200": got["requests"]}
-            if not ok or got["events"] != s.events or got["distinct_event_ids"] != s.events or got["test_events"]:
-                raise BenchError(f"dispatch: FakeMeta should have received {s.events} distinct events in 200-answered "
-                                 f"requests, it has {got}")
-            one.batches = got["requests"]
+    sets = [(p,) for p in PLATFORMS] + [PLATFORMS]
+    say(f"dispatch: {s.dispatch_runs} round(s) of {s.events:,} events to each fake alone and to all five together")
+    for r in range(s.dispatch_runs):
+        for only in sets:
+            fakes.command("reset")
+            folder = work / f"dispatch-{r}-{'+'.join(only)}"
+            one = dispatch_once(s.events, only, fakes.urls, folder, fakes.proc.pid,
+                                measure_db=only == ("meta",) and r == s.dispatch_runs - 1)
+            fakes.check({p: s.events for p in only}, f"dispatch to {'+'.join(only)}")
             runs.append(one)
-            say(f"  run {run}: seeded in {one.seed_seconds:.1f} s, drained in {one.seconds:.2f} s: "
-                f"{one.events_per_second:,.0f} events/s in {one.batches} requests ({one.requests_per_second:.1f}/s); "
-                f"CPU: dispatcher {one.cpu['dispatcher']:.0%}, FakeMeta {one.cpu['fake']:.0%}, "
-                f"others {one.cpu['others']:.0%}")
-            if run < s.dispatch_runs - 1:
-                shutil.rmtree(folder, ignore_errors=True)
-    finally:
-        fake.proc.stop()
+            say(f"  round {r} {'+'.join(only)}: seeded in {one.seed_seconds:.1f} s, drained in {one.seconds:.2f} s: "
+                f"{one.events_per_second:,.0f} events/s; box: dispatcher {one.cpu['dispatcher']:.0%}, fakes "
+                f"{one.cpu['fake']:.0%}, others {one.cpu['others']:.0%}")
+            shutil.rmtree(folder, ignore_errors=True)
     return runs
+
+
+# ---------------------------------------------------------------- 4. the long run (BENCH_MILLION)
+
+
+@dataclass
+class LongRun:
+    events: int
+    seconds: float
+    baseline: dict[str, float]  # "role pid" -> RSS MiB once 10 % of the events were in
+    final: dict[str, float]
+    peaks: dict[str, list[float]]
+
+    @property
+    def drift(self) -> dict[str, float]:
+        return {k: self.final[k] / self.baseline[k] - 1 for k in self.baseline if self.baseline[k] and k in self.final}
+
+
+def long_run(s: Settings, work: Path, gconf: dict) -> LongRun:
+    folder = work / "long"
+    folder.mkdir()
+    db_path = folder / "postback.db"
+    raw = example_config()
+    raw["storage"]["database"] = f"sqlite:///{db_path}"
+    template = work / "purchase.json"
+    server = Server("postback-long", ROOT / "gunicorn.conf.py",
+                    child_env(POSTBACK_CONFIG=str(write_config(raw, folder / "config.yaml"))),
+                    work / "postback-long.log", int(gconf["workers"]), dispatcher=True)
+    sampler = MemorySampler([server])
+    started = time.monotonic()
+    try:
+        server.wait_ready()
+        sampler.start()
+        say(f"long run: {s.million:,} events in wrk runs of {s.chunk_seconds} s")
+        stored, answered_total, baseline, chunk = 0, 0, {}, 0
+        while stored < s.million:
+            one = run_wrk(server, s, s.chunk_seconds, f"long-{chunk}", work, template)
+            drain_after(server, one, db_path, s)
+            answered_total += one.numbers["requests"]
+            stored = check_stored(db_path, answered_total, "long run")
+            rss = {f"{server.roles.get(pid, '?')} {pid}": mib for pid, mib in server.rss_mib().items()}
+            if not baseline and stored >= s.million / 10:
+                baseline = rss
+            say(f"  {stored:,} events after {time.monotonic() - started:.0f} s; RSS "
+                + ", ".join(f"{k} {v:.1f} MiB" for k, v in rss.items()))
+            chunk += 1
+        sampler.stop()
+        return LongRun(stored, time.monotonic() - started, baseline, rss, server.peaks_mib())
+    finally:
+        sampler.halt.set()
+        server.proc.stop()
 
 
 # ---------------------------------------------------------------- report
@@ -805,82 +1120,186 @@ def wrk_version() -> str:
 
 def body_bytes() -> int:
     """The size of one ingest request's body, with an event id as long as a typical one."""
-    return len(json.dumps({**PURCHASE, "event_id": "r0-c16-postback-t1-12345"}, separators=(",", ":")))
+    one = "dry-p0-postback-t1-12345"
+    return len(json.dumps({**PURCHASE, "event_id": one, "order_id": f"ord-{one}"}, separators=(",", ":")))
 
 
-def report(s: Settings, gconf: dict, ing: IngestResult, disp: list[DispatchRun], started: datetime,
-           load: tuple[float, float, float], elapsed: float) -> str:
+def median_of(runs, key) -> float:
+    return statistics.median(key(r) for r in runs)
+
+
+def cpu_reason(pairs: PairSet) -> str:
+    """Why a ratio to bare is what it is: CPU per request, Postback's processes against the bare server's."""
+    pb = median_of(pairs.postback, lambda r: r.cpu_per_request())
+    pb_run = median_of(pairs.postback, lambda r: sum(r.server_cpu.values()) / r.numbers["requests"])
+    bare = median_of(pairs.bare, lambda r: r.cpu_per_request())
+    roles = ", ".join(f"{role} {median_of(pairs.postback, lambda r, role=role: r.cpu_per_request(role)) * 1e3:.2f}"
+                      for role in ("worker", "dispatcher", "master"))
+    busy = median_of(pairs.postback, lambda r: r.box_busy)
+    others = median_of(pairs.postback, lambda r: r.others_share)
+    wrk = median_of(pairs.postback, lambda r: r.wrk_share)
+    return (f"CPU per request: Postback {pb * 1e3:.2f} ms ({roles}; the dispatcher's includes emptying the backlog "
+            f"after each run), {pb_run * 1e3:.2f} ms of it during the runs, against bare {bare * 1e3:.2f} ms. "
+            f"On a CPU-bound box the ratio cannot pass bare ÷ Postback CPU per request: {bare / pb_run:.2f}× while "
+            f"the backlog waits, {bare / pb:.2f}× once each event's dispatch is paid for. During the Postback runs "
+            f"the box was {busy:.0%} busy (wrk {wrk:.0%}, other work {others:.0%}).")
+
+
+def report(s: Settings, gconf: dict, ing: IngestResult, disp: list[DispatchRun], long: LongRun | None,
+           started: datetime, load: tuple[float, float, float], elapsed: float) -> tuple[str, list[Target]]:
     cores = len(os.sched_getaffinity(0))
-    dry = [d["platform"] for d in example_config()["sites"][0]["destinations"] if d.get("mode") == "dry"]
+    c = s.connections
+    targets: list[Target] = []
+    for key, label in (("dry", "five dry destinations"), ("live", "five live destinations → fakes")):
+        pairs = ing.sets[key]
+        targets.append(Target(f"1. Ingest ÷ bare Flask, {c} conns, {label}, dispatcher running", pairs.ratios, "x",
+                              0.5, True, cpu_reason(pairs)))
+    for key, label in (("dry", "five dry destinations"), ("live", "five live destinations")):
+        runs = ing.sets[key].postback
+        p50 = median_of(runs, lambda r: r.ms("p50_us"))
+        bare_p99 = median_of(ing.sets[key].bare, lambda r: r.ms("p99_us"))
+        targets.append(Target(
+            f"2. Ingest p99, {c} conns, {label}", [r.ms("p99_us") for r in runs], "ms", 50, False,
+            f"p50 {p50:.1f} ms; bare Flask's p99 in the same pairs {bare_p99:.1f} ms; during the runs the box was {median_of(runs, lambda r: r.box_busy):.0%} busy "
+            f"(Postback {median_of(runs, lambda r: r.server_share):.0%}, of it the dispatcher "
+            f"{median_of(runs, lambda r: r.server_cpu['dispatcher'] / (r.wall * r.cores)):.0%}; wrk "
+            f"{median_of(runs, lambda r: r.wrk_share):.0%}; other work {median_of(runs, lambda r: r.others_share):.0%}); "
+            f"{gconf['workers']} workers × {gconf['threads']} threads for {c} connections."))
+    live_rps = median_of(ing.sets["live"].postback, lambda r: r.rps)
+    meta = [r for r in disp if r.platforms == ("meta",)]
+    meta_cpu = median_of(meta, lambda r: r.cpu["dispatcher_seconds"] / r.events)
+    targets.append(Target(
+        "3. Drain to the fake Meta ÷ ingest rate (live set's median)", [r.events_per_second / live_rps for r in meta],
+        "x", 5, True,
+        f"drain {median_of(meta, lambda r: r.events_per_second):,.0f} events/s against ingest {live_rps:,.0f}/s; "
+        f"the dispatcher spent {meta_cpu * 1e6:,.0f} µs of CPU per event and used "
+        f"{median_of(meta, lambda r: r.cpu['dispatcher']) * cores:.2f} core(s); fakes "
+        f"{median_of(meta, lambda r: r.cpu['fake']):.0%}, other work {median_of(meta, lambda r: r.cpu['others']):.0%} "
+        f"of the box."))
+    rounds = s.dispatch_runs
+    together_ratio, alone_desc = [], []
+    for r in range(rounds):
+        chunk = disp[r * (len(PLATFORMS) + 1):(r + 1) * (len(PLATFORMS) + 1)]
+        alone = {run.platforms[0]: run.seconds for run in chunk if len(run.platforms) == 1}
+        together = next(run for run in chunk if len(run.platforms) > 1)
+        together_ratio.append(together.seconds / max(alone.values()))
+    together_runs = [r for r in disp if len(r.platforms) > 1]
+    for p in PLATFORMS:
+        alone_desc.append(f"{p} {median_of([r for r in disp if r.platforms == (p,)], lambda r: r.seconds):.2f} s")
+    targets.append(Target(
+        "3. Five platforms together ÷ slowest platform alone (drain time, same backlog)", together_ratio, "x", 1.0,
+        False,
+        f"alone: {', '.join(alone_desc)} (together they add up to "
+        f"{sum(median_of([r for r in disp if r.platforms == (p,)], lambda r: r.seconds) for p in PLATFORMS):.2f} s); "
+        f"together {median_of(together_runs, lambda r: r.seconds):.2f} s, the "
+        f"dispatcher using {median_of(together_runs, lambda r: r.cpu['dispatcher']) * cores:.2f} core(s) "
+        f"({median_of(together_runs, lambda r: r.cpu['dispatcher_seconds'] / r.events / len(PLATFORMS)) * 1e6:,.0f} "
+        f"µs of CPU per send; alone it used {median_of([r for r in disp if len(r.platforms) == 1], lambda r: r.cpu['dispatcher']) * cores:.2f}); "
+        f"fakes {median_of(together_runs, lambda r: r.cpu['fake']):.0%}, other work "
+        f"{median_of(together_runs, lambda r: r.cpu['others']):.0%} of the box."))
+    grown = {f"{server.split('-')[1]} set's {name}": pair for server in ("postback-dry", "postback-live")
+             for name, pair in ing.growth.get(server, {}).items()}
+    over = {k: v for k, v in grown.items() if v[1] > 80}
+    targets.append(Target(
+        "4. Peak RSS per process (worst of master, workers, dispatcher)", [max(v[1] for v in grown.values())], "MiB",
+        80, False,
+        "over the goal (RSS once ready → peak VmHWM over the runs): " + ", ".join(
+            f"{k} {start:.1f} → {peak:.1f} MiB" for k, (start, peak) in sorted(over.items(), key=lambda kv: -kv[1][1]))
+        + "; bare Flask's workers peaked at " + " / ".join(f"{v:.1f}" for v in ing.peaks.get("bare", {}).get("worker", []))
+        + " MiB."))
+    if long is None:
+        targets.append(Target("4. RSS flat (±10 %) across 1,000,000 events", [], "%", 0.10, False,
+                              not_run="BENCH_MILLION=1 runs it (about half an hour)"))
+    else:
+        drift = long.drift
+        worst = max(drift, key=lambda k: abs(drift[k])) if drift else None
+        targets.append(Target(
+            f"4. RSS drift across {long.events:,} events (took {duration(long.seconds)}), worst process",
+            [abs(drift[worst]) if worst else 0.0], "%", 0.10, False,
+            "RSS once 10 % of the events were in → at the end: " + ", ".join(
+                f"{k} {long.baseline[k]:.1f} → {long.final.get(k, 0):.1f} MiB" for k in long.baseline)))
+        long_peak = max(v for values in long.peaks.values() for v in values)
+        targets.append(Target(f"4. Peak RSS per process over the {long.events:,}-event run", [long_peak], "MiB", 80,
+                              False, "peaks: " + ", ".join(f"{role} {max(v):.1f} MiB" for role, v in long.peaks.items())))
+    targets.append(Target(f"5. Pixel GET ÷ bare GIF route, {c} conns", ing.sets["pixel"].ratios, "x", 0.5, True,
+                          cpu_reason(ing.sets["pixel"])))
+    meta_db = next(r.db for r in reversed(meta) if r.db)
+    targets.append(Target(
+        "6. Database bytes per delivered event, after dispatch to Meta alone (after VACUUM)",
+        [meta_db.per_event], "B", 1200, False,
+        f"bytes per event by table/index: {meta_db.top()}; file + WAL after a checkpoint "
+        f"{meta_db.checkpointed / meta_db.events:,.0f}"))
+    dry_db = ing.db["dry"]
+    targets.append(Target(
+        "6. Database bytes per event after ingest, five dry destinations (after VACUUM)", [dry_db.per_event], "B",
+        2500, False,
+        f"bytes per event by table/index: {dry_db.top()}; file + WAL after a checkpoint "
+        f"{dry_db.checkpointed / dry_db.events:,.0f}"))
+
+    dry_names = [d["platform"] for d in example_config()["sites"][0]["destinations"] if d.get("mode") == "dry"]
+    met = sum(t.verdict == "met" for t in targets)
+    missed = [t for t in targets if t.verdict == "MISSED"]
     lines = [
         f"## make bench — {started:%Y-%m-%d %H:%M} UTC, {git_head()}, took {elapsed:.0f} s",
         "",
-        f"- Box: {cores} cores shared with other work (load average {load[0]:.2f} at start); Python "
-        f"{platform.python_version()}, SQLite {sqlite3.sqlite_version}; {wrk_version()}, {s.wrk_threads} threads.",
+        f"- Box: {cores} cores shared with other work, load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} "
+        f"(1/5/15 min) before the run; Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}; "
+        f"{wrk_version()}, {s.wrk_threads} threads, {c} connections.",
         f"- Servers: gunicorn.conf.py as `make run` uses it ({gconf['worker_class']}, {gconf['workers']} workers × "
-        f"{gconf['threads']} threads, keepalive {gconf['keepalive']} s, access log {'to stdout' if gconf['accesslog'] == '-' else gconf['accesslog'] or 'off'}) "
-        f"for both Postback and the bare Flask endpoint (bench/bare.py).",
-        f"- Ingest: {s.runs} run(s) × {s.seconds} s per connection count, Postback and bare alternating, after a "
-        f"{s.warmup_seconds} s warm-up each; a {body_bytes()}-byte purchase, unique event_id per request. Postback "
-        f"runs the example config with the database in a temp folder: its {len(dry)} destinations "
-        f"({', '.join(dry)}) are in dry mode, so the dispatcher (in the worker holding the lock) builds and records "
-        f"every payload, {len(dry)} per event, but sends nothing; each Postback run starts with the backlog empty.",
-        f"- Dispatch: {s.events:,} events stored straight into a fresh database, a live Meta destination pointed "
-        f"at FakeMeta in its own process, Dispatcher.drain_once timed from the first claim to the last recorded "
-        f"outcome.",
+        f"{gconf['threads']} threads, keepalive {gconf['keepalive']} s, access log "
+        f"{'to stdout' if gconf['accesslog'] == '-' else gconf['accesslog'] or 'off'}), the dispatcher in its own "
+        f"process; bench/bare.py under the same settings.",
+        f"- Each ratio: the median of {s.pairs} alternating Postback/bare pair(s) of {s.seconds} s runs after a "
+        f"{s.warmup_seconds} s warm-up; a {body_bytes()}-byte purchase with a new event_id and order_id per request. "
+        f"Dry set: the example config as is ({', '.join(dry_names)} in dry mode). Live set: the same five `live`, "
+        f"each toward a lean fake in a process of its own. Each Postback run is followed by waiting for the backlog "
+        f"to empty; that CPU counts toward Postback's per request.",
+        f"- Dispatch: {rounds} round(s) of {s.events:,} pre-filled events drained by one Dispatcher to each fake "
+        f"alone, then to all five together.",
+        f"- {met} of {len(targets)} targets met, {len(missed)} missed.",
         "",
-        "| Figure | Median | Min | Max | Runs | Notes |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| Target | Measured (median, min–max) | Goal | Verdict | vs goal |",
+        "| --- | --- | --- | --- | --- |",
+        *(t.row() for t in targets),
+        "",
     ]
-    by = {}
-    for one in ing.runs:
-        by.setdefault((one.target, one.connections), []).append(one)
-    for c in s.connections:
-        pb, bare = by[("postback", c)], by[("bare", c)]
-        for target, runs in (("Postback", pb), ("bare Flask", bare)):
-            cpu_note = (f"share of the box's CPU: server {statistics.median(r.server_share for r in runs):.0%}, "
-                        f"wrk {statistics.median(r.wrk_share for r in runs):.0%}, "
-                        f"other work {statistics.median(r.others_share for r in runs):.0%}")
-            lines.append(table_row(f"Ingest {target}, {c} conns: requests/s", [r.rps for r in runs], "", cpu_note))
-            lines.append(table_row(f"Ingest {target}, {c} conns: p50", [r.ms("p50_us") for r in runs], "ms"))
-            p99_note = "target ≤ 50 ms at 16 conns" if target == "Postback" and c == 16 else ""
-            lines.append(table_row(f"Ingest {target}, {c} conns: p99", [r.ms("p99_us") for r in runs], "ms", p99_note))
-        ratios = [p.rps / b.rps for p, b in zip(pb, bare)]
-        lines.append(table_row(f"Ingest Postback / bare, {c} conns (requests/s)", ratios, "x",
-                               "paired runs; target ≥ 0.7×"))
-    for c in s.connections:
-        shares = [r.wrk_share for r in ing.runs if r.connections == c]
-        lines.append(table_row(f"Load generator (wrk) CPU share, {c} conns", shares, "%",
-                               "wrk CPU time ÷ (wall × cores), all targets"))
-    if ing.waits:
-        lines.append(table_row("Ingest: seconds the dispatcher took to empty its backlog after a Postback run",
-                               ing.waits, "", "dry mode: payload built and recorded, nothing sent"))
-    eps = [r.events_per_second for r in disp]
-    share = {key: statistics.median(r.cpu[key] for r in disp) for key in ("dispatcher", "fake", "others")}
-    lines.append(table_row("Dispatch: events/s (first claim → last recorded outcome)", eps, "",
-                           f"{s.events:,} events, all `sent`, FakeMeta got each once; share of the box's CPU: "
-                           f"dispatcher {share['dispatcher']:.0%}, FakeMeta {share['fake']:.0%}, "
-                           f"other work {share['others']:.0%}"))
-    lines.append(table_row("Dispatch: requests/s (batches FakeMeta received)", [r.requests_per_second for r in disp], "",
-                           f"{statistics.median(r.batches for r in disp):.0f} batches per run"))
-    base = statistics.median(r.rps for r in by[("postback", s.connections[0])])
-    lines.append(table_row(f"Dispatch ÷ ingest rate (Postback, {s.connections[0]} conns)", [e / base for e in eps], "x",
-                           "target ≥ 10×; against the ingest median"))
-    for name, label in (("postback", "Postback"), ("bare", "bare Flask")):
-        peaks = ing.peak_rss_mib.get(name) or []
-        if peaks:
-            note = "VmHWM of each worker (one value per worker) over the ingest runs"
-            if name == "postback" and ing.dispatcher_rss_mib is not None:
-                note += f"; the dispatcher process beside them: {ing.dispatcher_rss_mib:.1f} MiB"
-            lines.append(table_row(f"Footprint: peak RSS of a {label} gunicorn worker", peaks, "MiB", note))
-    events, size, per_event = ing.db
-    lines.append(table_row("Footprint: database bytes per event after ingest", [per_event], "",
-                           f"{events:,} events, {size / 2**20:.1f} MiB incl. WAL after checkpoint; sends skipped "
-                           f"(dry mode) with payload kept"))
-    lines.append(table_row("Footprint: database bytes per event after dispatch", [r.db[2] for r in disp], "",
-                           f"{disp[-1].db[0]:,} events, {disp[-1].db[1] / 2**20:.1f} MiB; sends `sent` with payload "
-                           f"and response excerpt kept"))
-    return "\n".join(line for line in lines if line is not None) + "\n"
+    for t in missed:
+        lines.append(f"- **MISSED — {t.name}**: {t.reason}")
+    if missed:
+        lines.append("")
+    lines += [
+        "Figures behind the ratios (medians):",
+        "",
+        "| Figure | Postback | bare |",
+        "| --- | --- | --- |",
+    ]
+    for key, label in (("dry", "Ingest, dry"), ("live", "Ingest, live"), ("pixel", "Pixel GET")):
+        pairs = ing.sets[key]
+        lines.append(f"| {label}: requests/s | {median_of(pairs.postback, lambda r: r.rps):,.0f} | "
+                     f"{median_of(pairs.bare, lambda r: r.rps):,.0f} |")
+        lines.append(f"| {label}: p50 / p99 | {median_of(pairs.postback, lambda r: r.ms('p50_us')):.1f} / "
+                     f"{median_of(pairs.postback, lambda r: r.ms('p99_us')):.1f} ms | "
+                     f"{median_of(pairs.bare, lambda r: r.ms('p50_us')):.1f} / "
+                     f"{median_of(pairs.bare, lambda r: r.ms('p99_us')):.1f} ms |")
+        lines.append(f"| {label}: CPU per request | {median_of(pairs.postback, lambda r: r.cpu_per_request()) * 1e3:.2f} ms | "
+                     f"{median_of(pairs.bare, lambda r: r.cpu_per_request()) * 1e3:.2f} ms |")
+        if key != "pixel":
+            lines.append(f"| {label}: backlog emptied after a run in | "
+                         f"{median_of(pairs.postback, lambda r: r.drain_seconds):.1f} s | |")
+    for p in PLATFORMS:
+        runs = [r for r in disp if r.platforms == (p,)]
+        lines.append(f"| Dispatch to {p} alone: events/s | {median_of(runs, lambda r: r.events_per_second):,.0f} | |")
+    together_runs = [r for r in disp if len(r.platforms) > 1]
+    lines.append(f"| Dispatch to all five together: sends/s | "
+                 f"{median_of(together_runs, lambda r: r.events_per_second * len(PLATFORMS)):,.0f} | |")
+    for label, db in (("after dispatch to Meta alone", meta_db), ("after ingest, five dry", dry_db)):
+        lines.append(f"| Database bytes per event {label}: after VACUUM / file + WAL after a checkpoint | "
+                     f"{db.per_event:,.0f} / {db.checkpointed / db.events:,.0f} | |")
+    for name in ("postback-dry", "postback-live", "bare"):
+        by_role = ing.peaks.get(name, {})
+        text = ", ".join(f"{role} {' / '.join(f'{v:.1f}' for v in values)}" for role, values in by_role.items())
+        lines.append(f"| Peak RSS, {name} (MiB) | {text} | |")
+    return "\n".join(lines) + "\n", targets
 
 
 def main() -> int:
@@ -902,10 +1321,12 @@ def main() -> int:
             raise BenchError("wrk is not installed (make bench installs it: apt-get install -y wrk)")
         work = Path(tempfile.mkdtemp(prefix="postback-bench-"))
         gconf = gunicorn_settings()
-        say(f"make bench: working in {work}")
-        ing = ingest(settings, work, gconf)
-        disp = dispatch(settings, work)
-        text = report(settings, gconf, ing, disp, started, load, time.monotonic() - clock)
+        say(f"make bench: working in {work}; load average {load[0]:.2f} on {len(os.sched_getaffinity(0))} cores")
+        fakes = FakePlatforms(work / "fakes.log")
+        ing = ingest(settings, work, gconf, fakes)
+        disp = dispatch(settings, work, fakes)
+        long = long_run(settings, work, gconf) if settings.million else None
+        text, _ = report(settings, gconf, ing, disp, long, started, load, time.monotonic() - clock)
         settings.out.parent.mkdir(parents=True, exist_ok=True)
         settings.out.write_text(text)
         print(text, end="", flush=True)
@@ -914,8 +1335,8 @@ def main() -> int:
         return 0
     except Exception as exc:  # noqa: BLE001 - any failure: say so loudly, leave no stale table
         text = str(exc) if isinstance(exc, BenchError) else traceback.format_exc()
-        bar = "!" * 72
-        say(f"\n{bar}\nBENCH FAILED: {text}\n{bar}")
+        line = "!" * 72
+        say(f"\n{line}\nBENCH FAILED: {text}\n{line}")
         out = settings.out if settings is not None else BENCH / "out" / "last.md"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(f"## make bench FAILED — {started:%Y-%m-%d %H:%M} UTC\n\n```\n{text}\n```\n")

@@ -2,8 +2,8 @@
 --
 --   wrk -t2 -c16 -d10s -s bench/track.lua -H 'Content-Type: application/json' ... URL -- <tag> <template>
 --
--- <tag> is unique per wrk run; <template> is a file holding the JSON body with @ID@ where the
--- id goes. Each request's id is <tag>-t<thread>-<counter>, so ids collide neither across wrk's
+-- <tag> is unique per wrk run; <template> is a file holding the JSON body with @ID@ wherever the
+-- id goes (the event_id, and the order_id: every purchase is an order of its own). Each request's id is <tag>-t<thread>-<counter>, so ids collide neither across wrk's
 -- threads (each has its own Lua state and counter) nor across runs against the same database.
 -- Headers come from -H (wrk.headers). done() prints one machine-readable line starting "BENCH ";
 -- bench/run.py parses it and fails the bench on any non-2xx or socket error, because wrk itself
@@ -11,7 +11,7 @@
 
 local threads = 0
 local counter = 0
-local head, tail, prefix
+local parts, prefix
 
 function setup(thread)                      -- runs in the main Lua state, once per wrk thread
   threads = threads + 1
@@ -24,14 +24,22 @@ function init(args)                         -- runs in each thread's own Lua sta
   local file = assert(io.open(path, "rb"))
   local template = file:read("*a")
   file:close()
-  head, tail = template:match("^(.-)@ID@(.*)$")
-  assert(head, "the template has no @ID@")
+  parts = {}
+  local from = 1
+  while true do
+    local at = template:find("@ID@", from, true)
+    if not at then break end
+    parts[#parts + 1] = template:sub(from, at - 1)
+    from = at + 4
+  end
+  assert(#parts > 0, "the template has no @ID@")
+  parts[#parts + 1] = template:sub(from)
   prefix = tag .. "-t" .. thread_number .. "-"
 end
 
 function request()
   counter = counter + 1
-  return wrk.format("POST", "/v1/track", nil, head .. prefix .. counter .. tail)
+  return wrk.format("POST", "/v1/track", nil, table.concat(parts, prefix .. counter))
 end
 
 function done(summary, latency, requests)
