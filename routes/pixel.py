@@ -76,7 +76,7 @@ def hit(app_token: str, category: str):
         return _answer(visitor, {"accepted": False, "stored": False, "error": exc.reason, "uuid": visitor})
 
     event = call.event
-    known = pixel_profiles.find(site.id, call.uuid)
+    known = None if call.new_visitor else pixel_profiles.find(site.id, call.uuid)
     earlier = known.identity if known else {}
     event.identity = {**earlier, **event.identity}  # what the visitor said before; this call's values win
     fbid = call.fbid or (known.fbid if known else None)
@@ -84,15 +84,15 @@ def hit(app_token: str, category: str):
         event.click_ids = {**event.click_ids, **clickids.read({"fbid": fbid}, (clickids.ALIAS,))[0]}
     row, created = accept(event, site, config)
     if created:
-        _remember(site, call)
+        _remember(site, call, known)
         if event.notes:
             inspector.record(pixel.DIALECT, site.id, "partly accepted: " + "; ".join(event.notes), _excerpt(category, args, params))
     return _answer(call.uuid, _report(call, row, created, earlier) if debug() else {})
 
 
-def _remember(site: Site, call: pixel.Hit) -> None:
+def _remember(site: Site, call: pixel.Hit, known: pixel_profiles.Known | None) -> None:
     try:
-        pixel_profiles.remember(site.id, call.uuid, call.identity, call.fbid, call.event.received_at)
+        pixel_profiles.remember(site.id, call.uuid, call.identity, call.fbid, call.event.received_at, known)
     except (DatabaseError, StorageFault):
         # The event is stored already; the page still gets its GIF, and the next call carries its own identity.
         log.exception("pixel profile not updated", extra={"site": site.id})

@@ -51,6 +51,7 @@ class Hit:
     identity: dict[str, str] = field(default_factory=dict)  # this call's hashes only
     fbid: str | None = None
     identity_fields: list[str] = field(default_factory=list)  # names of the identity fields this call sent
+    new_visitor: bool = False  # no uuid came with the call: one was minted, so no profile can exist yet
 
 
 def valid_visitor_id(value: Any) -> str | None:
@@ -111,7 +112,8 @@ def parse(category: str, args: Mapping[str, str], params: Mapping[str, Any], coo
         currency = currency or site.default_currency
     value = None if cents is None else cents / 10 ** MINOR_UNITS.get(currency or "", 2)
 
-    visitor = _params_visitor(params, notes) or valid_visitor_id(cookie_uuid) or new_visitor_id()
+    given = _params_visitor(params, notes) or valid_visitor_id(cookie_uuid)
+    visitor = given or new_visitor_id()
     identity = normalize_identity({k: params.get(k) for k in IDENTITY_FIELDS}, site.default_country)
     notes += identity.dropped
     fbid = _fbid(params.get("fbid"), notes)
@@ -149,7 +151,7 @@ def parse(category: str, args: Mapping[str, str], params: Mapping[str, Any], coo
         is_bot=is_bot(client.user_agent),
     )
     sent = [name for name in IDENTITY_FIELDS if present(params.get(name))]
-    return Hit(event, visitor, dict(identity.hashes), fbid, sent)
+    return Hit(event, visitor, dict(identity.hashes), fbid, sent, new_visitor=given is None)
 
 
 def _event_token(raw: str | None) -> str:
