@@ -18,7 +18,7 @@ from delivery.states import Health
 from ingest.canonical import utcnow
 from config import Config, Destination
 from console import metrics
-from models import FAILED, SENT, SKIPPED, Send
+from models import FAILED, SENT, SKIPPED
 from platforms import REGISTRY
 from ingest.fanout import past_window
 from outbound import Http
@@ -70,7 +70,7 @@ class Dispatcher:
         self._pool = ThreadPoolExecutor(MAX_DRAIN_THREADS, thread_name_prefix="drain")
         self._running: dict[str, Future] = {}
         self._stopping = threading.Event()
-        self._held: dict[str, list[Send]] = {}  # per destination, the claim in flight: handed back if a stop times out
+        self._held: dict[str, list[delivery.Claimed]] = {}  # per destination, the claim in flight: handed back if a stop times out
         self._health = Health()
         # Drains take turns at their Python work (claim, build, record): the GIL runs one at a time anyway, and in
         # parallel every write transaction one of them holds (the box's one write lock) lasts as long as its waits
@@ -134,11 +134,15 @@ class Dispatcher:
                 self._held.pop(dest.key, None)
         return processed
 
-    def _prepare(self, dest: Destination, module, rows: list[Send], now: datetime) -> list[tuple]:
-        """Build each claimed send's payload and finish the ones that cannot go; (row, item, quality) of the rest."""
+    def _prepare(self, dest: Destination, module, rows: list[delivery.Claimed], now: datetime) -> list[tuple]:
+        """Build each claimed send's payload and finish the ones that cannot go; (row, item, quality) of the rest.
+
+        Each row's event is let go once its payload is built (`rows` is emptied as it goes): a claim holds
+        its payloads, not its events as well."""
         batch, done, previewed = [], [], False
-        for row in rows:
-            event = row.event.to_canonical()
+        for i, claimed in enumerate(rows):
+            event, row = claimed.event, claimed._replace(event=None)
+            rows[i] = row
             too_old = past_window(event, module, now)
             if too_old:
                 done.append(delivery.finishing(row, FAILED, now, reason=too_old))
@@ -217,7 +221,7 @@ class Dispatcher:
         cache = self._caches.get(key) or self._caches.setdefault(key, module.cache(self.monotonic))
         return module.send(items, dest, self.http, cache=cache)
 
-    def _change(self, row: Send, item: dict, quality: dict, outcome: Outcome, now: datetime,
+    def _change(self, row: delivery.Claimed, item: dict, quality: dict, outcome: Outcome, now: datetime,
                 sample: bool = False) -> delivery.Change:
         """What one platform verdict does to its send (the five outcomes of docs/delivery.md)."""
         seen = {"last_status": outcome.status, "last_error": outcome.error,
