@@ -30,6 +30,10 @@ BACKOFF_FIRST = 10.0
 BACKOFF_CAP = 3600.0
 JITTER = 0.2
 MAX_DRAIN_THREADS = 32
+# Sends claimed at once, whatever the platform's batch limit: a claim holds its events, then their payloads,
+# until the last outcome is recorded, and five destinations hold one each. 500 drain as fast as 1,000 or 2,000
+# to a fast Meta, with about 10 MiB less at the peak (docs/delivery.md, "What the dispatcher holds").
+CLAIM_LIMIT = 500
 RECORD_CHUNK = 256  # outcomes per transaction: a 1,000-event batch holds the write lock four short times, not once
 
 
@@ -118,7 +122,7 @@ class Dispatcher:
         while not self._stopping.is_set() and delivery.paused_reason(dest) is None:
             moment = now or self.clock()
             with self._turn:
-                rows = self._held[dest.key] = delivery.claim(dest.key, module.BATCH_LIMIT, moment, self.lease)
+                rows = self._held[dest.key] = delivery.claim(dest.key, min(CLAIM_LIMIT, module.BATCH_LIMIT), moment, self.lease)
                 batch = self._prepare(dest, module, rows, moment)
             try:
                 if not rows:
