@@ -410,3 +410,86 @@ def test_an_ip_is_truncated_to_its_network_address(ip):
     prefix = 24 if address.version == 4 else 48
     assert reduce_ip(ip, "truncate") == str(ipaddress.ip_network(f"{address}/{prefix}", strict=False).network_address)
     assert reduce_ip(ip, "drop") is None
+
+
+# --- the drain overlaps its waits ----------------------------------------------------------------------------
+
+LATENCY = 0.4  # seconds each fake platform takes over its first request
+
+
+def timed(fake) -> list[dict]:
+    """Stamp every request the fake records with when it arrived and when it was answered; the stamped requests."""
+    stamped, record, reply = [], fake._record, fake._reply
+
+    def arrived(h, entry):
+        entry["arrived"] = time.monotonic()
+        stamped.append(entry)
+        return record(h, entry)
+
+    def answered(h, entry, *args, **kwargs):
+        reply(h, entry, *args, **kwargs)
+        entry["answered"] = time.monotonic()
+
+    fake._record, fake._reply = arrived, answered
+    return stamped
+
+
+def test_five_live_platforms_with_latency_wait_for_their_answers_at_once(raw_config, fake_meta):
+    from tests.fakes.ga4 import FakeGA4
+    from tests.fakes.google_ads import FakeGoogleAds
+    from tests.fakes.snapchat import FakeSnapchat
+    from tests.fakes.tiktok import FakeTikTok
+    from tests.test_all_platforms import BROWSER, PURCHASE, SECRET, live_settings
+
+    fakes = {"meta": fake_meta, "tiktok": FakeTikTok(token=SECRET).start(),
+             "snapchat": FakeSnapchat(token=SECRET).start(),
+             "google_ads": FakeGoogleAds(refresh_token=SECRET, client_secret=SECRET).start(),
+             "ga4": FakeGA4({"G-TEST123": SECRET}).start()}
+    fake_meta.set_token(SECRET)
+    try:
+        destinations = [live_settings(name, fake.url) for name, fake in fakes.items()]
+        destinations[3]["token_url"] = fakes["google_ads"].token_url
+        config = build_config(with_destinations(raw_config, *destinations))
+        client = create_app(config).test_client()
+        stamps = {name: timed(fake) for name, fake in fakes.items()}
+        for fake in fakes.values():
+            fake.script(("hang", LATENCY))  # a platform's latency: the answer comes after it
+        assert client.post("/v1/track", json=PURCHASE, headers=BROWSER).status_code == 200
+
+        dispatcher = Dispatcher(lambda: config)
+        try:
+            assert dispatcher.drain_once(now=utcnow()) == {f"shop/{name}": 1 for name in fakes}
+        finally:
+            dispatcher.close()
+    finally:
+        for name, fake in fakes.items():
+            if name != "meta":
+                fake.stop()
+
+    assert {name: len(requests) for name, requests in stamps.items()} == {name: 1 for name in fakes}
+    assert {helpers.row("all-five-1", f"shop/{name}")["status"] for name in fakes} == {"sent"}
+    # every platform's request was waiting for its answer at one and the same moment: no wait followed another
+    assert max(r["arrived"] for rs in stamps.values() for r in rs) < min(
+        r["answered"] for rs in stamps.values() for r in rs)
+
+
+def test_a_drain_builds_its_next_claim_while_a_request_waits_for_its_answer(client, fake_meta, dispatcher, monkeypatch):
+    from delivery import dispatcher as dispatching
+
+    monkeypatch.setattr(dispatching, "CLAIM_LIMIT", 1)
+    stamped = timed(fake_meta)
+    claims, claim = [], delivery.claim
+
+    def timed_claim(*args, **kwargs):
+        claims.append(time.monotonic())
+        return claim(*args, **kwargs)
+
+    monkeypatch.setattr(delivery, "claim", timed_claim)
+    fake_meta.script(("hang", LATENCY))
+    now = track(client, signup("e1"), signup("e2"))
+
+    assert dispatcher.drain_once(now=now) == {"shop/meta": 2}
+
+    assert received(fake_meta) == ["e1", "e2"] and [row(e)["status"] for e in ("e1", "e2")] == ["sent", "sent"]
+    first, second = stamped
+    assert claims[1] < first["answered"] and first["answered"] <= second["arrived"]  # built during the wait, sent after it

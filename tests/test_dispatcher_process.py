@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from delivery.dispatcher import CLAIM_LIMIT
 from ingest.fanout import plan_sends
 from models import Event, record_event, writing
 from tests.conftest import DATABASE_FILES, ROOT, base_config, build_config, meta_destination
@@ -24,7 +25,7 @@ from tests.helpers import signup, track
 from tests.test_concurrency import _wait_until_up, free_port
 
 BACKLOG = 5000
-BATCH_SECONDS = 2  # the fake answers each batch of 1,000 after this long, well under timeout_seconds
+BATCH_SECONDS = 2  # the fake answers each batch (a claim's worth) after this long, well under timeout_seconds
 
 
 pytestmark = pytest.mark.sqlite_only(reason="counts sends in the SQLite file and runs the box's one leader")
@@ -100,13 +101,14 @@ def dispatcher(config_path: Path, log: Path) -> subprocess.Popen:
 def test_a_sigterm_mid_batch_records_that_batch_and_a_restart_delivers_every_event_exactly_once(backlog, meta, tmp_path):
     _, config_path, database = backlog
     log = tmp_path / "dispatch.log"
-    meta.script(*[("hang", BATCH_SECONDS)] * (BACKLOG // 1000))
+    meta.script(*[("hang", BATCH_SECONDS)] * (BACKLOG // CLAIM_LIMIT))
     first = dispatcher(config_path, log)
-    wait_for(lambda: len(meta.events) == 1000 and len(meta.requests) == 2, 30, "the second batch in flight")
+    wait_for(lambda: len(meta.events) == CLAIM_LIMIT and len(meta.requests) == 2, 30, "the second batch in flight")
     first.send_signal(signal.SIGTERM)
     assert first.wait(timeout=BATCH_SECONDS + 5) == 0
-    assert len(meta.events) == 2000  # the batch in flight was answered ...
-    assert statuses(database) == {"sent": 2000, "pending": 3000}  # ... and recorded; nothing claimed is left
+    assert len(meta.events) == 2 * CLAIM_LIMIT  # the batch in flight was answered ...
+    # ... and recorded; nothing claimed is left
+    assert statuses(database) == {"sent": 2 * CLAIM_LIMIT, "pending": BACKLOG - 2 * CLAIM_LIMIT}
 
     second = dispatcher(config_path, log)
     try:
@@ -149,3 +151,11 @@ def test_gunicorns_master_runs_the_dispatcher_starts_it_again_when_it_dies_and_s
     text = log.read_text()
     assert '"message": "dispatcher exited; starting it again in 1 s"' in text
     assert text.count('"message": "dispatcher stopped"') == 1
+
+
+def test_the_dispatcher_process_caps_mallocs_arenas_where_glibc_lets_it():
+    import platform
+
+    from delivery.process import cap_malloc_arenas
+
+    assert cap_malloc_arenas() is (platform.libc_ver()[0] == "glibc")
