@@ -203,9 +203,21 @@ class Event(BaseModel):
                    (("site", "received_at"), False))
 
     def to_canonical(self) -> CanonicalEvent:
-        fields = {name: getattr(self, name) for name in CanonicalEvent.__dataclass_fields__ if name != "site_id"}
-        fields["consent_categories"] = tuple(self.consent_categories) if self.consent_categories is not None else None
-        return CanonicalEvent(site_id=self.site, **fields)
+        return canonical_event(getattr(self, field.name) for field in CANONICAL_COLUMNS)
+
+
+# The event's columns a CanonicalEvent is built from, in its fields' order: a query can select them as a tuple.
+CANONICAL_COLUMNS = tuple(Event.site if name == "site_id" else Event._meta.fields[name]
+                          for name in CanonicalEvent.__dataclass_fields__)
+_CATEGORIES = list(CanonicalEvent.__dataclass_fields__).index("consent_categories")
+
+
+def canonical_event(values: Iterable) -> CanonicalEvent:
+    """The CanonicalEvent of CANONICAL_COLUMNS' values, each as its field reads it (python_value)."""
+    values = list(values)
+    if values[_CATEGORIES] is not None:
+        values[_CATEGORIES] = tuple(values[_CATEGORIES])
+    return CanonicalEvent(*values)
 
 
 class Send(BaseModel):

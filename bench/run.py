@@ -839,6 +839,22 @@ def check_stored(db_path: Path, at_least: int, what: str) -> int:
     return events
 
 
+
+def postback_server(name: str, raw: dict, work: Path, workers: int, destinations: list | None = None) -> tuple["Server", Path]:
+    """Postback under gunicorn.conf.py with its dispatcher, on a database and config of its own in work/<name>;
+    `destinations` replace the example's."""
+    folder = work / name
+    folder.mkdir()
+    db = folder / "postback.db"
+    config = copy.deepcopy(raw)
+    config["storage"]["database"] = f"sqlite:///{db}"
+    if destinations is not None:
+        config["sites"][0]["destinations"] = destinations
+    server = Server(f"postback-{name}", ROOT / "gunicorn.conf.py",
+                    child_env(POSTBACK_CONFIG=str(write_config(config, folder / "config.yaml"))),
+                    work / f"postback-{name}.log", workers, dispatcher=True)
+    return server, db
+
 def ingest(s: Settings, work: Path, gconf: dict, fakes: FakePlatforms) -> IngestResult:
     result = IngestResult()
     workers = int(gconf["workers"])
@@ -853,14 +869,7 @@ def ingest(s: Settings, work: Path, gconf: dict, fakes: FakePlatforms) -> Ingest
         sampler.start()
 
         # The example config as is: five dry destinations.
-        folder = work / "dry"
-        folder.mkdir()
-        dry_db = folder / "postback.db"
-        dry_raw = copy.deepcopy(raw)
-        dry_raw["storage"]["database"] = f"sqlite:///{dry_db}"
-        dry = Server("postback-dry", ROOT / "gunicorn.conf.py",
-                     child_env(POSTBACK_CONFIG=str(write_config(dry_raw, folder / "config.yaml"))),
-                     work / "postback-dry.log", workers, dispatcher=True)
+        dry, dry_db = postback_server("dry", raw, work, workers)
         try:
             dry.wait_ready()
             sampler.add(dry)
@@ -881,16 +890,8 @@ def ingest(s: Settings, work: Path, gconf: dict, fakes: FakePlatforms) -> Ingest
             dry.proc.stop()
 
         # Every destination live, each toward its fake.
-        folder = work / "live"
-        folder.mkdir()
-        live_db = folder / "postback.db"
-        live_raw = copy.deepcopy(raw)
-        live_raw["storage"]["database"] = f"sqlite:///{live_db}"
-        live_raw["sites"][0]["destinations"] = live_destinations(raw, fakes.urls)
         fakes.command("reset")
-        live = Server("postback-live", ROOT / "gunicorn.conf.py",
-                      child_env(POSTBACK_CONFIG=str(write_config(live_raw, folder / "config.yaml"))),
-                      work / "postback-live.log", workers, dispatcher=True)
+        live, live_db = postback_server("live", raw, work, workers, destinations=live_destinations(raw, fakes.urls))
         try:
             live.wait_ready()
             sampler.add(live)

@@ -11,8 +11,8 @@ from typing import NamedTuple
 from ingest.canonical import CanonicalEvent, utcnow
 from config import Destination
 from models import (
-    FAILED, FINAL, PENDING, SENDING, SKIPPED, DestinationState, Event, Send, database, for_update, update_rows,
-    writing,
+    CANONICAL_COLUMNS, FAILED, FINAL, PENDING, SENDING, SKIPPED, DestinationState, Event, Send, canonical_event,
+    database, for_update, update_rows, writing,
 )
 from ingest.privacy import reduce_ip
 
@@ -50,25 +50,19 @@ def claim(destination: str, limit: int, now: datetime, lease: timedelta) -> list
         ids = [send_id for send_id, in due.tuples()]
         (Send.update(status=SENDING, lease_owner=owner, lease_until=now + lease)
          .where(Send.id.in_(ids) & (Send.status == PENDING)).execute())
-    rows = (Send.select(*CLAIM_COLUMNS, *EVENT_COLUMNS).join(Event)
+    rows = (Send.select(*CLAIM_COLUMNS, *CANONICAL_COLUMNS).join(Event)
             .where((Send.lease_owner == owner) & (Send.status == SENDING)).order_by(Send.id).tuples())
     return [_claimed(row) for row in rows.iterator()]  # iterated: peewee keeps no second copy of the rows
 
 
 CLAIM_COLUMNS = (Send.id, Send.event, Send.status, Send.attempts, Send.retries, Send.lease_owner, Send.lease_until)
-# The event's columns CanonicalEvent is built from, in its fields' order (Event.to_canonical reads the same).
-EVENT_COLUMNS = tuple(Event.site if name == "site_id" else Event._meta.fields[name]
-                      for name in CanonicalEvent.__dataclass_fields__)
-_CATEGORIES = list(CanonicalEvent.__dataclass_fields__).index("consent_categories")
 _IP = list(CanonicalEvent.__dataclass_fields__).index("ip")
 
 
 def _claimed(row: tuple) -> Claimed:
     """A claimed send from its tuple: the send's columns, then its event's (as Event.to_canonical builds it)."""
-    send, values = row[:len(CLAIM_COLUMNS)], list(row[len(CLAIM_COLUMNS):])
-    if values[_CATEGORIES] is not None:
-        values[_CATEGORIES] = tuple(values[_CATEGORIES])
-    return Claimed(*send, values[_IP], CanonicalEvent(*values))
+    send, values = row[:len(CLAIM_COLUMNS)], row[len(CLAIM_COLUMNS):]
+    return Claimed(*send, values[_IP], canonical_event(values))
 
 
 def any_due(destination: str, now: datetime) -> bool:
