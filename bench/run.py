@@ -643,7 +643,7 @@ class Footprint:
     @property
     def per_event(self) -> float:
         """Bytes each event adds: the vacuumed file less the empty schema's pages, which a few thousand events
-        would otherwise share (46 tables and indexes of 16 KB: 370 B each over 2,000 events)."""
+        would otherwise share (57 tables and indexes of 8 KB: 230 B each over 2,000 events)."""
         return (self.vacuumed - self.empty) / self.events
 
     def top(self, n: int = 4) -> str:

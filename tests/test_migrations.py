@@ -229,11 +229,11 @@ def test_step_3_indexes_an_old_databases_sends_by_lease_only_while_they_are_in_f
     assert after["sends_leased"] == "CREATE INDEX sends_leased ON sends (lease_until) WHERE status = 'sending'"
 
 
-def test_a_new_database_has_the_same_lease_index_as_an_upgraded_one_and_16_kb_pages(tmp_path):
+def test_a_new_database_has_the_same_lease_index_as_an_upgraded_one_and_8_kb_pages(tmp_path):
     path = tmp_path / "new.db"
     open_database(url(path))
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA page_size").fetchone() == (16384,)
+        assert db.execute("PRAGMA page_size").fetchone() == (8192,)
         assert db.execute("SELECT sql FROM sqlite_master WHERE name = 'sends_leased'").fetchone() == (
             """CREATE INDEX "sends_leased" ON "sends" ("lease_until") WHERE ("status" = 'sending')""",)
 
