@@ -448,11 +448,14 @@ def unwritable(url: str) -> str | None:
     return None if fault is None else f"cannot write the database {url}: {fault}"
 
 
-def record_event(event: CanonicalEvent, sends: Iterable[dict], ip_policy: str) -> tuple[Event, bool]:
+def record_event(event: CanonicalEvent, sends: Iterable[dict], ip_policy: str,
+                 also: Statement | None = None) -> tuple[Event, bool]:
     """Store an event and its send rows in one transaction; (existing row, False) on a repeat event_id.
 
     Every ingest path writes through here. The rows are written by this process's writer thread,
     together with other requests' (group commit, writer.py); this returns once they have committed.
+    `also`: one more statement (SQL, parameters) of the caller's, run in that transaction if the event is new,
+    so what it writes (a pixel visitor's profile) is stored with the event or not at all, without a commit of its own.
     """
     sends = list(sends)
     if all(s["status"] in FINAL for s in sends):
@@ -463,7 +466,7 @@ def record_event(event: CanonicalEvent, sends: Iterable[dict], ip_policy: str) -
     # Sends differ in a few fields: the rest is converted once per event.
     common = _params(_SEND_COLUMNS, {**_SEND_DEFAULTS, "site": event.site_id, "next_attempt_at": event.received_at})
     rows = _Rows((event.site_id, event.event_id), _params(_EVENT_COLUMNS, row.__data__),
-                 [_fill(common, send) for send in sends])
+                 [_fill(common, send) for send in sends], also)
     row.id = WRITER.run(rows)
     if row.id is None:
         existing = Event.get_or_none((Event.site == event.site_id) & (Event.event_id == event.event_id))
@@ -473,12 +476,18 @@ def record_event(event: CanonicalEvent, sends: Iterable[dict], ip_policy: str) -
     return row, True
 
 
+class Statement(NamedTuple):
+    sql: str  # with the database's own parameter marks (`database.param`)
+    params: tuple
+
+
 class _Rows(NamedTuple):
     """One event's INSERT parameters and its sends', each field's db_value computed by the caller's thread."""
 
     key: tuple[str, str]  # (site, event_id): stored once
     event: list
     sends: list[list]
+    also: Statement | None = None  # run once the event is stored new
 
 
 # Column order of those parameters; a send's event id is put first by the writer, once known.
@@ -523,6 +532,9 @@ def _insert_events(items: list[_Rows]) -> list[int | None]:
     ids = {(site, event_id): pk for site, event_id, pk in stored}
     insert_rows("sends", ["event_id", *(f.column_name for f in _SEND_COLUMNS)],
                 [[ids[key], *send] for key, item in first.items() if key in ids for send in item.sends])
+    for key, item in first.items():
+        if key in ids and item.also is not None:
+            database.execute_sql(*item.also)
     return [ids.get(item.key) if first[item.key] is item else None for item in items]
 
 

@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import hmac
-import logging
 from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
-from peewee import DatabaseError
 
 from ingest import inspector
 from dialects.pixel import profiles as pixel_profiles
@@ -21,7 +19,6 @@ from models import Event, Send
 from routes.common import client_context, cookies_secure, current_config
 
 bp = Blueprint("pixel", __name__)
-log = logging.getLogger(__name__)
 
 # GIF89a, 1×1, one transparent pixel: the smallest GIF every browser renders (also served as /static/pixel.gif).
 GIF = (Path(__file__).resolve().parent.parent / "static" / "pixel.gif").read_bytes()
@@ -82,20 +79,12 @@ def hit(app_token: str, category: str):
     fbid = call.fbid or (known.fbid if known else None)
     if fbid:  # kept in clear, as the click id of the platform that reads a pixel's `fbid`
         event.click_ids = {**event.click_ids, **clickids.read({"fbid": fbid}, (clickids.ALIAS,))[0]}
-    row, created = accept(event, site, config)
-    if created:
-        _remember(site, call, known)
-        if event.notes:
-            inspector.record(pixel.DIALECT, site.id, "partly accepted: " + "; ".join(event.notes), _excerpt(category, args, params))
+    # The visitor's profile is stored with the event, in its transaction: both or neither, and no commit of its own.
+    profile = pixel_profiles.merging(site.id, call.uuid, call.identity, call.fbid, event.received_at, known)
+    row, created = accept(event, site, config, also=profile)
+    if created and event.notes:
+        inspector.record(pixel.DIALECT, site.id, "partly accepted: " + "; ".join(event.notes), _excerpt(category, args, params))
     return _answer(call.uuid, _report(call, row, created, earlier) if debug() else {})
-
-
-def _remember(site: Site, call: pixel.Hit, known: pixel_profiles.Known | None) -> None:
-    try:
-        pixel_profiles.remember(site.id, call.uuid, call.identity, call.fbid, call.event.received_at, known)
-    except (DatabaseError, StorageFault):
-        # The event is stored already; the page still gets its GIF, and the next call carries its own identity.
-        log.exception("pixel profile not updated", extra={"site": site.id})
 
 
 def _report(call: pixel.Hit, row: Event, created: bool, earlier: dict) -> dict:

@@ -8,12 +8,12 @@ import re
 import runpy
 from datetime import timedelta
 from types import SimpleNamespace
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import pytest
 from gunicorn.config import Config as GunicornConfig
 from gunicorn.glogging import Logger as GunicornLogger
-from peewee import OperationalError
+from peewee import SqliteDatabase
 from werkzeug.exceptions import NotFound
 from werkzeug.test import EnvironBuilder
 
@@ -22,7 +22,7 @@ from dialects.pixel import profiles as pixel_profiles
 from ingest.canonical import utcnow
 from delivery.dispatcher import Dispatcher
 from ingest.inspector import Refusal
-from models import Event, Send
+from models import Event, Send, database
 from dialects.pixel.profiles import PixelProfile
 from routes.pixel import COOKIE, GIF
 from tests.conftest import BROWSER, RAW_PII, ROOT, build_config, meta_destination, with_destinations
@@ -645,13 +645,34 @@ def test_the_inspector_lists_pixel_refusals_under_the_pixel_dialect(client):
 
 # --- profiles -----------------------------------------------------------------------------------
 
-def test_a_profile_that_cannot_be_written_still_leaves_the_event_stored_and_the_gif_served(client, monkeypatch):
-    def locked(*args, **kwargs):
-        raise OperationalError("database is locked")
+def test_an_event_and_its_visitors_profile_are_stored_together_or_not_at_all(client):
+    refuse_profiles("database or disk is full")  # the profile's write fails after the event's, in one transaction
 
-    monkeypatch.setattr("dialects.pixel.profiles.remember", locked)
+    response = hit(client, query={**dict(parse_qsl(SEED_SIGNUP.split("?")[1])), "debug": "1"})
+    assert (response.status_code, response.get_json()) == (503, {
+        "accepted": False, "stored": False,
+        "error": "Storage unavailable: the disk is full; nothing was stored, try again later"})
+    assert stored() == (0, 0, 0)
+
+    refuse_profiles(None)
     assert_gif(hit(client, query=SEED_SIGNUP.split("?")[1]))
-    assert stored() == (1, 1, 0)
+    assert stored() == (1, 1, 1)
+
+
+def refuse_profiles(message: str | None) -> None:
+    """A trigger that fails every write of a pixel profile with `message`; None drops it."""
+    postgres = not isinstance(database.obj, SqliteDatabase)
+    database.execute_sql("DROP TRIGGER IF EXISTS refuse_profiles" + (" ON pixel_profiles" if postgres else ""))
+    if message is None:
+        return
+    if postgres:
+        database.execute_sql(f"CREATE OR REPLACE FUNCTION refuse_profiles() RETURNS trigger AS $$ BEGIN "
+                             f"RAISE EXCEPTION '{message}'; END $$ LANGUAGE plpgsql")
+        database.execute_sql("CREATE TRIGGER refuse_profiles BEFORE INSERT ON pixel_profiles "
+                             "FOR EACH ROW EXECUTE FUNCTION refuse_profiles()")
+    else:
+        database.execute_sql(f"CREATE TRIGGER refuse_profiles BEFORE INSERT ON pixel_profiles "
+                             f"BEGIN SELECT RAISE(ABORT, '{message}'); END")
 
 
 def test_profiles_are_forgotten_by_uuid_and_purged_after_retention(client):

@@ -11,7 +11,7 @@ from typing import NamedTuple
 from peewee import TextField
 
 from ingest.canonical import utcnow
-from models import BaseModel, JSONField, UTCDateTimeField, any_of, database, holding, writing
+from models import BaseModel, JSONField, Statement, UTCDateTimeField, any_of, database, holding, writing
 from storage.stores import Person, Store
 
 
@@ -45,27 +45,23 @@ _FIND = "SELECT identity, fbid FROM pixel_profiles WHERE site = {param} AND uuid
 _UPSERT = ("INSERT INTO pixel_profiles (site, uuid, identity, fbid, created_at, updated_at) "
            "VALUES ({param}, {param}, {param}, {param}, {param}, {param}) ON CONFLICT (site, uuid) DO UPDATE SET "
            "identity = excluded.identity, fbid = excluded.fbid, updated_at = excluded.updated_at")
-UNREAD = object()
 
 
-def remember(site_id: str, uuid: str, identity: dict[str, str], fbid: str | None, now: datetime | None = None,
-             known: Known | None | object = UNREAD) -> None:
-    """Merge this call's hashes and fbid into the visitor's profile; newer values win, nothing is forgotten.
-    `known`: the profile as the caller just read it (`find`), or None for a visitor who has none."""
+def merging(site_id: str, uuid: str, identity: dict[str, str], fbid: str | None, now: datetime,
+            known: Known | None) -> Statement | None:
+    """The upsert that merges this call's hashes and fbid into the visitor's profile (newer values win, nothing is
+    forgotten), or None when it would change nothing. `known`: the profile as the caller just read it (`find`), or
+    None for a visitor who has none. The pixel route stores it with the call's event (models.record_event)."""
     if not identity and fbid is None:
-        return  # a call that names nobody adds nothing: no row per page view
-    now = now or utcnow()
-    if known is UNREAD:
-        known = find(site_id, uuid)
+        return None  # a call that names nobody adds nothing: no row per page view
     merged = {**(known.identity if known else {}), **identity}
     fbid = fbid or (known.fbid if known else None)
     if known and (known.identity, known.fbid) == (merged, fbid):
-        return
+        return None
     # A visitor's calls rarely race; if two do, the later write wins and both events keep their own hashes.
     stamp = PixelProfile.updated_at.db_value(now)
-    with writing():
-        database.execute_sql(_UPSERT.format(param=database.param),
-                             (site_id, uuid, PixelProfile.identity.db_value(merged), fbid, stamp, stamp))
+    return Statement(_UPSERT.format(param=database.param),
+                     (site_id, uuid, PixelProfile.identity.db_value(merged), fbid, stamp, stamp))
 
 
 def forget(site_id: str, uuid: str) -> int:
