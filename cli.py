@@ -129,9 +129,10 @@ def retry_now(destination: str):
 @click.option("--parent", type=int, help="Stop when this process (the gunicorn master that started it) is gone.")
 def dispatch(parent: int | None):
     """Run the dispatcher in the foreground until SIGTERM (what `make run` starts beside the web workers)."""
-    from delivery.process import lock_problem, run
+    from delivery.process import lock_problem, lower_priority, run
     from models import unwritable
 
+    lower_priority()
     config = _load()
     problem = unwritable(config.database) or lock_problem(config)
     if problem:

@@ -15,6 +15,9 @@ log = logging.getLogger(__name__)
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter
 MALLOC_ARENAS = 2
+# How far below the web workers the dispatcher runs (POSTBACK_DISPATCHER_NICE): a request waits for CPU behind a
+# drain otherwise, and a delivery can wait out a burst where an answer to a form or a bot cannot.
+NICENESS = 5
 STOP_MARGIN = 5.0  # seconds past timeout_seconds a stop waits: the last request's answer, then its outcomes written
 
 
@@ -31,6 +34,15 @@ def cap_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
         return ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, arenas) == 1
     except (OSError, AttributeError):
         return False
+
+
+def lower_priority(environ=os.environ) -> int:
+    """Run this process `NICENESS` (or POSTBACK_DISPATCHER_NICE) steps below its parent's scheduling priority, so
+    the web workers' requests get the CPU first while both want it; when they are idle the drain has it all.
+    Returns the process's niceness now."""
+    raw = environ.get("POSTBACK_DISPATCHER_NICE", "")
+    steps = int(raw) if raw.strip().lstrip("-").isdigit() else NICENESS
+    return os.nice(max(0, steps))  # raising it needs no privilege; lowering it would
 
 
 def lock_problem(config: Config) -> str | None:

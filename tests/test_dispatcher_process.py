@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from delivery.dispatcher import CLAIM_LIMIT
+from delivery.process import NICENESS
 from ingest.fanout import plan_sends
 from models import Event, record_event, writing
 from tests.conftest import DATABASE_FILES, ROOT, base_config, build_config, meta_destination
@@ -123,6 +124,10 @@ def test_a_sigterm_mid_batch_records_that_batch_and_a_restart_delivers_every_eve
     assert text.count('"message": "dispatcher stopped"') == 2
 
 
+def niceness(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])  # field 19: nice
+
+
 def started_pids(log: Path) -> list[int]:
     return [json.loads(line)["pid"] for line in log.read_text().splitlines()
             if '"message": "dispatcher started"' in line]
@@ -140,6 +145,7 @@ def test_gunicorns_master_runs_the_dispatcher_starts_it_again_when_it_dies_and_s
         _wait_until_up(f"http://127.0.0.1:{port}", master, log)
         wait_for(lambda: len(started_pids(log)) == 1, 30, "the dispatcher started")
         first = started_pids(log)[0]
+        assert niceness(first) == niceness(master.pid) + NICENESS  # requests get the CPU first
         os.kill(first, signal.SIGKILL)
         wait_for(lambda: len(started_pids(log)) == 2, 30, "the dispatcher started again")
         second = started_pids(log)[1]
@@ -159,3 +165,12 @@ def test_the_dispatcher_process_caps_mallocs_arenas_where_glibc_lets_it():
     from delivery.process import cap_malloc_arenas
 
     assert cap_malloc_arenas() is (platform.libc_ver()[0] == "glibc")
+
+
+@pytest.mark.parametrize("setting, steps", [(None, NICENESS), ("2", 2), ("0", 0), ("soon", NICENESS), ("-3", 0)])
+def test_the_dispatcher_lowers_its_own_priority_by_postback_dispatcher_nice(setting, steps):
+    environ = {} if setting is None else {"POSTBACK_DISPATCHER_NICE": setting}
+    code = f"from delivery.process import lower_priority; print(lower_priority({environ!r}))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+
+    assert int(out) == os.nice(0) + steps
