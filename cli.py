@@ -138,7 +138,9 @@ def dispatch(parent: int | None):
     if problem:
         click.echo(problem, err=True)
         sys.exit(1)
-    _open(config)
+    from delivery.dispatcher import CONNECTION_PRAGMAS
+
+    _open(config, CONNECTION_PRAGMAS)
     from config import ConfigWatch
     from console import metrics
 
@@ -151,10 +153,10 @@ def dispatch(parent: int | None):
 @cli.command("drain")
 def drain():
     """Run one dispatch pass now and print what each destination did."""
-    from delivery.dispatcher import Dispatcher
+    from delivery.dispatcher import CONNECTION_PRAGMAS, Dispatcher
 
     config = _load()
-    _open(config)
+    _open(config, CONNECTION_PRAGMAS)
     for key, count in sorted(Dispatcher(lambda: config).drain_once().items()):
         click.echo(f"{key}: {count} send(s) processed")
 
@@ -309,9 +311,9 @@ def _load(path: str | None = None) -> Config:
     return load_config(path, platforms=REGISTRY)
 
 
-def _open(config: Config) -> None:
+def _open(config: Config, pragmas: dict | None = None) -> None:
     try:
-        open_database(config.database)
+        open_database(config.database, pragmas=pragmas)
     except SchemaError as exc:
         click.echo(str(exc), err=True)
         sys.exit(1)

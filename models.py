@@ -272,15 +272,16 @@ class DestinationState(BaseModel):
         table_name = "destination_state"
 
 
-def open_database(url: str, migrate: bool = True, steps: tuple[Step, ...] = STEPS):
+def open_database(url: str, migrate: bool = True, steps: tuple[Step, ...] = STEPS, pragmas: dict | None = None):
     """Connect (SQLite in WAL mode with a busy timeout), create missing folders; unless told not to, bring the
-    schema up to date (storage/migrations.py: missing tables created, pending steps applied, once per box)."""
+    schema up to date (storage/migrations.py: missing tables created, pending steps applied, once per box).
+    `pragmas` are added to SQLITE_PRAGMAS for every connection of this process (SQLite only)."""
     if url.startswith("sqlite:///"):
         path = url[len("sqlite:///"):]
         folder = os.path.dirname(path)
         if folder and path != ":memory:":
             os.makedirs(folder, exist_ok=True)
-        db = connect(url, pragmas=SQLITE_PRAGMAS, check_same_thread=False)
+        db = connect(url, pragmas={**SQLITE_PRAGMAS, **(pragmas or {})}, check_same_thread=False)
     else:
         db = connect(url)
     database.initialize(db)
@@ -580,6 +581,10 @@ WRITER: GroupWriter[_Rows, int | None] = GroupWriter(database, _insert_events, w
 # which, with SQLite's write lock held, every other writer of the box waits for too.
 MAX_PARAMS = 32766  # per statement: SQLite's default limit (PostgreSQL's is 65535)
 MAX_ROWS = 256
+# An UPDATE ... FROM (VALUES ...) is prepared at about 1.4 KB per row of VALUES, and every thread that records
+# outcomes (the dispatcher's senders and drains, a connection each) keeps each size it ran in its connection's
+# statement cache: up to 256 rows, about 1 MB a connection; up to 64, about 270 KB, for a few more statements.
+UPDATE_ROWS = 64
 
 
 def insert_rows(table: str, columns: list[str], rows: list[list], suffix: str = "") -> list[tuple]:
@@ -604,7 +609,7 @@ def update_rows(table: str, match: list[str], columns: list[str], rows: list[lis
     conditions = [f"{table}.{column} = v.column{i}" for i, column in enumerate(match, 1)] + ([where] if where else [])
     types = _column_types(table, [*match, *columns])
     changed = 0
-    for chunk in _chunks(rows, len(match) + len(columns)):
+    for chunk in _chunks(rows, len(match) + len(columns), UPDATE_ROWS):
         cursor = database.execute_sql(
             f"UPDATE {table} SET {sets} FROM (VALUES {_values(chunk, types)}) AS v WHERE {' AND '.join(conditions)}",
             [*(value for row in chunk for value in row), *params])
@@ -630,15 +635,23 @@ def _column_types(table: str, columns: list[str]) -> list[str] | None:
     return types
 
 
-def _chunks(rows: list[list], width: int):
-    """Slices of a power-of-two length up to MAX_ROWS: few statements, and few shapes of them for the driver to
+def _chunks(rows: list[list], width: int, limit: int = MAX_ROWS):
+    """Slices of a power-of-two length up to `limit` rows: few statements, and few shapes of them for the driver to
     prepare and keep (each size is a statement of its own in its cache, a big one weighing megabytes)."""
-    most = min(MAX_ROWS, 1 << (MAX_PARAMS // width).bit_length() - 1)
+    most = min(limit, 1 << (MAX_PARAMS // width).bit_length() - 1)
     start = 0
     while start < len(rows):
         size = min(most, 1 << (len(rows) - start).bit_length() - 1)
         yield rows[start:start + size]
         start += size
+
+
+def padded(values: list) -> list:
+    """`values` with its last one repeated up to a power-of-two length, for an `IN (...)` list. Each length is a
+    statement of its own in the connection's cache (about 200 bytes of prepared statement per value): claims of
+    every size up to a few hundred ids would keep up to 128 of them (the cache's size), where padded they are
+    nine or ten. A value twice in an IN list matches the same rows."""
+    return values + values[-1:] * ((1 << (len(values) - 1).bit_length()) - len(values)) if values else values
 
 
 def _values(rows: list[list], types: list[str] | None = None) -> str:

@@ -967,7 +967,7 @@ def dispatch_once(n: int, only: tuple[str, ...], urls: dict[str, str], folder: P
     from delivery import sends as delivery
     from ingest.canonical import utcnow
     from config import parse_config
-    from delivery.dispatcher import Dispatcher
+    from delivery.dispatcher import CONNECTION_PRAGMAS, Dispatcher
     from models import database, open_database
     from platforms import REGISTRY
 
@@ -979,7 +979,7 @@ def dispatch_once(n: int, only: tuple[str, ...], urls: dict[str, str], folder: P
     raw["storage"]["database"] = f"sqlite:///{db_path}"
     raw["sites"][0]["destinations"] = live_destinations(raw, urls, only)
     config = parse_config(yaml.safe_dump(raw), {}, platforms=REGISTRY)
-    open_database(config.database)
+    open_database(config.database, pragmas=CONNECTION_PRAGMAS)  # as the dispatcher process opens it
     try:
         started = time.perf_counter()
         seed(n, config)

@@ -12,7 +12,7 @@ from ingest.canonical import CanonicalEvent, utcnow
 from config import Destination
 from models import (
     CANONICAL_COLUMNS, FAILED, FINAL, PENDING, SENDING, SKIPPED, DestinationState, Event, Send, canonical_event,
-    database, for_update, update_rows, writing,
+    database, for_update, padded, update_rows, writing,
 )
 from ingest.privacy import reduce_ip
 
@@ -49,7 +49,7 @@ def claim(destination: str, limit: int, now: datetime, lease: timedelta) -> list
         # and lease more rows than `limit`.
         ids = [send_id for send_id, in due.tuples()]
         (Send.update(status=SENDING, lease_owner=owner, lease_until=now + lease)
-         .where(Send.id.in_(ids) & (Send.status == PENDING)).execute())
+         .where(Send.id.in_(padded(ids)) & (Send.status == PENDING)).execute())
     rows = (Send.select(*CLAIM_COLUMNS, *CANONICAL_COLUMNS).join(Event)
             .where((Send.lease_owner == owner) & (Send.status == SENDING)).order_by(Send.id).tuples())
     return [_claimed(row) for row in rows.iterator()]  # iterated: peewee keeps no second copy of the rows
