@@ -24,7 +24,7 @@ Postback, bare, ...), and is the median of the pairs' ratios (BENCH_PAIRS pairs,
 
 Knobs (environment): BENCH_PAIRS (5), BENCH_SECONDS (6), BENCH_CONNECTIONS (16), BENCH_WRK_THREADS (2),
 BENCH_WRK_TIMEOUT ("5s"), BENCH_WARMUP_SECONDS (2), BENCH_EVENTS (10000), BENCH_DISPATCH_RUNS (= BENCH_PAIRS),
-BENCH_DRAIN_WAIT (60, seconds to wait for the backlog after a run), BENCH_MILLION (off), BENCH_CHUNK_SECONDS
+BENCH_DRAIN_WAIT (60, seconds the backlog left by a run may go without shrinking), BENCH_MILLION (off), BENCH_CHUNK_SECONDS
 (60, the long run's wrk runs), BENCH_OUT (bench/out/last.md), BENCH_KEEP=1 (keep the temp folder). About 6
 minutes by default on 2 cores; quick mode, under a minute:
     BENCH_PAIRS=1 BENCH_SECONDS=2 BENCH_EVENTS=2000 make bench
@@ -622,13 +622,17 @@ def backlog(path: Path) -> int:
     return query(path, "SELECT count(*) FROM sends WHERE status IN ('pending', 'sending')")[0][0]
 
 
-def wait_drained(path: Path, limit: float) -> tuple[int, float]:
-    """Wait until the dispatcher has no pending or sending row left; (rows left, seconds waited)."""
+def wait_drained(path: Path, stall: float) -> tuple[int, float]:
+    """Wait until the dispatcher has no pending or sending row left, for as long as the backlog keeps shrinking:
+    it gives up once `stall` seconds went by without a send finished. (rows left, seconds waited)."""
     start = time.monotonic()
+    fewest, progressed = None, start
     while True:
-        left = backlog(path)
-        if left == 0 or time.monotonic() - start >= limit:
-            return left, time.monotonic() - start
+        left, now = backlog(path), time.monotonic()
+        if fewest is None or left < fewest:
+            fewest, progressed = left, now
+        if left == 0 or now - progressed >= stall:
+            return left, now - start
         time.sleep(0.1)
 
 
@@ -769,8 +773,8 @@ def drain_after(server: Server, run: WrkRun, db_path: Path, s: Settings) -> None
     left, waited = wait_drained(db_path, s.drain_wait)
     after = server.cpu_by_role()
     if left:
-        raise BenchError(f"{server.name}: the dispatcher still had {left} send(s) pending {s.drain_wait:g} s after a "
-                         f"run (raise BENCH_DRAIN_WAIT?)\n{server.proc.log_tail()}")
+        raise BenchError(f"{server.name}: the dispatcher still had {left} send(s) pending after a run, and none "
+                         f"finished in the last {s.drain_wait:g} s (raise BENCH_DRAIN_WAIT?)\n{server.proc.log_tail()}")
     run.drain_cpu = {r: (after[r] - before[r]) / ticks for r in after}
     run.drain_seconds = waited
     server.check_alive()

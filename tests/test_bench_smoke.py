@@ -1,5 +1,8 @@
 """`make bench`'s driver: its parsing, judging and reporting helpers and its baseline server, not anyone's speed."""
 import json
+import sqlite3
+import threading
+import time
 import runpy
 from pathlib import Path
 
@@ -124,3 +127,33 @@ def test_the_fakes_count_each_platforms_events_by_its_own_id():
     assert fake_platforms.success("google_ads", conversions) == (
         200, b'{"results": [{"gclid": "g", "conversionAction": "a", "conversionDateTime": "t"}], "jobId": "1"}')
     assert fake_platforms.success("ga4", [{}]) == (204, b"")
+
+
+def sends_table(path: Path, pending: int) -> None:
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE sends (id INTEGER PRIMARY KEY, status TEXT)")
+        db.executemany("INSERT INTO sends (status) VALUES (?)", [("pending",)] * pending)
+
+
+def test_the_wait_for_a_backlog_lasts_while_it_shrinks_longer_than_the_stall_limit(tmp_path):
+    path = tmp_path / "postback.db"
+    sends_table(path, 6)
+
+    def deliver():  # one send every 0.1 s: 0.6 s in all, each step well within the 0.4 s stall limit
+        for _ in range(6):
+            time.sleep(0.1)
+            with sqlite3.connect(path) as db:
+                db.execute("UPDATE sends SET status = 'sent' WHERE id = (SELECT min(id) FROM sends WHERE status = 'pending')")
+
+    worker = threading.Thread(target=deliver)
+    worker.start()
+    left, waited = bench.wait_drained(path, stall=0.4)
+    worker.join()
+    assert left == 0 and waited >= 0.6
+
+
+def test_the_wait_for_a_backlog_gives_up_once_it_stops_shrinking(tmp_path):
+    path = tmp_path / "postback.db"
+    sends_table(path, 3)
+
+    assert bench.wait_drained(path, stall=0.3)[0] == 3
