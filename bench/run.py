@@ -18,14 +18,15 @@ Postback, bare, ...), and is the median of the pairs' ratios (BENCH_PAIRS pairs,
    Meta alone, to each other fake alone, and to all five together; timed from the first claim to the last
    recorded outcome.
 4. Footprint: peak RSS (VmHWM) of every Postback process (gunicorn master, each worker, the dispatcher), and
-   database bytes per event after VACUUM (free pages and the empty schema's pages not counted; file + WAL after a checkpoint is shown beside).
+   database bytes per event after VACUUM (free pages and the empty schema's pages not counted; file + WAL after a
+   checkpoint is shown beside).
    BENCH_MILLION=1 adds a long run of 1,000,000 events (BENCH_MILLION=<n> for n events) that says whether each
    process's RSS stays flat (±10 %); about 55 minutes on 2 cores (~320 events/s, each chunk's backlog emptied).
 
 Knobs (environment): BENCH_PAIRS (5), BENCH_SECONDS (6), BENCH_CONNECTIONS (16), BENCH_WRK_THREADS (2),
 BENCH_WRK_TIMEOUT ("5s"), BENCH_WARMUP_SECONDS (2), BENCH_EVENTS (10000), BENCH_DISPATCH_RUNS (= BENCH_PAIRS),
-BENCH_DRAIN_WAIT (60, seconds the backlog left by a run may go without shrinking), BENCH_MILLION (off), BENCH_CHUNK_SECONDS
-(60, the long run's wrk runs), BENCH_OUT (bench/out/last.md), BENCH_KEEP=1 (keep the temp folder). About 6
+BENCH_DRAIN_WAIT (60, seconds the backlog left by a run may go without shrinking), BENCH_MILLION (off),
+BENCH_CHUNK_SECONDS (60, the long run's wrk runs), BENCH_OUT (bench/out/last.md), BENCH_KEEP=1 (keep the temp folder). About 6
 minutes by default on 2 cores; quick mode, under a minute:
     BENCH_PAIRS=1 BENCH_SECONDS=2 BENCH_EVENTS=2000 make bench
 
@@ -843,8 +844,8 @@ def check_stored(db_path: Path, at_least: int, what: str) -> int:
     return events
 
 
-
-def postback_server(name: str, raw: dict, work: Path, workers: int, destinations: list | None = None) -> tuple["Server", Path]:
+def postback_server(name: str, raw: dict, work: Path, workers: int,
+                    destinations: list | None = None) -> tuple[Server, Path]:
     """Postback under gunicorn.conf.py with its dispatcher, on a database and config of its own in work/<name>;
     `destinations` replace the example's."""
     folder = work / name
@@ -858,6 +859,7 @@ def postback_server(name: str, raw: dict, work: Path, workers: int, destinations
                     child_env(POSTBACK_CONFIG=str(write_config(config, folder / "config.yaml"))),
                     work / f"postback-{name}.log", workers, dispatcher=True)
     return server, db
+
 
 def ingest(s: Settings, work: Path, gconf: dict, fakes: FakePlatforms) -> IngestResult:
     result = IngestResult()

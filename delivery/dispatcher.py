@@ -241,7 +241,8 @@ class Dispatcher:
                 delivery.record(changes[start:start + RECORD_CHUNK], self.config.ip_policy)
             if setup:
                 delivery.pause(dest, setup[-1].error or "setup error", now)
-            self._health.observe(dest.key, outcomes, changes, now)  # in turn: two requests of a destination answer at once
+            # in turn: two requests of one destination may be answered at once
+            self._health.observe(dest.key, outcomes, changes, now)
         return any(o.kind in (THROTTLE, SETUP) for o in outcomes)
 
     def _note_slow(self, dest: Destination, seconds: float) -> None:

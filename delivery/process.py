@@ -40,8 +40,10 @@ def lower_priority(environ=os.environ) -> int:
     """Run this process `NICENESS` (or POSTBACK_DISPATCHER_NICE) steps below its parent's scheduling priority, so
     the web workers' requests get the CPU first while both want it; when they are idle the drain has it all.
     Returns the process's niceness now."""
-    raw = environ.get("POSTBACK_DISPATCHER_NICE", "")
-    steps = int(raw) if raw.strip().lstrip("-").isdigit() else NICENESS
+    try:
+        steps = int(environ.get("POSTBACK_DISPATCHER_NICE", NICENESS))
+    except ValueError:
+        steps = NICENESS
     return os.nice(max(0, steps))  # raising it needs no privilege; lowering it would
 
 

@@ -1,9 +1,9 @@
 """`make bench`'s driver: its parsing, judging and reporting helpers and its baseline server, not anyone's speed."""
 import json
+import runpy
 import sqlite3
 import threading
 import time
-import runpy
 from pathlib import Path
 
 import pytest
@@ -143,7 +143,8 @@ def test_the_wait_for_a_backlog_lasts_while_it_shrinks_longer_than_the_stall_lim
         for _ in range(6):
             time.sleep(0.1)
             with sqlite3.connect(path) as db:
-                db.execute("UPDATE sends SET status = 'sent' WHERE id = (SELECT min(id) FROM sends WHERE status = 'pending')")
+                db.execute("UPDATE sends SET status = 'sent' "
+                           "WHERE id = (SELECT min(id) FROM sends WHERE status = 'pending')")
 
     worker = threading.Thread(target=deliver)
     worker.start()

@@ -697,4 +697,3 @@ def test_erasing_a_user_through_the_user_api_also_forgets_their_pixel_profile(cl
     assert response.get_json()["status"] == "ok"
     assert PixelProfile.select().count() == 0
     assert Event.get().identity == {}
-
