@@ -31,6 +31,7 @@ database = DatabaseProxy()
 
 PENDING, SENDING, SENT, FAILED, SKIPPED = "pending", "sending", "sent", "failed", "skipped"
 FINAL = (SENT, FAILED, SKIPPED)
+MAX_ROW_ID = 2 ** 63 - 1  # the largest id (and offset) SQLite and PostgreSQL take: a larger one overflows
 # secure_delete: pages freed by an erasure or an IP reduction are zeroed, so the old bytes leave the file.
 # page_size (a new database only): events are about 900 bytes each, and a page holds whole rows, so 4 KB pages
 # leave a fifth of each page empty where 8 KB pages leave a few percent. Bigger pages save little more and cost

@@ -10,9 +10,10 @@ from typing import Mapping
 from peewee import fn
 
 from config import Config
-from models import FAILED, PENDING, SENDING, SENT, SKIPPED, Event, Send
+from models import FAILED, MAX_ROW_ID, PENDING, SENDING, SENT, SKIPPED, Event, Send
 
 PAGE_SIZE = 50
+LAST_PAGE = MAX_ROW_ID // PAGE_SIZE  # past it the offset overflows the database's integer: an empty page, not a 500
 STATUSES = (PENDING, SENDING, SENT, FAILED, SKIPPED)
 LISTED = (Event.id, Event.site, Event.dialect, Event.event_name, Event.standard_name, Event.event_id,
           Event.order_id, Event.value, Event.currency, Event.received_at)
@@ -37,7 +38,7 @@ class Filters:
 
 def listing(config: Config, filters: Filters, page: int = 1) -> dict:
     """One page of events, newest first, with each event's sends' statuses."""
-    page = max(1, page)
+    page = min(max(1, page), LAST_PAGE)
     if filters.q:
         events, more = found(config, filters), False
     else:

@@ -23,12 +23,12 @@ from delivery.backfill import BackfillError, backfill, destination_to_backfill, 
 from dialects.errors import BodyTooLarge, FieldError, Refused, StorageFault
 from ingest import inspector
 from ingest.canonical import utcnow
+from models import MAX_ROW_ID  # a larger id in a path is no route (404), not a 500
 from routes.common import current_config, read_json, read_object, requester_ip
 
 bp = Blueprint("admin", __name__, url_prefix="/admin/api")
 SESSION_HOURS = 12
 PASSWORD_FILE = "admin-password"
-MAX_ROW_ID = 2 ** 63 - 1  # the largest id a database row can have: a larger one is no route (404), not a 500
 
 
 @bp.errorhandler(Refused)

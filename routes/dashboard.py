@@ -17,6 +17,7 @@ from config import Config
 from dialects.errors import Refused
 from ingest import inspector
 from ingest.canonical import utcnow
+from models import MAX_ROW_ID  # a larger id in a path is no route (404), not a 500
 from console.sessions import end_session, open_session, valid_session
 from routes.admin import SESSION_HOURS, Throttled, guarded, password_file, password_matches
 from routes.common import current_config
@@ -125,7 +126,7 @@ def events():
     return render_template("events.html", data=listing(current_config(), filters, _page()))
 
 
-@bp.get("/dashboard/events/<int:event_pk>")
+@bp.get(f"/dashboard/events/<int(max={MAX_ROW_ID}):event_pk>")
 def event(event_pk: int):
     found = story(current_config(), event_pk)
     if found is None:
@@ -133,7 +134,7 @@ def event(event_pk: int):
     return render_template("event.html", story=found)
 
 
-@bp.post("/dashboard/sends/<int:send_pk>/replay")
+@bp.post(f"/dashboard/sends/<int(max={MAX_ROW_ID}):send_pk>/replay")
 def replay_send(send_pk: int):
     event_pk = request.form.get("event", type=int)
     queued = replay(send_pk)

@@ -135,7 +135,10 @@ def test_the_event_listing_finds_an_event_by_event_id_or_order_id(client, frozen
 def test_an_events_page_past_the_last_is_empty_and_says_so(client):
     track(client, signup("evt_1"))
     sign_in(client)
-    assert "No event matches these filters." in client.get("/dashboard/events?page=2&site=shop").get_data(as_text=True)
+    for query, newest in (("", "/dashboard/events"), ("&site=shop", "/dashboard/events?site=shop")):
+        page = client.get(f"/dashboard/events?page=2{query}").get_data(as_text=True)
+        assert (f'No event on page 2: the events end before it. <a href="{newest}">Newest events</a>.' in page,
+                "No events yet" in page) == (True, False)
 
 
 def test_no_events_yet_shows_the_curl_of_a_first_event(client):
@@ -174,6 +177,22 @@ def test_an_events_story_says_how_it_arrived_and_names_its_identity_fields_only(
                      "external_id": True, "anonymous_id": False},
     }
     assert client.get("/admin/api/events/2", headers=ADMIN).get_json() == {"error": "No event #2", "code": 404}
+
+
+def test_an_id_or_a_page_past_the_databases_integer_is_not_found_rather_than_a_500(client):
+    track(client, signup("evt_1"))
+    sign_in(client)
+    past, last_id = 2 ** 63, 2 ** 63 - 1
+    assert client.get(f"/dashboard/events/{past}").status_code == 404
+    assert "No event #9223372036854775807" in client.get(f"/dashboard/events/{last_id}").get_data(as_text=True)
+    assert client.post(f"/dashboard/sends/{past}/replay",
+                       data={"csrf_token": csrf_token(client, "/dashboard/")}).status_code == 404
+    assert client.get(f"/admin/api/events/{past}", headers=ADMIN).status_code == 404
+    assert client.post(f"/admin/api/sends/{past}/replay", headers=ADMIN).status_code == 404
+    listed = client.get(f"/admin/api/events?page={past}", headers=ADMIN).get_json()
+    assert (listed["events"], listed["page"], listed["has_next"]) == ([], last_id // 50, False)
+    assert (f"No event on page {last_id // 50}: the events end before it."
+            in client.get(f"/dashboard/events?page={past}").get_data(as_text=True))
 
 
 def test_a_failed_send_is_replayed_through_the_api(client):
