@@ -5,7 +5,7 @@ from config import Config, Destination
 from console.masking import masked
 from delivery.sends import replay_failed
 from ingest.canonical import CanonicalEvent
-from ingest.privacy import reduce_ip
+from ingest.privacy import payload_with_reduced_ip, reduce_ip
 from models import FAILED, PENDING, Event, Send
 from platforms import REGISTRY
 from platforms.base import Skip, match_quality
@@ -34,12 +34,14 @@ def story(config: Config, event_pk: int) -> dict | None:
         # a field's other forms kept for one platform (em_google, ph_e164) are that same field arriving
         "identity": {"fields": sorted({name.split("_")[0] for name in event.identity}), "click_ids": sorted(k for k, v in event.click_ids.items() if v),
                      "external_id": event.external_id is not None, "anonymous_id": event.anonymous_id is not None},
-        "sends": [send_story(send, canonical, config.destination(send.destination)) for send in sends],
+        "sends": [send_story(send, canonical, config.destination(send.destination), config.ip_policy)
+                  for send in sends],
     }
 
 
-def send_story(send: Send, event: CanonicalEvent, dest: Destination | None) -> dict:
-    """A send as the platform got it (or would): payload kept on the send, else rebuilt; secrets masked."""
+def send_story(send: Send, event: CanonicalEvent, dest: Destination | None, ip_policy: str) -> dict:
+    """A send as the platform got it (or would): payload kept on the send, else rebuilt; secrets masked, and the
+    client IP reduced as on the event's story (the full one is for the platform alone)."""
     module = REGISTRY.get(send.platform)
     payload, rebuilt, unbuildable = send.payload, False, None
     if payload is None and module is not None and dest is not None:
@@ -58,7 +60,8 @@ def send_story(send: Send, event: CanonicalEvent, dest: Destination | None) -> d
         "next_attempt_at": send.next_attempt_at.isoformat() if send.status == PENDING else None,
         "finished_at": send.finished_at.isoformat() if send.finished_at else None,
         "url": module.url(dest) if module is not None and dest is not None else None,
-        "payload": masked(payload), "rebuilt": rebuilt, "unbuildable": unbuildable,
+        "payload": masked(payload_with_reduced_ip(payload, event.ip, ip_policy)), "rebuilt": rebuilt,
+        "unbuildable": unbuildable,
         "configured": dest is not None,
         "answer": {"status": send.last_status, "error": send.last_error, "response": send.response_excerpt,
                    "trace_id": send.trace_id},

@@ -14,7 +14,7 @@ from models import (
     CANONICAL_COLUMNS, FAILED, FINAL, PENDING, SENDING, SKIPPED, DestinationState, Event, Send, canonical_event,
     database, for_update, padded, update_rows, writing,
 )
-from ingest.privacy import reduce_ip
+from ingest.privacy import payload_with_reduced_ip, reduce_ip
 
 
 class Claimed(NamedTuple):
@@ -116,9 +116,12 @@ def record(changes: list[Change], ip_policy: str) -> int:
     """Write many claimed sends' new states in one short transaction; returns how many were still claimed.
 
     The events whose sends are then all final lose their full IP, from the IP the claim loaded with
-    each send (`send.ip`), so no event row is read again. Values are converted before the
-    transaction begins: it holds SQLite's one write lock only for a few statements.
+    each send (`send.ip`), so no event row is read again. A payload kept on a send never holds the full IP,
+    whatever its status: the console shows the reduced one. Values are converted before the transaction begins:
+    it holds SQLite's one write lock only for a few statements.
     """
+    changes = [(send, {**values, "payload": payload_with_reduced_ip(values["payload"], send.ip, ip_policy)})
+               if values.get("payload") is not None else (send, values) for send, values in changes]
     updates = _updates(changes)
     reductions = _reductions({send.event_id: send.ip for send, values in changes if values["status"] in FINAL},
                              ip_policy)

@@ -14,3 +14,22 @@ def reduce_ip(ip: str | None, policy: str) -> str | None:
         return None
     dropped = address.max_prefixlen - (24 if address.version == 4 else 48)  # the host part's bits
     return str(type(address)(int(address) >> dropped << dropped))
+
+
+def payload_with_reduced_ip(payload, ip: str | None, policy: str):
+    """A payload as a send keeps it: each value equal to the full `ip` reduced by `policy`, or its key dropped.
+
+    The platform got the full IP; what stays in storage for the console holds it no longer than the event does.
+    """
+    if not ip:
+        return payload
+    reduced = reduce_ip(ip, policy)
+
+    def walk(value):
+        if isinstance(value, dict):
+            return {key: walk(item) for key, item in value.items() if not (item == ip and reduced is None)}
+        if isinstance(value, list):
+            return [walk(item) for item in value if not (item == ip and reduced is None)]
+        return reduced if value == ip else value
+
+    return walk(payload)

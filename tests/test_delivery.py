@@ -13,14 +13,16 @@ from functools import partial
 import pytest
 import yaml
 from click.testing import CliRunner
+from peewee import fn
 
 from delivery import sends as delivery
 from app import create_app
 from cli import cli
+from console.story import story
 from ingest.canonical import utcnow
 from config import Config
 from delivery.dispatcher import Dispatcher, LeaderLock
-from models import DestinationState, Event
+from models import DestinationState, Event, Send
 from platforms import meta
 from ingest.privacy import reduce_ip
 from tests import helpers
@@ -401,6 +403,39 @@ def test_an_ip_erased_while_its_send_was_out_is_not_written_back(client, fake_me
     assert delivery.finish(claimed, "sent", now, "truncate") is True
 
     assert Event.get().ip is None
+
+
+@pytest.mark.parametrize("policy, kept", [("truncate", "203.0.113.0"), ("drop", None)])
+def test_a_payload_kept_on_a_send_never_holds_the_full_ip_the_platform_got(raw, request, policy, kept):
+    raw["privacy"]["ip"] = policy
+    client, dispatcher = request.getfixturevalue("client"), request.getfixturevalue("dispatcher")
+    fake_meta = request.getfixturevalue("fake_meta")
+    fake_meta.script("500")  # e1's first request fails: its send keeps the payload while it waits to retry
+    now = track(client, signup("e1"))
+    dispatcher.drain_once(now=now)
+    assert row("e1")["status"] == "pending"
+    retrying = send_of("e1").payload["user_data"]
+    track(client, signup("e2"))
+    dispatcher.drain_once(now=now + 12 * SECOND)  # the retry and e2 in one request: its sample is e1's
+
+    got = [event["user_data"] for event in fake_meta.events]
+    assert [user["client_ip_address"] for user in got] == ["203.0.113.7", "203.0.113.7"]
+    sample = send_of("e1").payload["user_data"]
+    assert (retrying.get("client_ip_address"), sample.get("client_ip_address")) == (kept, kept)
+    assert {key: value for key, value in sample.items() if key != "client_ip_address"} == {
+        key: value for key, value in got[0].items() if key != "client_ip_address"}
+    assert ("client_ip_address" in sample) == (kept is not None)
+    stored = Send.select(fn.COUNT(Send.id)).where(Send.payload.contains("203.0.113.7")).scalar()
+    assert stored == 0
+
+
+def test_the_console_shows_a_send_rebuilt_for_a_pending_event_with_the_reduced_ip(raw, request):
+    client = request.getfixturevalue("client")
+    track(client, signup("e1"))  # not drained: the event still has its full IP, for the platform
+    shown = story(build_config(raw), Event.get().id)["sends"][0]
+
+    assert (Event.get().ip, shown["rebuilt"]) == ("203.0.113.7", True)
+    assert shown["payload"]["user_data"]["client_ip_address"] == "203.0.113.0"
 
 
 @pytest.mark.parametrize("ip", ["203.0.113.7", "10.0.0.255", "0.0.0.0", "2001:db8:abcd:12:34::1", "2001:db8::",
