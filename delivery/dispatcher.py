@@ -34,7 +34,8 @@ MAX_DRAIN_THREADS = 32
 # Requests of one destination waiting for their answers at once. The drain claims and builds the next claim while
 # one waits, so its Python work overlaps the wait even at one. Two would send a request beside one a throttle or
 # setup answer comes back to, which the drain promises not to do; and at a fast Meta they drain no faster than one,
-# holding a claim more (docs/delivery.md, "How a drain overlaps its waits").
+# holding a claim more (docs/delivery.md, "How a drain overlaps its waits"). A platform whose requests carry one
+# client each (GA4) may declare an IN_FLIGHT of its own: one at a time, its drain waits out a round trip per event.
 IN_FLIGHT = 1
 # Sends claimed at once, whatever the platform's batch limit. A claim holds its events, then their payloads, until
 # its last outcome is recorded, and each destination holds two (the one whose request waits for its answer, the next
@@ -68,6 +69,11 @@ def split_requests(module, batch: list[tuple]) -> list[list[tuple]]:
     return [group[i:i + limit] for group in groups.values() for i in range(0, len(group), limit)]
 
 
+def in_flight(module) -> int:
+    """How many requests of one destination of this platform may wait for their answers at once."""
+    return getattr(module, "IN_FLIGHT", IN_FLIGHT)
+
+
 def kept(item: dict, quality: dict, sample: bool) -> dict:
     """What a send keeps of the payload it was built with: all of it when an operator may need it exactly (a
     failure, a retry, one sample per request or dry-mode claim); otherwise nothing, and the console rebuilds it
@@ -87,7 +93,8 @@ class Dispatcher:
         self.http = Http(config_source().timeout_seconds)
         self._caches: dict[tuple[str, str], object] = {}
         self._pool = ThreadPoolExecutor(MAX_DRAIN_THREADS, thread_name_prefix="drain")
-        self._senders = ThreadPoolExecutor(MAX_DRAIN_THREADS * IN_FLIGHT, thread_name_prefix="send")
+        self._senders = ThreadPoolExecutor(MAX_DRAIN_THREADS * max(map(in_flight, REGISTRY.values())),
+                                           thread_name_prefix="send")
         self._running: dict[str, Future] = {}
         self._stopping = threading.Event()
         # per destination, the claims whose requests are not all answered: handed back if a stop times out
@@ -134,10 +141,11 @@ class Dispatcher:
     def drain_destination(self, dest: Destination, now: datetime | None = None) -> int:
         """Send everything due for one destination until none is left, it is throttled or it is paused.
 
-        Its requests go out from a sender thread, IN_FLIGHT at a time, while this thread claims and builds the next
-        claim; the first throttle or setup answer halts the drain, and the requests not sent by then go back
-        untried. Returns how many sends it processed: claimed, and not handed back untried."""
+        Its requests go out from sender threads, `in_flight(module)` at a time, while this thread claims and builds
+        the next claim; the first throttle or setup answer halts the drain, and the requests not sent by then go
+        back untried. Returns how many sends it processed: claimed, and not handed back untried."""
         module = REGISTRY[dest.platform]
+        at_once = in_flight(module)
         self.http.timeout = self.config.timeout_seconds  # the config may have been reloaded since the last pass
         processed, untried = 0, []  # the drain's claims, and what of them its senders hand back untried
         halt = threading.Event()
@@ -160,7 +168,7 @@ class Dispatcher:
                     break
                 processed += len(rows)
                 while requests:
-                    while len(flight) >= IN_FLIGHT:
+                    while len(flight) >= at_once:
                         flight.popleft().result()
                     sending = self._senders.submit(self._request, dest, module, requests.pop(0), moment, halt,
                                                    untried)

@@ -8,6 +8,7 @@ keys never share a request), send(items, dest, http), verify(dest, http) (one ha
 credentials: a Verdict). Adding a platform is its module plus one line in NAMES.
 A platform that keeps something per destination between sends (Google Ads: its access token) also has
 cache(clock) -> that keeper; the dispatcher makes one per destination and passes it as send(..., cache=).
+One whose requests rarely share a batch (GA4) may set IN_FLIGHT: its requests waiting for answers at once.
 """
 from importlib import import_module
 

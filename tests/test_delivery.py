@@ -508,6 +508,37 @@ def test_five_live_platforms_with_latency_wait_for_their_answers_at_once(raw_con
         r["answered"] for rs in stamps.values() for r in rs)
 
 
+def test_ga4_requests_of_different_clients_wait_for_their_answers_side_by_side(raw_config):
+    from platforms import ga4
+    from tests.fakes.ga4 import FakeGA4
+    from tests.test_all_platforms import BROWSER, SECRET, live_settings
+
+    fake = FakeGA4({"G-TEST123": SECRET}).start()
+    try:
+        config = build_config(with_destinations(raw_config, live_settings("ga4", fake.url)))
+        client = create_app(config).test_client()
+        clients = [f"GA1.1.{1000 + i}.1767225600" for i in range(ga4.IN_FLIGHT + 2)]
+        for i, cookie in enumerate(clients):
+            body = {**signup(f"e{i}"), "ga_client_id": cookie}
+            assert client.post("/v1/track", json=body, headers=BROWSER).status_code == 200
+        stamped = timed(fake)
+        fake.script(*[("hang", LATENCY)] * len(clients))  # each request waits before its answer
+        dispatcher = Dispatcher(lambda: config)
+        try:
+            assert dispatcher.drain_once(now=utcnow()) == {"shop/ga4": len(clients)}
+        finally:
+            dispatcher.close()
+    finally:
+        fake.stop()
+
+    assert sorted(r["body"]["client_id"] for r in stamped) == sorted(c.split(".", 2)[2] for c in clients)
+    assert {helpers.row(f"e{i}", "shop/ga4")["status"] for i in range(len(clients))} == {"sent"}
+    first = sorted(stamped, key=lambda r: r["arrived"])[:ga4.IN_FLIGHT]
+    # the first IN_FLIGHT requests were all out before any answer came; the rest went as answers freed a place
+    assert max(r["arrived"] for r in first) < min(r["answered"] for r in stamped)
+    assert sorted(r["arrived"] for r in stamped)[ga4.IN_FLIGHT] > min(r["answered"] for r in stamped)
+
+
 def test_a_drain_builds_its_next_claim_while_a_request_waits_for_its_answer(client, fake_meta, dispatcher, monkeypatch):
     from delivery import dispatcher as dispatching
 
