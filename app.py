@@ -11,6 +11,7 @@ from werkzeug.exceptions import HTTPException
 
 import logs
 from config import Config, ConfigError, ConfigWatch, load_config
+from dialects.errors import StorageFault
 from models import open_database, release_connection
 from storage.migrations import SchemaError
 from platforms import REGISTRY
@@ -105,6 +106,9 @@ def serve() -> Flask:
         app = create_app(config)
     except SchemaError as exc:
         log.error("database: %s", exc)
+        sys.exit(3)
+    except StorageFault as exc:  # a lock file made unusable after gunicorn's start-up check, say
+        log.error("database: cannot write: %s", exc.fault)
         sys.exit(3)
     watch(app).start()  # in each worker: gunicorn loads the app after forking
     return app

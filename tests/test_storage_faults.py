@@ -3,6 +3,7 @@ dialect's own shape (the pixel still answers its GIF), nothing is half-stored, /
 write works again by itself once the fault is gone; start-up with such a fault stops with one message."""
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -155,6 +156,19 @@ def test_gunicorn_does_not_start_on_a_database_it_cannot_write_and_says_why_in_o
     assert said == [f"postback: cannot write the database sqlite:///{tmp_path}/db/postback.db: the write lock file "
                     f"postback.db.write.lock cannot be used (Is a directory)"]
     assert "Traceback" not in done.stderr and "Booting worker" not in done.stderr
+
+
+def test_a_worker_booting_on_a_lock_file_made_unusable_after_the_check_stops_gunicorn_with_one_line(
+        unusable_lock, tmp_path, monkeypatch, capfd):
+    import app as application
+
+    monkeypatch.setenv("POSTBACK_CONFIG", str(unusable_lock))
+    with pytest.raises(SystemExit) as stopped:
+        application.serve()  # gunicorn's entry in each worker: exit 3 stops gunicorn rather than booting it again
+    assert stopped.value.code == 3
+    said = [json.loads(line) for line in capfd.readouterr().err.splitlines()]
+    assert [(line["level"], line["logger"], line["message"]) for line in said] == [(
+        "ERROR", "app", "database: cannot write: the write lock file postback.db.write.lock cannot be used (Is a directory)")]
 
 
 def test_the_dispatch_command_does_not_start_on_a_database_it_cannot_write(unusable_lock, tmp_path):
