@@ -16,6 +16,7 @@ from ingest import personal
 _URL_SECRETS = (
     (re.compile(r"((?:access_token|api_secret)=)[^&\s\"'<>]+"), r"\1***"),
     (re.compile(r"/bot[^/\s]+/"), "/bot<token>/"),
+    (re.compile(r"(://[^/:@\s]+:)[^/@\s]+@"), r"\1***@"),  # a database URL's password
 )
 _HTTP_CLIENT_LOGGER = "urllib3.connectionpool"  # logs each request line (DEBUG) and retries (WARNING)
 

@@ -15,15 +15,18 @@ from typing import Iterable, NamedTuple
 
 from peewee import (
     OP, SQL, AutoField, BooleanField, DatabaseError, DatabaseProxy, DateTimeField, DoubleField, Expression, Field,
-    ForeignKeyField, IntegerField, IntegrityError, Model, NodeList, SqliteDatabase, TextField, Value, fn,
+    ForeignKeyField, IntegerField, IntegrityError, InterfaceError, Model, NodeList, SqliteDatabase, TextField, Value,
+    fn,
 )
 from playhouse.db_url import connect
 
+import logs
 from dialects.errors import StorageFault
 from ingest.canonical import CanonicalEvent
 from ingest.identity import keys_of
 from ingest.privacy import reduce_ip
 from ingest.writer import GroupWriter
+from storage import postgres  # noqa: F401 - PostgreSQL URLs get connections that survive a server restart
 from storage.migrations import STEPS, Step, upgrade, write_transaction
 from storage.stores import Person, Store, tables
 
@@ -370,7 +373,7 @@ def writing():
     try:
         with write_turn(), write_transaction(database):
             yield
-    except DatabaseError as exc:
+    except (DatabaseError, InterfaceError) as exc:  # InterfaceError: a PostgreSQL connection lost mid-transaction
         reason = storage_fault(exc)
         if reason is None:
             raise
@@ -388,8 +391,27 @@ def for_update(query, skip_locked: bool = False):
     return query.for_update(skip_locked=skip_locked)
 
 
+UNREACHABLE = "the database server cannot be reached"
 # What the database drivers say when storage, not the statement, is at fault; and what a person reads instead.
+# PostgreSQL's texts are libpq's and the server's (https://www.postgresql.org/docs/current/errcodes-appendix.html,
+# class 08 and 57P0x): a server that is down, restarting or out of connections fails every statement alike.
 _FAULTS = (
+    ("server closed the connection unexpectedly", UNREACHABLE),
+    ("connection already closed", UNREACHABLE),
+    ("could not connect to server", UNREACHABLE),
+    ("connection refused", UNREACHABLE),
+    ("could not receive data from server", UNREACHABLE),
+    ("could not send data to server", UNREACHABLE),
+    ("no connection to the server", UNREACHABLE),
+    ("ssl connection has been closed unexpectedly", UNREACHABLE),
+    ("could not translate host name", UNREACHABLE),
+    ("timeout expired", UNREACHABLE),
+    ("terminating connection due to administrator command", "the database server is shutting down"),
+    ("the database system is shutting down", "the database server is shutting down"),
+    ("the database system is starting up", "the database server is starting up"),
+    ("the database system is in recovery mode", "the database server is recovering"),
+    ("too many clients already", "the database server has no connection to spare"),
+    ("too many connections for", "the database server has no connection to spare"),
     ("database or disk is full", "the disk is full"),
     ("no space left on device", "the disk is full"),
     ("attempt to write a readonly database", "the database is read-only"),
@@ -447,7 +469,7 @@ def unwritable(url: str) -> str | None:
         if database.obj is not None:
             database.close()
         forget_write_turn()
-    return None if fault is None else f"cannot write the database {url}: {fault}"
+    return None if fault is None else f"cannot write the database {logs.redact(url)}: {fault}"
 
 
 def record_event(event: CanonicalEvent, sends: Iterable[dict], ip_policy: str,

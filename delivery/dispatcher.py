@@ -19,7 +19,7 @@ from delivery.states import Health
 from ingest.canonical import utcnow
 from config import Config, Destination
 from console import metrics
-from models import FAILED, SENT, SKIPPED
+from models import FAILED, SENT, SKIPPED, storage_fault
 from platforms import REGISTRY
 from ingest.fanout import past_window
 from outbound import Http
@@ -124,9 +124,17 @@ class Dispatcher:
         """The scheduler's job: start a drain for each destination that is not still busy with the last one."""
         if self._stopping.is_set():
             return
-        delivery.release_expired(self.clock(), self.config.max_attempts, self.config.ip_policy)
-        # Upkeep, derived from the database (delivery/alerts.py): a config change's dropped sends, then alerts.
-        alerts.tick(self.config, self.clock(), self.http)
+        try:
+            delivery.release_expired(self.clock(), self.config.max_attempts, self.config.ip_policy)
+            # Upkeep, derived from the database (delivery/alerts.py): a config change's dropped sends, then alerts.
+            alerts.tick(self.config, self.clock(), self.http)
+        except Exception as exc:
+            fault = storage_fault(exc)
+            if fault is None:
+                raise
+            # the database is away (PostgreSQL restarting, a full disk): each tick tries again, one line each
+            log.warning("dispatcher waiting for the database", extra={"fault": fault})
+            return
         for dest in self.config.destinations():
             running = self._running.get(dest.key)
             if running is None or running.done():
@@ -135,8 +143,13 @@ class Dispatcher:
     def _drain_logged(self, dest: Destination) -> None:
         try:
             self.drain_destination(dest)
-        except Exception:  # noqa: BLE001 - the claimed rows come back when their lease expires
-            log.exception("drain failed", extra={"destination": dest.key})
+        except Exception as exc:  # noqa: BLE001 - the claimed rows come back when their lease expires
+            fault = storage_fault(exc)
+            if fault is None:
+                log.exception("drain failed", extra={"destination": dest.key})
+            else:
+                log.warning("drain stopped: the database cannot be used",
+                            extra={"destination": dest.key, "fault": fault})
 
     def drain_destination(self, dest: Destination, now: datetime | None = None) -> int:
         """Send everything due for one destination until none is left, it is throttled or it is paused.

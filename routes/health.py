@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
-from models import database, write_fault
+from models import database, storage_fault, write_fault
 
 bp = Blueprint("health", __name__)
 
@@ -15,7 +15,7 @@ def healthz():
         database.execute_sql("SELECT 1")
         fault = write_fault()
     except Exception as exc:  # noqa: BLE001 - any database failure means unhealthy
-        return jsonify({"status": "error", "database": type(exc).__name__}), 503
+        return jsonify({"status": "error", "database": f"cannot read: {storage_fault(exc) or type(exc).__name__}"}), 503
     if fault is not None:
         return jsonify({"status": "error", "database": f"cannot write: {fault}"}), 503
     return jsonify({"status": "ok", "database": "ok"})

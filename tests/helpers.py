@@ -91,3 +91,33 @@ def check_golden(name: str, payload: dict) -> None:
     if os.environ.get("POSTBACK_UPDATE_GOLDEN"):
         (GOLDEN / name).write_text(json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
     assert payload == golden(name)
+
+
+def store_in_every_dialect(client, tag: str) -> dict:
+    """One request that stores an event (or a visit) in each dialect and the tracker, its ids made from `tag`."""
+    return {
+        "channelstack": client.post("/v1/track", json=signup(f"{tag}-1"), headers=BROWSER),
+        "octeth": client.post("/api/v1/event", headers=BROWSER, json={
+            "APIKey": "key_demo_123", "ListID": 94, "Event": "conversion", "Email": "jane@example.org",
+            "Properties": {"conversion-id": f"order-{tag}", "conversion-name": "purchase", "conversion-value": 29.5}}),
+        "commanders": client.post("/events?tc_s=shop", headers={"Authorization": "Bearer key_demo_123"}, json={
+            "event_name": "purchase", "id": f"ord-{tag}", "revenue": 25, "currency": "USD",
+            "context": {"event_id": f"tc-{tag}"}}),
+        "adtarget": client.post("/api/v1/events/visit", headers={"Authorization": "Bearer atk_live_demo"}, json={
+            "href": f"https://shop.example/vip?fbclid=Click{tag}", "tempId": "00000000-0000-4000-8000-000000000001",
+            "clientIp": "203.0.113.42", "userAgent": BROWSER["User-Agent"]}),
+        "tracker": client.post("/track/init", headers={**BROWSER, "Origin": "https://shop.example"},
+                               json={"site": "shop", "href": f"https://shop.example/vip?fbclid=Tracked{tag}"}),
+    }
+
+
+def storage_fault_answers(message: str) -> dict:
+    """What each of `store_in_every_dialect`'s requests answers while nothing can be stored: (status, body,
+    Retry-After), a 503 in the dialect's own shape."""
+    return {
+        "channelstack": (503, {"error": message, "code": 503}, "30"),
+        "octeth": (503, {"Errors": [{"Code": 0, "Message": message}]}, "30"),
+        "commanders": (503, {"status": "error", "message": message}, "30"),
+        "adtarget": (503, {"error": "STORAGE_UNAVAILABLE", "message": message}, "30"),
+        "tracker": (503, {"error": "STORAGE_UNAVAILABLE", "message": message}, "30"),
+    }

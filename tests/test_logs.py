@@ -19,6 +19,9 @@ import logs
     ("/mp/collect?measurement_id=G-X&api_secret=s3cr3t", "/mp/collect?measurement_id=G-X&api_secret=***"),
     ("POST /bot7000:AAFake_token/createChatInviteLink", "POST /bot<token>/createChatInviteLink"),
     ("POST /v25.0/123/events HTTP/1.1", "POST /v25.0/123/events HTTP/1.1"),
+    ("postgresql://pb:hunter2@db:5432/postback?sslmode=require", "postgresql://pb:***@db:5432/postback?sslmode=require"),
+    ("postgresql://pb@db:5432/postback", "postgresql://pb@db:5432/postback"),
+    ("https://graph.facebook.com:443/v25.0/me?x=a@b", "https://graph.facebook.com:443/v25.0/me?x=a@b"),
 ])
 def test_redact_masks_every_secret_a_url_may_carry(text, clean):
     assert logs.redact(text) == clean

@@ -18,10 +18,8 @@ from playhouse.db_url import connect
 from models import SQLITE_PRAGMAS, database
 from tests.conftest import BROWSER, ROOT, base_config
 from tests.fakes.telegram import chat_member, telegram_section
-from tests.helpers import signup
+from tests.helpers import signup, storage_fault_answers, store_in_every_dialect
 
-KEY = {"Authorization": "Bearer key_demo_123"}
-ADTARGET = {"Authorization": "Bearer atk_live_demo"}
 PIXEL = "52fb5565a7b23ec66fad3988"
 READ_ONLY = "Storage unavailable: the database is read-only; nothing was stored, try again later"
 SECRET = "whsec_Test-Secret_1"
@@ -55,27 +53,9 @@ def rows(config) -> dict[str, int]:
 def test_a_read_only_database_gets_a_503_in_every_dialects_shape_and_stores_nothing(client, config):
     before = rows(config)
     reopen(config, query_only=1)
-    answers = {
-        "channelstack": client.post("/v1/track", json=signup("ro-1"), headers=BROWSER),
-        "octeth": client.post("/api/v1/event", headers=BROWSER, json={
-            "APIKey": "key_demo_123", "ListID": 94, "Event": "conversion", "Email": "jane@example.org",
-            "Properties": {"conversion-id": "order-ro", "conversion-name": "purchase", "conversion-value": 29.5}}),
-        "commanders": client.post("/events?tc_s=shop", headers=KEY, json={
-            "event_name": "purchase", "id": "ord-ro", "revenue": 25, "currency": "USD",
-            "context": {"event_id": "tc-ro"}}),
-        "adtarget": client.post("/api/v1/events/visit", headers=ADTARGET, json={
-            "href": "https://shop.example/vip?fbclid=ClickRo", "tempId": "00000000-0000-4000-8000-000000000001",
-            "clientIp": "203.0.113.42", "userAgent": BROWSER["User-Agent"]}),
-        "tracker": client.post("/track/init", headers={**BROWSER, "Origin": "https://shop.example"},
-                               json={"site": "shop", "href": "https://shop.example/vip?fbclid=TrackedRo"}),
-    }
-    assert {name: (r.status_code, r.get_json(), r.headers.get("Retry-After")) for name, r in answers.items()} == {
-        "channelstack": (503, {"error": READ_ONLY, "code": 503}, "30"),
-        "octeth": (503, {"Errors": [{"Code": 0, "Message": READ_ONLY}]}, "30"),
-        "commanders": (503, {"status": "error", "message": READ_ONLY}, "30"),
-        "adtarget": (503, {"error": "STORAGE_UNAVAILABLE", "message": READ_ONLY}, "30"),
-        "tracker": (503, {"error": "STORAGE_UNAVAILABLE", "message": READ_ONLY}, "30"),
-    }
+    answers = store_in_every_dialect(client, "ro")
+    assert {name: (r.status_code, r.get_json(), r.headers.get("Retry-After")) for name, r in answers.items()} == \
+        storage_fault_answers(READ_ONLY)
     health = client.get("/healthz")
     assert (health.status_code, health.get_json()) == (
         503, {"status": "error", "database": "cannot write: the database is read-only"})
@@ -167,8 +147,8 @@ def test_a_worker_booting_on_a_lock_file_made_unusable_after_the_check_stops_gun
         application.serve()  # gunicorn's entry in each worker: exit 3 stops gunicorn rather than booting it again
     assert stopped.value.code == 3
     said = [json.loads(line) for line in capfd.readouterr().err.splitlines()]
-    assert [(line["level"], line["logger"], line["message"]) for line in said] == [(
-        "ERROR", "app", "database: cannot write: the write lock file postback.db.write.lock cannot be used (Is a directory)")]
+    assert [(line["level"], line["logger"], line["message"]) for line in said] == [("ERROR", "app", (
+        "database: cannot write: the write lock file postback.db.write.lock cannot be used (Is a directory)"))]
 
 
 def test_the_dispatch_command_does_not_start_on_a_database_it_cannot_write(unusable_lock, tmp_path):
