@@ -3,7 +3,6 @@ or by the password generated beside the database when that is empty."""
 from __future__ import annotations
 
 import hmac
-import os
 import secrets
 import sys
 from functools import wraps
@@ -40,8 +39,8 @@ def refused(exc: Refused):
 
 
 def password_file(config: Config) -> str:
-    """Where the generated admin password is kept: beside the database."""
-    return os.path.join(kept.folder(config.database), PASSWORD_FILE)
+    """Where the generated admin password is kept: beside the database (on PostgreSQL, a copy of the database's)."""
+    return kept.path_of(config.database, PASSWORD_FILE)
 
 
 def _new_password() -> str:
@@ -56,7 +55,7 @@ def admin_password() -> str:
     path = password_file(config)
     generated = current_app.extensions.setdefault("postback.generated_passwords", {})
     if path not in generated:
-        generated[path] = kept.keep(path, _new_password)[0]
+        generated[path] = kept.keep(config.database, PASSWORD_FILE, _new_password)[0]
     return generated[path]
 
 
@@ -65,7 +64,7 @@ def configure(app: Flask, config: Config) -> None:
     if config.admin_password:
         return
     path = password_file(config)
-    password, made = kept.keep(path, _new_password)
+    password, made = kept.keep(config.database, PASSWORD_FILE, _new_password)
     if made:  # printed, not logged: it is for the person starting Postback, and logs carry no secrets
         print(f"Postback: admin.password is empty, so one was generated: {password}\n"
               f"  It is kept in {path}. To choose your own, set admin.password (or POSTBACK_ADMIN_PASSWORD).",

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import secrets
 
 from flask import Blueprint, Flask, abort, current_app, flash, redirect, render_template, request, session, url_for
@@ -30,9 +29,10 @@ INSPECTOR_ROWS = 200
 
 
 def configure(app: Flask, config: Config) -> None:
-    """The console's cookie: signed with a key kept beside the database (the same in every worker), never sent to
-    scripts or from other sites' forms, and only over HTTPS when Postback is served over HTTPS."""
-    app.secret_key = kept.keep(os.path.join(kept.folder(config.database), KEY_FILE), lambda: secrets.token_hex(32))[0]
+    """The console's cookie: signed with a key kept beside the database (the same in every worker, and on
+    PostgreSQL in every node), never sent to scripts or from other sites' forms, and only over HTTPS when Postback
+    is served over HTTPS."""
+    app.secret_key = kept.keep(config.database, KEY_FILE, lambda: secrets.token_hex(32))[0]
     app.config.update(
         SESSION_COOKIE_NAME="postback_console",
         SESSION_COOKIE_HTTPONLY=True,

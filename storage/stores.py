@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 NOT_APPLICATION = ("tests", "bench")
 # The stores of the core, in creation order: events and their sends first.
 CORE_STORES = ("models", "ingest.inspector", "console.sessions", "console.throttle", "ingest.browser_keys",
-               "delivery.alerts")
+               "delivery.alerts", "console.kept")
 
 # Rows removed or emptied: a count of the store's first table, or one per table name.
 Rows = int | Mapping[str, int]

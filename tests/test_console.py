@@ -96,9 +96,33 @@ def test_without_a_password_one_is_generated_kept_private_and_printed_once(raw_c
         f"  It is kept in {path}. To choose your own, set admin.password (or POSTBACK_ADMIN_PASSWORD).\n")
 
 
+@pytest.mark.postgres_only(reason="nodes share a PostgreSQL database, not a folder; on SQLite the file is the value")
+def test_nodes_sharing_a_database_share_the_generated_password_and_the_console_cookie_key(raw_config, tmp_path,
+                                                                                         monkeypatch, capsys):
+    from app import create_app
+
+    raw_config["admin"]["password"] = ""
+    nodes = {}
+    for name in ("a", "b"):  # two machines: each has a data/ folder of its own
+        (tmp_path / name).mkdir()
+        monkeypatch.chdir(tmp_path / name)
+        nodes[name] = create_app(build_config(raw_config)).test_client()
+    password = (tmp_path / "a" / "data" / "admin-password").read_text().strip()
+    said = capsys.readouterr().err
+    assert (said.count("so one was generated"), said.count(password)) == (1, 1)  # by the first node only
+    assert [(tmp_path / "b" / "data" / name).read_text() for name in ("admin-password", "console-secret-key")] == [
+        (tmp_path / "a" / "data" / name).read_text() for name in ("admin-password", "console-secret-key")]
+
+    signed_in = sign_in(nodes["a"], password)
+    assert (signed_in.status_code, signed_in.location) == (302, "/dashboard/")
+    nodes["b"].set_cookie("postback_console", nodes["a"].get_cookie("postback_console").value)
+    assert nodes["b"].get("/dashboard/").status_code == 200  # the next request, sent to the other node
+
+
 def test_workers_starting_together_generate_one_password(tmp_path):
     made, results = iter(range(100)), []
-    threads = [threading.Thread(target=lambda: results.append(kept.keep(str(tmp_path / "p"), lambda: str(next(made)))))
+    url = f"sqlite:///{tmp_path}/postback.db"
+    threads = [threading.Thread(target=lambda: results.append(kept.keep(url, "p", lambda: str(next(made)))))
                for _ in range(8)]
     for thread in threads:
         thread.start()
