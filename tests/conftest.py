@@ -27,6 +27,7 @@ from delivery.dispatcher import Dispatcher
 from models import database
 from platforms import REGISTRY
 from tests.fakes.meta import FakeMeta
+from tests.fakes.telegram import FREE, VIP, FakeTelegram
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED_EXAMPLE = {
@@ -191,6 +192,13 @@ def fake_meta():
     meta = FakeMeta(token="meta-token", pixels=("123", "456")).start()
     yield meta
     meta.stop()
+
+
+@pytest.fixture
+def fake_telegram():
+    """Telegram's Bot API, with a bot that administers the funnels' two channels."""
+    with FakeTelegram(chats=(VIP, FREE)) as telegram:
+        yield telegram
 
 
 class Live:

@@ -10,11 +10,10 @@ from ingest import inspector
 from dialects.adtarget.funnel import Conversion, InviteLink, Lead, TrackingSession, Visit
 from models import Event, Send
 from tests.conftest import RAW_PII
-from tests.fakes.telegram import NOT_ENOUGH_RIGHTS, FakeTelegram, telegram_section
+from tests.fakes.telegram import FREE, NOT_ENOUGH_RIGHTS, VIP, telegram_section
 from tests.helpers import sha
 
 KEY = {"Authorization": "Bearer atk_live_demo"}
-VIP, FREE = "-1001234567890", "-1009876543210"
 UA = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
       "Version/17.5 Mobile/15E148 Safari/604.1")
 SERVER_UA = "python-requests/2.32.3"
@@ -30,13 +29,6 @@ RAW_PII.extend([EMAIL, PHONE, "4155550123", "Lena", "Buyerova"])
 
 def millis(moment) -> int:
     return int(moment.timestamp()) * 1000 + moment.microsecond // 1000
-
-
-@pytest.fixture
-def fake_telegram():
-    telegram = FakeTelegram(chats=(VIP, FREE)).start()
-    yield telegram
-    telegram.stop()
 
 
 @pytest.fixture

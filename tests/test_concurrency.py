@@ -29,11 +29,10 @@ from playhouse.db_url import connect
 
 from tests.conftest import RAW_PII, ROOT, base_config, meta_destination, remember_database
 from tests.fakes.meta import FakeMeta
-from tests.fakes.telegram import FakeTelegram, chat_member, telegram_section
+from tests.fakes.telegram import VIP, FakeTelegram, chat_member, telegram_section
 
 CLIENTS = 16
 ROUNDS = 2  # per client: 15 requests a round, 480 in all
-VIP = "-1001234567890"
 SECRET = "whsec_Test-Secret_1"
 PASSWORD = "change-me"
 KEY = {"Authorization": "Bearer key_demo_123"}

@@ -15,7 +15,7 @@ from dialects.adtarget.funnel import Conversion
 from models import DestinationState, Event, Send
 from tests.conftest import SEED_EXAMPLE, build_config
 from tests.fakes.meta import EXPIRED
-from tests.fakes.telegram import FakeTelegram, telegram_section
+from tests.fakes.telegram import telegram_section
 from tests.helpers import received, signup, track
 
 PASSWORD = "console-pass"
@@ -28,12 +28,11 @@ NO_VALUE = "Purchase without value and currency: Meta rejects it (subcode 280400
 
 
 @pytest.fixture
-def raw(raw) -> dict:
+def raw(raw, fake_telegram) -> dict:
     """The live Meta at its fake, the admin password, and a Telegram funnel whose Bot API is a fake too."""
     raw["admin"]["password"] = PASSWORD
-    with FakeTelegram(chats=("-1001234567890", "-1009876543210")) as telegram:
-        raw["sites"][0]["telegram"] = telegram_section(telegram.url, telegram.token)
-        yield raw
+    raw["sites"][0]["telegram"] = telegram_section(fake_telegram.url, fake_telegram.token)
+    return raw
 
 
 @pytest.fixture

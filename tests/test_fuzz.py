@@ -33,7 +33,7 @@ from models import Event, Send, database
 from routes.openapi import DOCUMENT
 from tests.conftest import base_config, build_config, remember_database
 from tests.helpers import every_table_text
-from tests.fakes.telegram import FakeTelegram, telegram_section
+from tests.fakes.telegram import FREE, VIP, FakeTelegram, telegram_section
 
 EXAMPLES = int(os.environ.get("POSTBACK_FUZZ_EXAMPLES", "0"))
 settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True, database=None,
@@ -299,7 +299,7 @@ class Captured(logging.Handler):
 
 @pytest.fixture(scope="module")
 def fuzz_app(tmp_path_factory):
-    telegram = FakeTelegram(chats=("-1001234567890", "-1009876543210")).start()
+    telegram = FakeTelegram(chats=(VIP, FREE)).start()
     raw = base_config(tmp_path_factory.mktemp("fuzz"))
     raw["admin"]["password"] = PASSWORD
     raw["sites"][0]["telegram"] = telegram_section(telegram.url, telegram.token, SECRET)

@@ -9,7 +9,7 @@ from dialects.adtarget.funnel import Visit
 from ingest import inspector
 from models import Event, Send
 from tests.conftest import BROWSER
-from tests.fakes.telegram import FakeTelegram, telegram_section
+from tests.fakes.telegram import telegram_section
 
 SECRET = "whsec_Test-Secret_1"
 PASSWORD = "s3cret-admin"
@@ -17,13 +17,6 @@ ADTARGET = {"Authorization": "Bearer atk_live_demo"}
 COMMANDERS = {"Authorization": "Bearer key_demo_123"}
 UNCLOSED = "http://[::1"
 PIXEL = "/52fb5565a7b23ec66fad3988/event.gif"
-
-
-@pytest.fixture
-def fake_telegram():
-    telegram = FakeTelegram(chats=("-1001234567890", "-1009876543210")).start()
-    yield telegram
-    telegram.stop()
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from models import Event, Send
 from platforms import REGISTRY
 from platforms.base import ClickId, Flavour, Platform, Verdict
 from tests.conftest import RAW_PII, with_destinations
-from tests.fakes.telegram import FakeTelegram, chat_member, telegram_section
+from tests.fakes.telegram import chat_member, telegram_section
 
 ROOT = Path(__file__).resolve().parent.parent
 # What the application is made of; tests/ and bench/ drive fake platforms by name, and platforms/ is their place.
@@ -146,13 +146,6 @@ def xy(monkeypatch) -> ModuleType:
     module = xy_platform()
     monkeypatch.setitem(REGISTRY, "xy", module)
     return module
-
-
-@pytest.fixture
-def fake_telegram():
-    telegram = FakeTelegram(chats=("-1001234567890",)).start()
-    yield telegram
-    telegram.stop()
 
 
 @pytest.fixture

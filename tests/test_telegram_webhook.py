@@ -23,13 +23,12 @@ from dialects.adtarget.funnel import Conversion, InviteLink, Lead, Visit
 from models import Event, Send
 from dialects.adtarget.telegram import TelegramError, TelegramNotConfigured
 from tests.conftest import RAW_PII, meta_destination, with_destinations
-from tests.fakes.telegram import FakeTelegram, chat_member, join_request, telegram_section
+from tests.fakes.telegram import FREE, VIP, chat_member, join_request, telegram_section
 from tests.helpers import sha
 
 KEY = {"Authorization": "Bearer atk_live_demo"}
 SECRET = "whsec_Test-Secret_1"
 SIGNED = {"X-Telegram-Bot-Api-Secret-Token": SECRET}
-VIP, FREE = "-1001234567890", "-1009876543210"
 LEAD_ID = 555000111
 HREF = "https://shop.example/vip?utm_source=facebook&fbclid=IwAR2F4-dbP0_QxYz9"
 FBP = "fb.1.1767225600000.1116446470"
@@ -40,13 +39,6 @@ PROXY = {"X-Adtarget-Client-IP": IP, "X-Adtarget-Client-User-Agent": UA}
 OK = {"ok": True}
 FORBIDDEN = {"error": "FORBIDDEN", "message": "Wrong or missing X-Telegram-Bot-Api-Secret-Token"}
 RAW_PII.extend(["Tatiana", "Joinova", "tatiana_joins"])  # the names Telegram sends with every update
-
-
-@pytest.fixture
-def fake_telegram():
-    telegram = FakeTelegram(chats=(VIP, FREE)).start()
-    yield telegram
-    telegram.stop()
 
 
 @pytest.fixture

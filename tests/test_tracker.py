@@ -16,10 +16,9 @@ from ingest.canonical import utcnow
 from dialects.adtarget.funnel import InviteLink, TrackingSession, Visit
 from models import Event, Send
 from tests.conftest import BROWSER, RAW_PII, meta_destination, with_destinations
-from tests.fakes.telegram import FakeTelegram, chat_member, telegram_section
+from tests.fakes.telegram import VIP, chat_member, telegram_section
 from tests.helpers import sha
 
-VIP, FREE = "-1001234567890", "-1009876543210"
 SHOP = "https://shop.example"
 ORIGIN = {"Origin": SHOP}
 HREF = "https://shop.example/vip?utm_source=facebook&fbclid=IwAR2F4-dbP0_QxYz9"
@@ -32,13 +31,6 @@ CORS = {"Access-Control-Allow-Origin": SHOP, "Access-Control-Allow-Credentials":
         "Access-Control-Allow-Methods": "POST, OPTIONS", "Access-Control-Allow-Headers": "Content-Type",
         "Access-Control-Max-Age": "600"}
 RAW_PII.extend(value for value in ("Tatiana", "Joinova", "tatiana_joins") if value not in RAW_PII)
-
-
-@pytest.fixture
-def fake_telegram():
-    telegram = FakeTelegram(chats=(VIP, FREE)).start()
-    yield telegram
-    telegram.stop()
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from playwright.sync_api import Page, expect  # noqa: E402
 
 from tests.browser.test_console_browser import drain, send, sign_in  # noqa: E402
 from tests.conftest import SEED_EXAMPLE  # noqa: E402
-from tests.fakes.telegram import FakeTelegram, telegram_section  # noqa: E402
+from tests.fakes.telegram import FREE, VIP, FakeTelegram, telegram_section  # noqa: E402
 from tests.helpers import received, signup  # noqa: E402
 
 FBC = "fb.1.1700000000000.AbCd"
@@ -29,7 +29,7 @@ ADTARGET = {"Authorization": "Bearer atk_live_demo", "User-Agent": "python-reque
 def service(tmp_path_factory, fake_meta_server):
     """Postback with a Telegram funnel (its Bot API a fake) and a coverage threshold, its Meta at the fake."""
     raw = console_config(tmp_path_factory.mktemp("actions"), fake_meta_server.url)
-    with FakeTelegram(chats=("-1001234567890", "-1009876543210")) as telegram:
+    with FakeTelegram(chats=(VIP, FREE)) as telegram:
         raw["sites"][0].update(telegram=telegram_section(telegram.url, telegram.token), coverage_alert_below=0.9)
         with serving(raw) as served:
             yield served

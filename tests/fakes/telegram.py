@@ -12,6 +12,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from tests.fakes.server import FakeServer, Handler, opaque_id
 
+VIP, FREE = "-1001234567890", "-1009876543210"  # the channels the tests' funnels invite to
 BOT = {"id": 7000000001, "is_bot": True, "first_name": "Postback Bot", "username": "postback_test_bot"}
 NOT_ENOUGH_RIGHTS = "Bad Request: not enough rights to manage chat invite links"
 NOT_A_MEMBER = "Forbidden: bot is not a member of the channel chat"
