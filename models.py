@@ -8,6 +8,7 @@ import operator
 import os
 import re
 import threading
+import zlib
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from functools import reduce
@@ -379,6 +380,16 @@ def writing():
             raise
         database.close()
         raise StorageFault(reason) from exc
+
+
+def exclusive(name: str) -> None:
+    """In a write transaction: wait until no other transaction holds `name`, then hold it until this one ends.
+
+    SQLite's one writer already runs write transactions one at a time; PostgreSQL runs them side by side, so a
+    read-then-insert ("has this event a send yet?") of two of them would both find nothing and both insert.
+    """
+    if not isinstance(database.obj, SqliteDatabase):
+        database.execute_sql(f"SELECT pg_advisory_xact_lock({database.param})", (zlib.crc32(name.encode()),))
 
 
 def for_update(query, skip_locked: bool = False):

@@ -15,7 +15,7 @@ from typing import Callable
 from config import Config, Destination
 from ingest.canonical import CanonicalEvent
 from ingest.fanout import past_window, skip_rule
-from models import PENDING, Event, Send, writing
+from models import PENDING, Event, Send, exclusive, writing
 from platforms import REGISTRY
 from platforms.base import Skip
 
@@ -116,6 +116,8 @@ def _verdict(event: CanonicalEvent, dest: Destination, module, now: datetime, wi
 def _queue(verdicts: dict[int, str | None], dest: Destination, now: datetime, outcome: Outcome) -> None:
     """Create the sends of one chunk, skipping events that have one for `dest`, checked in the same transaction."""
     with nullcontext() if outcome.dry_run else writing():
+        if not outcome.dry_run:
+            exclusive(f"backfill {dest.key}")  # a backfill of it on another node checks after this one inserts
         sent = {event for (event,) in Send.select(Send.event)
                 .where((Send.destination == dest.key) & Send.event.in_(list(verdicts))).tuples()}
         taken = [event for event, reason in verdicts.items() if reason is None and event not in sent]

@@ -1,6 +1,7 @@
 """Backfill: a destination added later receives the stored events it would have taken, inside its platform's window."""
 from __future__ import annotations
 
+import threading
 from datetime import datetime, timedelta
 
 import pytest
@@ -174,6 +175,37 @@ def test_each_rule_of_ingest_and_of_the_platform_is_counted_by_its_name(raw_conf
     assert left_out(events=["Purchase"]) == [
         "left out, bot: 1", "left out, not in the destination's events: 1", "left out, not taken by the platform: 1"]
     assert left_out(consent_category="marketing") == ["left out, bot: 1", "left out, no consent for its category: 3"]
+
+
+def test_two_backfills_of_one_destination_at_once_queue_each_event_once(restarted, monkeypatch):
+    dest = restarted.destination("shop/tiktok")
+    insert_many, first_inserting, second_inserting = Send.insert_many, threading.Event(), threading.Event()
+
+    def inserting(rows):
+        if first_inserting.is_set():
+            second_inserting.set()
+        else:
+            first_inserting.set()
+            second_inserting.wait(1)  # time for the other to insert too, unless it waits for this one to commit
+        return insert_many(rows)
+
+    monkeypatch.setattr(Send, "insert_many", inserting)
+    outcomes = []
+
+    def backfill():
+        outcomes.append(backfilling.backfill(dest, NOW))
+        database.close()
+
+    first = threading.Thread(target=backfill)
+    first.start()
+    assert first_inserting.wait(10)
+    second = threading.Thread(target=backfill)  # another admin, or another node, while the first is inserting
+    second.start()
+    first.join(10)
+    second.join(10)
+
+    assert sorted((o.queued, o.left_out["already_sent"]) for o in outcomes) == [(0, 2), (2, 0)]
+    assert tiktok_sends() == [("recent-1", "pending"), ("recent-2", "pending")]
 
 
 def test_the_counts_are_the_same_when_the_events_come_in_many_chunks(restarted, monkeypatch):
