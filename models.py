@@ -20,6 +20,7 @@ from peewee import (
     fn,
 )
 from playhouse.db_url import connect
+from playhouse.pool import MaxConnectionsExceeded
 
 import logs
 from dialects.errors import StorageFault
@@ -437,6 +438,8 @@ def storage_fault(exc: BaseException) -> str | None:
     """Why the storage refused a write, in words for a person; None when the error is not a storage fault."""
     if isinstance(exc, StorageFault):
         return exc.fault
+    if isinstance(exc, MaxConnectionsExceeded):  # postgresql+pool://…?max_connections=N, every one in use
+        return "every connection of this worker's pool is in use (its max_connections)"
     message = str(exc).lower()
     if _NO_TRANSACTION in message and exc.__context__ is not None:
         return storage_fault(exc.__context__)

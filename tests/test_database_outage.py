@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from urllib.parse import urlsplit
 
 import pytest
@@ -13,7 +14,7 @@ import yaml
 
 from dialects.errors import StorageFault
 from ingest.canonical import utcnow
-from models import Event, Send
+from models import Event, Send, database
 from tests.conftest import BROWSER, POSTGRES_URL, ROOT, base_config, build_config
 from tests.fakes.gate import Gate
 from tests.helpers import received, row, signup, storage_fault_answers, store_in_every_dialect
@@ -122,3 +123,34 @@ def test_gunicorn_does_not_start_while_the_server_is_away_and_names_the_database
     assert [line for line in done.stderr.splitlines() if line.startswith("postback:")] == [
         f"postback: cannot write the database {shown}: the database server cannot be reached"]
     assert "hunter2" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_pool_with_every_connection_in_use_is_a_503_that_says_so(raw_config, request):
+    pooled = urlsplit(raw_config["storage"]["database"])
+    raw_config["storage"]["database"] = pooled._replace(scheme="postgresql+pool",
+                                                        query=f"{pooled.query}&max_connections=1").geturl()
+    client = request.getfixturevalue("client")
+    taken, done = threading.Event(), threading.Event()
+
+    def hold_the_only_connection():
+        database.connect()
+        taken.set()
+        done.wait(10)
+        database.close()
+
+    database.close()  # the start-up's, back to the pool
+    holder = threading.Thread(target=hold_the_only_connection)
+    holder.start()
+    assert taken.wait(10)
+    try:
+        answer = client.post("/v1/track", json=signup("e1"), headers=BROWSER)
+        health = client.get("/healthz")
+    finally:
+        done.set()
+        holder.join(10)
+
+    full = "every connection of this worker's pool is in use (its max_connections)"
+    assert (answer.status_code, answer.get_json()) == (
+        503, {"error": f"Storage unavailable: {full}; nothing was stored, try again later", "code": 503})
+    assert (health.status_code, health.get_json()) == (503, {"status": "error", "database": f"cannot read: {full}"})
+    assert client.post("/v1/track", json=signup("e1"), headers=BROWSER).status_code == 200
