@@ -97,6 +97,7 @@ PURCHASE = {
 # a new event id (dialects/pixel/parse.py).
 PIXEL_PARAMS = {"email": "john.doe@example.com", "page": "checkout.html"}
 LISTENING = re.compile(r"Listening at: http://127\.0\.0\.1:(\d+)")
+DISPATCHER_STARTED = re.compile(r'"message": "dispatcher started"')  # its modules imported, its drains scheduled
 MIB = 1024 * 1024
 
 
@@ -423,13 +424,18 @@ class Server:
             if self.url is None and (match := LISTENING.search(self.proc.log_tail(100_000))):
                 self.url = f"http://127.0.0.1:{match[1]}"
             if (self.url and len(self.worker_pids()) >= self.workers
-                    and (not self.has_dispatcher or self.dispatcher_pid()) and self._healthy()):
+                    and (not self.has_dispatcher or self.dispatcher_pid() and self._dispatcher_started())
+                    and self._healthy()):
                 self.expected = {self.proc.pid, *children(self.proc.pid)}
                 self.roles = {pid: self.role(pid) for pid in self.expected}
                 self.start_mib = self.rss_mib()
                 return
             time.sleep(0.1)
         raise BenchError(f"{self.name}: not ready within {timeout:g} s:\n{self.proc.log_tail()}")
+
+    def _dispatcher_started(self) -> bool:
+        """Its "RSS once ready" is read after its imports, not in the middle of them."""
+        return DISPATCHER_STARTED.search(self.proc.log_tail(100_000)) is not None
 
     def _healthy(self) -> bool:
         try:

@@ -101,6 +101,18 @@ def test_the_baseline_server_has_postbacks_gunicorn_settings_but_no_dispatcher()
     assert bare["wsgi_app"] == "bench.bare:app" and "when_ready" not in bare
 
 
+def test_the_bench_knows_the_line_the_dispatcher_logs_once_started(caplog):
+    import logging
+
+    import logs
+    from delivery import process
+
+    with caplog.at_level(logging.INFO, logger="delivery.process"):
+        process.log.info("dispatcher started", extra={"pid": 1, "interval_seconds": 2.0})
+    line = logs.JSONFormatter().format(caplog.records[-1])
+    assert bench.DISPATCHER_STARTED.search(line) and not bench.DISPATCHER_STARTED.search(line.replace("started", "x"))
+
+
 def test_the_bare_endpoint_only_parses_the_json_and_answers():
     body = json.dumps({**bench.PURCHASE, "event_id": "e-1"})
     response = bare_app.test_client().post("/v1/track", data=body, content_type="application/json")
