@@ -219,7 +219,8 @@ def purge():
 
     config = _load()
     _open(config)
-    removed = retention.purge(config.retention_days, utcnow())
+    with _progress("purge", plain="event(s) removed") as progress:
+        removed = retention.purge(config.retention_days, utcnow(), progress)
     click.echo("removed " + ", ".join(f"{table} {n}" for table, n in removed.items()))
 
 

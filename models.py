@@ -12,7 +12,7 @@ import zlib
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from functools import reduce
-from typing import Iterable, NamedTuple
+from typing import Callable, Iterable, NamedTuple
 
 from peewee import (
     OP, SQL, AutoField, BooleanField, DatabaseError, DatabaseProxy, DateTimeField, DoubleField, Expression, Field,
@@ -705,14 +705,32 @@ PERSONAL_KEYS = keys_of("email", "phone")  # flavours that name one person
 CHUNK = 500  # ids per IN (...): well under SQLite's bound-variable limit
 
 
-def purge_events(older_than: timedelta, now: datetime) -> dict[str, int]:
-    """Delete events older than the period whose sends are all final, with those sends."""
-    still_open = Send.select(Send.event).where(Send.status.not_in(FINAL))
-    old = Event.select(Event.id).where((Event.received_at < now - older_than) & Event.id.not_in(still_open))
-    with writing():
-        sends = Send.delete().where(Send.event.in_(old)).execute()
-        events = Event.delete().where(Event.id.in_(old)).execute()
-        if events:
+PURGE_CHUNK = 1000  # events per transaction
+
+
+def purge_events(older_than: timedelta, now: datetime,
+                 progress: Callable[[int, int], None] | None = None) -> dict[str, int]:
+    """Delete events older than the period whose sends are all final, with those sends; `progress(done, total)`.
+
+    PURGE_CHUNK events per transaction, in id order: a purge of a month of events held the write lock for as long
+    as it took, and every request waiting to store an event timed out behind it; now each waits for one chunk.
+    """
+    still_open = fn.EXISTS(Send.select(Send.id).where((Send.event == Event.id) & Send.status.not_in(FINAL)))
+    old = Event.select(Event.id).where((Event.received_at < now - older_than) & ~still_open)
+    total, events, sends, last = old.count(), 0, 0, 0
+    while True:
+        with writing():
+            ids = [event_id for event_id, in old.where(Event.id > last).order_by(Event.id).limit(PURGE_CHUNK).tuples()]
+            if ids:
+                sends += Send.delete().where(Send.event.in_(ids)).execute()
+                events += Event.delete().where(Event.id.in_(ids)).execute()
+        if progress is not None:
+            progress(events, max(total, events))
+        if len(ids) < PURGE_CHUNK:
+            break
+        last = ids[-1]
+    if events:
+        with writing():
             purge_user_agents()
     return {"events": events, "sends": sends}
 
@@ -788,4 +806,4 @@ def event_counts() -> dict[str, dict]:
 
 
 STORE = Store("events", (Event, Send, DestinationState, UserAgent), purge=purge_events, erase=erase_events, links=True,
-              stats=event_counts)
+              stats=event_counts, chunked=True)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from typing import Iterator
+from typing import Callable, Iterator
 
 from peewee import SqliteDatabase
 
@@ -13,14 +13,17 @@ from models import database, personal_hashes, writing
 from storage.stores import Person, Rows, Store, registered
 
 
-def purge(retention_days: int, now: datetime) -> dict[str, int]:
+def purge(retention_days: int, now: datetime, progress: Callable[[int, int], None] | None = None) -> dict[str, int]:
     """Each store forgets what is older than the period (events only once none of their sends can still go out);
-    rows removed per table."""
+    rows removed per table. `progress(done, total)` follows the events, nearly all of a purge's work."""
     removed: dict[str, int] = {}
+    period = timedelta(days=retention_days)
     for store in registered():
-        if store.purge is not None:
+        if store.chunked:
+            removed.update(_per_table(store, store.purge(period, now, progress=progress)))
+        elif store.purge is not None:
             with writing():  # one transaction per store: a long purge does not hold the others' writers back
-                removed.update(_per_table(store, store.purge(timedelta(days=retention_days), now)))
+                removed.update(_per_table(store, store.purge(period, now)))
     return removed
 
 

@@ -56,6 +56,7 @@ class Store:
     impersonal: str = ""
     links: bool = False  # its erase adds to the person what it finds tied to them: it goes first
     stats: Callable[[], dict] | None = None
+    chunked: bool = False  # its purge commits chunk by chunk itself, and takes progress=(done, total)
 
     def __post_init__(self):
         if not self.impersonal and (self.purge is None or self.erase is None):

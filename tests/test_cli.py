@@ -59,6 +59,25 @@ def test_purge_removes_old_final_events_and_keeps_recent_and_still_pending_ones(
     assert Refusal.select().count() == 3  # the three seed events' "partly accepted" entries are young
 
 
+def test_purge_removes_events_a_chunk_per_transaction_and_says_how_far_it_is(client, raw_config, tmp_path,
+                                                                              monkeypatch):
+    monkeypatch.setattr("models.PURGE_CHUNK", 2)
+    for n in range(5):
+        age(post(client, f"old-{n}", consent=False), 91)
+    age(post(client, "old-pending"), 91)
+    post(client, "recent", consent=False)
+    path = tmp_path / "postback.yaml"
+    path.write_text(yaml.safe_dump(raw_config))
+
+    result = CliRunner().invoke(cli, ["purge"], env={"POSTBACK_CONFIG": str(path)})
+
+    assert result.exit_code == 0, result.output
+    assert result.stderr == "purge: 2/5 event(s) removed\npurge: 4/5 event(s) removed\npurge: 5/5 event(s) removed\n"
+    assert result.stdout.startswith("removed events 5, sends 5, ")
+    assert sorted(e.event_id for e in Event.select()) == ["old-pending", "recent"]
+    assert sorted(s.event.event_id for s in Send.select()) == ["old-pending", "recent"]
+
+
 def test_stats_counts_events_per_site_sends_per_status_and_the_rows_of_every_table(client, run):
     post(client, "a")
     post(client, "b", consent=False)
