@@ -17,7 +17,7 @@ from platforms.base import REJECTED, RETRY, SENT, SETUP, THROTTLE, Outcome
 from tests import helpers
 from tests.conftest import BROWSER, RAW_PII, SEED_EXAMPLE, build_config, fbtrace_id, meta_destination, with_destinations
 from tests.fakes.meta import FakeMeta
-from tests.helpers import answer, check_golden, dry_run_entry, received, sha, signup, track
+from tests.helpers import answer, as_kept, check_golden, dry_run_entry, received, sha, signup, track
 
 SECOND = timedelta(seconds=1)
 UA = BROWSER["User-Agent"]
@@ -225,7 +225,7 @@ def test_the_seeds_complete_example_reaches_meta_as_exactly_this_item(client, fa
         "last_error": None, "trace_id": request["answer"]["fbtrace_id"],
     }
     send = send_of("evt_unique123")
-    assert send.payload == expected
+    assert send.payload == as_kept(expected)  # the platform got the full IP; the kept copy holds its /24
     assert send.match_quality == {"score": 10.0, "identifiers": [
         "em", "ph", "external_id", "client_ip_address", "client_user_agent",
         "fn", "ln", "ct", "st", "zp", "country"]}
@@ -377,7 +377,9 @@ def test_a_test_destination_sends_the_test_event_code(client, fake_meta, dispatc
     dispatcher.drain_once(now=now)
 
     [request] = fake_meta.requests
-    assert request["body"] == {"data": [send_of("e1").payload], "access_token": "meta-token", "test_event_code": "TEST123"}
+    assert as_kept(request["body"]) == {"data": [send_of("e1").payload], "access_token": "meta-token",
+                                        "test_event_code": "TEST123"}
+    assert request["body"]["data"][0]["user_data"]["client_ip_address"] == "203.0.113.7"
     assert [e["event_id"] for e in fake_meta.test_events] == ["e1"] and fake_meta.events == []
     assert (row("e1")["status"], row("e1")["attempts"]) == ("sent", 1)
 
@@ -403,7 +405,7 @@ def test_a_dry_destination_records_the_payload_and_sends_nothing(client, fake_me
         "user_data": {
             "country": [sha("us")],  # the site's default_country
             "external_id": [sha("user-e1")],
-            "client_ip_address": "203.0.113.7",
+            "client_ip_address": "203.0.113.0",  # kept with its /24, as the event once its sends are final
             "client_user_agent": BROWSER["User-Agent"],
         },
     }

@@ -18,7 +18,7 @@ from platforms.base import REJECTED, RETRY, SENT, SETUP, THROTTLE, Http, Outcome
 from tests import helpers
 from tests.conftest import BROWSER, SEED_EXAMPLE, build_config, with_destinations
 from tests.fakes.snapchat import FakeSnapchat
-from tests.helpers import answer, check_golden, dry_run_entry, received, sha, signup, track
+from tests.helpers import answer, as_kept, check_golden, dry_run_entry, received, sha, signup, track
 
 SECOND = timedelta(seconds=1)
 TOKEN = "snap-token"
@@ -333,7 +333,7 @@ def test_a_complete_purchase_reaches_snap_as_exactly_this_item(client, fake_snap
     assert fake_snap.events == [expected] and fake_snap.validated == []
     assert row("evt_unique123") == sent_row()
     send = send_of("evt_unique123")
-    assert send.payload == expected
+    assert send.payload == as_kept(expected)  # the platform got the full IP; the kept copy holds its /24
     assert send.match_quality == {"score": 10.0, "identifiers": [
         "em", "ph", "sc_click_id", "sc_cookie1", "external_id", "client_ip_address", "client_user_agent",
         "fn", "ln", "ct", "st", "zp", "country"]}
@@ -480,7 +480,8 @@ def test_a_test_destination_posts_to_the_validate_endpoint_which_records_nothing
 
     [request] = fake_snap.requests
     assert (request["path"], request["query"]) == ("/v3/px-1/events/validate", {"access_token": TOKEN})
-    assert request["body"] == {"data": [send_of("e1").payload]}
+    assert as_kept(request["body"]) == {"data": [send_of("e1").payload]}
+    assert request["body"]["data"][0]["user_data"]["client_ip_address"] == "203.0.113.7"
     assert request["answer"] == {"status": "VALID", "test_event": True,
                                  "event_logs": [{"event": 0, "status": "VALID", "warnings": []}]}
     assert fake_snap.events == [] and [e["event_id"] for e in fake_snap.validated] == ["e1"]
@@ -521,7 +522,7 @@ def test_a_dry_destination_records_the_payload_and_sends_nothing(client, fake_sn
         "user_data": {
             "country": [sha("us")],
             "external_id": [sha("user-e1")],
-            "client_ip_address": "203.0.113.7",
+            "client_ip_address": "203.0.113.0",  # kept with its /24, as the event once its sends are final
             "client_user_agent": BROWSER["User-Agent"],
         },
     }

@@ -20,7 +20,7 @@ from platforms.base import REJECTED, RETRY, SENT, SETUP, THROTTLE, Http, Outcome
 from tests import helpers
 from tests.conftest import BROWSER, RAW_PII, SEED_EXAMPLE, build_config, with_destinations
 from tests.fakes.tiktok import GATEWAY_PAGE, FakeTikTok
-from tests.helpers import answer, check_golden, dry_run_entry, golden, received, sha, signup, track
+from tests.helpers import answer, as_kept, check_golden, dry_run_entry, golden, received, sha, signup, track
 
 SECOND = timedelta(seconds=1)
 UA = BROWSER["User-Agent"]
@@ -318,7 +318,7 @@ def test_a_signup_reaches_tiktok_as_exactly_this_item(client, fake_tiktok, dispa
         "last_error": None, "trace_id": request_id(request),
     }
     send = send_of("e1")
-    assert send.payload == expected
+    assert send.payload == as_kept(expected)  # the platform got the full IP; the kept copy holds its /24
     assert send.match_quality == {"score": 2.8, "identifiers": ["external_id", "ip", "user_agent", "country"]}
     assert json.loads(send.response_excerpt) == request["answer"]
     assert (send.finished_at, send.lease_owner, send.lease_until) == (now, None, None)
@@ -498,8 +498,9 @@ def test_a_test_destination_sends_the_test_event_code(client, fake_tiktok, dispa
     dispatcher.drain_once(now=now)
 
     [request] = fake_tiktok.requests
-    assert request["body"] == {"event_source": "web", "event_source_id": "C123", "test_event_code": "TEST98765",
-                               "data": [send_of("e1").payload]}
+    assert as_kept(request["body"]) == {"event_source": "web", "event_source_id": "C123",
+                                        "test_event_code": "TEST98765", "data": [send_of("e1").payload]}
+    assert request["body"]["data"][0]["user"]["ip"] == "203.0.113.7"
     assert [e["event_id"] for e in fake_tiktok.test_events] == ["e1"] and fake_tiktok.events == []
     assert (row("e1")["status"], row("e1")["attempts"]) == ("sent", 1)
 
@@ -516,7 +517,7 @@ def test_a_dry_destination_records_the_payload_and_sends_nothing(client, fake_ti
         "last_error": None, "trace_id": None,
     }
     send = send_of("e1")
-    assert send.payload == signup_item("e1", Event.get().occurred_at)
+    assert send.payload == as_kept(signup_item("e1", Event.get().occurred_at))
     assert send.match_quality == {"score": 2.8, "identifiers": ["external_id", "ip", "user_agent", "country"]}
 
 
