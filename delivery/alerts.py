@@ -160,9 +160,11 @@ def _purchase_coverage(site_id: str, now: datetime) -> float | None:
 
 def _given_up(config: Config, since: datetime, now: datetime) -> list[str]:
     """One message per destination whose retries ran out between the last check and now."""
+    # By destination first: the (destination, status, …) index then reads the failed sends alone, where status
+    # alone read through every send stored, every CHECK_EVERY.
     rows = (Send.select(Send.destination, fn.COUNT(Send.id))
-            .where((Send.status == FAILED) & Send.reason.startswith("gave up")
-                   & (Send.finished_at > since) & (Send.finished_at <= now))
+            .where(Send.destination.in_([d.key for d in config.destinations()]) & (Send.status == FAILED)
+                   & Send.reason.startswith("gave up") & (Send.finished_at > since) & (Send.finished_at <= now))
             .group_by(Send.destination).order_by(Send.destination).tuples())
     return [f"Postback: {destination}: {count} send(s) given up after {config.max_attempts} attempts"
             for destination, count in rows]
