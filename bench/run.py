@@ -21,7 +21,7 @@ Postback, bare, ...), and is the median of the pairs' ratios (BENCH_PAIRS pairs,
    database bytes per event after VACUUM (free pages and the empty schema's pages not counted; file + WAL after a
    checkpoint is shown beside).
    BENCH_MILLION=1 adds a long run of 1,000,000 events (BENCH_MILLION=<n> for n events) that says whether each
-   process's RSS stays flat (±10 %); about 55 minutes on 2 cores (~320 events/s, each chunk's backlog emptied).
+   process's RSS stays flat (±10 %); about 25 minutes on 2 cores (~700 events/s, each chunk's backlog emptied).
 
 Knobs (environment): BENCH_PAIRS (5), BENCH_SECONDS (6), BENCH_CONNECTIONS (16), BENCH_WRK_THREADS (2),
 BENCH_WRK_TIMEOUT ("5s"), BENCH_WARMUP_SECONDS (2), BENCH_EVENTS (10000), BENCH_DISPATCH_RUNS (= BENCH_PAIRS),
@@ -1242,7 +1242,7 @@ def report(s: Settings, gconf: dict, ing: IngestResult, disp: list[DispatchRun],
         + " MiB."))
     if long is None:
         targets.append(Target("4. RSS flat (±10 %) across 1,000,000 events", [], "%", 0.10, False,
-                              not_run="BENCH_MILLION=1 runs it (about an hour)"))
+                              not_run="BENCH_MILLION=1 runs it (about 25 minutes more)"))
     else:
         drift = long.drift
         worst = max(drift, key=lambda k: abs(drift[k])) if drift else None
