@@ -54,12 +54,12 @@ def create_app(config: Config) -> Flask:
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
-        fault = None if isinstance(exc, StorageFault) else storage_fault(exc)
+        if isinstance(exc, StorageFault):  # a route without a shape of its own for it (the console's pages)
+            return jsonify({"error": str(exc), "code": 503}), 503, {"Retry-After": str(exc.retry_after)}
+        fault = storage_fault(exc)
         if fault is not None:  # met in a read (PostgreSQL down): answered as a write's fault, in the route's shape
             log.warning("storage fault: %s", fault)
             return app.handle_user_exception(StorageFault(fault))
-        if isinstance(exc, StorageFault):  # a route without a shape of its own for it (the console's pages)
-            return jsonify({"error": str(exc), "code": 503}), 503, {"Retry-After": str(exc.retry_after)}
         log.exception("unhandled error")
         return jsonify({"error": "Internal error", "code": 500}), 500
 

@@ -33,20 +33,18 @@ class _Reconnecting:
         return bool(getattr(self._state.conn, "closed", False))
 
     def execute_sql(self, sql, params=None):
-        try:
-            return super().execute_sql(sql, params)
-        except _LOST:
-            if self.in_transaction() or not self._dropped():
-                raise
-            return super().execute_sql(sql, params)
+        return self._again_if_dropped(super().execute_sql, sql, params)
 
     def begin(self, *args, **kwargs):
+        return self._again_if_dropped(super().begin, *args, **kwargs)
+
+    def _again_if_dropped(self, call, *args, **kwargs):
         try:
-            return super().begin(*args, **kwargs)
+            return call(*args, **kwargs)
         except _LOST:
             if self.in_transaction() or not self._dropped():
                 raise
-            return super().begin(*args, **kwargs)
+            return call(*args, **kwargs)
 
 
 class ReconnectingPostgresqlDatabase(_Reconnecting, PostgresqlDatabase):

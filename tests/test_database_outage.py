@@ -3,6 +3,7 @@ shape while nothing can be stored, /healthz says why, and the same processes sto
 is back, without a restart and without failing the first write on a connection the server dropped meanwhile."""
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -90,7 +91,8 @@ def test_a_connection_the_server_dropped_while_idle_does_not_fail_the_next_write
     assert sorted(e.event_id for e in Event.select()) == ["e1", "e2"]
 
 
-def test_the_dispatcher_waits_out_the_outage_and_delivers_once_the_server_is_back(client, gate, dispatcher, fake_meta):
+def test_the_dispatcher_waits_out_the_outage_and_delivers_once_the_server_is_back(client, gate, dispatcher, fake_meta,
+                                                                                  caplog):
     assert client.post("/v1/track", json=signup("e1"), headers=BROWSER).status_code == 200
     assert dispatcher.drain_once(now=utcnow()) == {"shop/meta": 1}  # its threads have connections to lose
     assert client.post("/v1/track", json=signup("e2"), headers=BROWSER).status_code == 200
@@ -98,7 +100,10 @@ def test_the_dispatcher_waits_out_the_outage_and_delivers_once_the_server_is_bac
 
     with pytest.raises(StorageFault, match="the database server cannot be reached"):
         dispatcher.drain_once(now=utcnow())
-    dispatcher.tick()  # the scheduler's job says it waits, and raises nothing
+    with caplog.at_level(logging.WARNING, logger="delivery.dispatcher"):
+        dispatcher.tick()  # the scheduler's job says it waits, and raises nothing
+    assert [(r.getMessage(), r.fault) for r in caplog.records if r.name == "delivery.dispatcher"] == [
+        ("dispatcher waiting for the database", "the database server cannot be reached")]
     gate.restore()
 
     assert dispatcher.drain_once(now=utcnow()) == {"shop/meta": 1}
